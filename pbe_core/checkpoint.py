@@ -1,0 +1,461 @@
+"""Load any published Paint-by-Example checkpoint into one canonical set of state dicts.
+
+Accepted (REFERENCE.md section 2):
+
+* the original single file, LDM naming: the Lightning ``model.ckpt`` (also the 12.6 GB *training* checkpoint with
+  optimizer state) or a ``.safetensors`` conversion of it, in fp32, fp16 or bf16;
+* a diffusers folder (``unet/``, ``vae/``, ``image_encoder/``): ``.safetensors`` or ``.bin`` weights, fp16 variant
+  files, CLIP keys with or without the ``vision_model.`` level (transformers 4 vs 5).
+
+Nothing here executes code from a file: ``.ckpt``/``.bin`` go through :mod:`.safe_torch_load` (a restricted,
+lazy unpickler), ``.safetensors`` through safetensors' own reader. The model's sizes are inferred from tensor shapes,
+so the real 1.31 B-parameter model and the tiny test model take the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import layouts
+from .safe_torch_load import CheckpointError, is_torch_zip
+from .safe_torch_load import load_state_dict as _load_torch_zip
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CheckpointError", "ModelInfo", "PbECheckpoint", "load_checkpoint", "read_state_dict"]
+
+#: file suffixes the loader opens (the model folder is registered with exactly these)
+CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the loader inferred from tensor shapes (real model values in comments)."""
+
+    clip_width: int  # 1024
+    clip_depth: int  # 24
+    clip_heads: int  # 16
+    clip_mlp_width: int  # 4096
+    clip_patch: int  # 14
+    clip_image_size: int  # 224
+    mapper_depth: int  # 5
+    context_dim: int  # 768: width of the single context token
+    unet_in_channels: int  # 9
+    unet_model_channels: int  # 320
+    unet_context_dim: int  # 768
+    vae_channels: int  # 128
+    vae_channel_mult: tuple[int, ...]  # (1, 2, 4, 4)
+    vae_num_res_blocks: int  # 2
+    vae_z_channels: int  # 4
+    vae_embed_dim: int  # 4
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PbECheckpoint:
+    """The parts of a Paint-by-Example model in canonical (original-layout) naming, prefixes removed.
+
+    unet      LDM ``UNetModel`` names (``input_blocks.0.0.weight`` is (C, 9, 3, 3))
+    vae       LDM ``AutoencoderKL`` names (``encoder.*``, ``decoder.*``, ``quant_conv.*``, ``post_quant_conv.*``)
+    clip      transformers ``CLIPVisionModel`` names with the ``vision_model.`` level
+    mapper    ``resblocks.{i}.{attn.c_qkv, attn.c_proj, ln_1, mlp.c_fc, mlp.c_proj, ln_2}.{weight,bias}``
+    final_ln  ``weight``, ``bias``;  proj_out  ``weight`` (context, width), ``bias``
+    uncond    the learned unconditional context, (1, 1, context)
+
+    Tensors keep the file's dtype (fp32, fp16 or bf16); they may be memory-mapped views of the file.
+    """
+
+    unet: dict[str, torch.Tensor]
+    vae: dict[str, torch.Tensor]
+    clip: dict[str, torch.Tensor]
+    mapper: dict[str, torch.Tensor]
+    final_ln: dict[str, torch.Tensor]
+    proj_out: dict[str, torch.Tensor]
+    uncond: torch.Tensor
+    info: ModelInfo
+    layout: str  # human-readable description of what was read
+    source: str  # the path
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict of :class:`pbe_core.exemplar_encoder.ExemplarEncoder` (original naming)."""
+        sd = layouts.add_prefix(self.clip, "transformer.")
+        sd.update(layouts.add_prefix(self.mapper, "mapper."))
+        sd.update(layouts.add_prefix(self.final_ln, "final_ln."))
+        sd.update(layouts.add_prefix(self.proj_out, "proj_out."))
+        sd["learnable_vector"] = self.uncond
+        return sd
+
+    def original_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model in the original single-file naming (without the fixed DDPM schedule buffers)."""
+        sd = layouts.add_prefix(self.unet, layouts.UNET_PREFIX)
+        sd.update(layouts.add_prefix(self.vae, layouts.VAE_PREFIX))
+        sd.update(layouts.add_prefix(self.clip, layouts.CLIP_PREFIX))
+        sd.update(layouts.add_prefix(self.mapper, layouts.MAPPER_PREFIX))
+        sd.update(layouts.add_prefix(self.final_ln, layouts.FINAL_LN_PREFIX))
+        sd.update(layouts.add_prefix(self.proj_out, layouts.PROJ_OUT_PREFIX))
+        sd[layouts.UNCOND_KEY] = self.uncond
+        return sd
+
+    def parts(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "unet": self.unet,
+            "vae": self.vae,
+            "clip": self.clip,
+            "mapper": self.mapper,
+            "final_ln": self.final_ln,
+            "proj_out": self.proj_out,
+            "uncond": {"": self.uncond},
+        }
+
+
+# --- reading files ---------------------------------------------------------------------------------------------------
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the tensors of one checkpoint file without executing anything it contains.
+
+    ``.safetensors`` files are memory-mapped by safetensors; torch zip files (``.ckpt``, ``.bin``, ``.pt``) go
+    through the restricted unpickler, which returns the Lightning ``state_dict`` (or the top-level dict of tensors)
+    and never materialises optimizer state. Raises :class:`CheckpointError` naming the problem and the fix.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except PermissionError as e:
+        raise CheckpointError(
+            f"Cannot read {path}: permission denied. Give the user running ComfyUI read access to it "
+            f"(e.g. chmod a+r) or move it into models/paint_by_example/."
+        ) from e
+    except OSError as e:
+        raise CheckpointError(f"Cannot read {path}: {e.strerror or e}.") from e
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; get the file again.")
+    if _looks_like_safetensors(head, size):
+        return _read_safetensors(path)
+    if is_torch_zip(path):
+        return _load_torch_zip(path)
+    raise CheckpointError(_not_a_checkpoint_message(path, head))
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < n
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+    if n > _SAFETENSORS_MAX_HEADER or n + 8 > size:
+        raise CheckpointError(
+            f"{path} is not a valid .safetensors file: its header claims {n} bytes but the file has {size}. "
+            f"The file is truncated or corrupt; download it again."
+        )
+    try:
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+        return out
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path} is not a valid .safetensors file ({e}). It is truncated or corrupt; download it again."
+        ) from e
+
+
+def _not_a_checkpoint_message(path: Path, head: bytes) -> str:
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        what = "an HTML page (usually a failed download: an error or login page saved under the model's name)"
+    elif text.startswith((b"{", b"[")):
+        what = "a JSON file"
+    elif head.startswith(b"version https://git-lfs"):
+        what = "a Git LFS pointer (the repository was cloned without LFS)"
+    elif head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+        what = "a raw pickle in the legacy (pre-1.6) torch format, which is not read for safety"
+    else:
+        what = "not a checkpoint format this loader knows (.safetensors or a PyTorch zip .ckpt/.bin)"
+    return (
+        f"{path} is {what}. Put a Paint-by-Example checkpoint there: the original model.ckpt, a .safetensors "
+        f"conversion of it, or a diffusers folder (Fantasy-Studio/Paint-by-Example)."
+    )
+
+
+# --- recognising what a state dict is --------------------------------------------------------------------------------
+_LORA_PATTERNS = ("lora_unet_", "lora_te", ".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".alpha", "lora.")
+
+
+def _refuse_foreign(sd: Mapping[str, torch.Tensor], path: str) -> None:
+    """Raise a specific error for the well-known checkpoints that are not Paint by Example."""
+    keys = list(sd)
+    fix = "Load it with ComfyUI's own loaders; for Paint by Example put model.ckpt (Fantasy-Studio/Paint-by-Example) here."
+    if any(any(p in k for p in _LORA_PATTERNS) for k in keys[:2000]) and not any(
+        k.startswith(layouts.UNET_PREFIX) for k in keys
+    ):
+        raise CheckpointError(f"{path} is a LoRA (keys like {keys[0]!r}), not a full Paint-by-Example model. {fix}")
+    if any(k.startswith(("conditioner.embedders.", "model.diffusion_model.label_emb.")) for k in keys):
+        raise CheckpointError(f"{path} is an SDXL checkpoint, not Paint by Example (SD-1 based). {fix}")
+    unet_in = sd.get(layouts.UNET_PREFIX + "input_blocks.0.0.weight")
+    has_text_clip = any(k.startswith("cond_stage_model.transformer.text_model.") for k in keys) or any(
+        k.startswith("cond_stage_model.transformer.embeddings.token_embedding") for k in keys
+    )
+    has_mapper = any(k.startswith(layouts.MAPPER_PREFIX) for k in keys)
+    if unet_in is not None and has_text_clip and not has_mapper:
+        kind = "a Stable Diffusion inpainting" if unet_in.shape[1] == 9 else "a Stable Diffusion 1.x"
+        raise CheckpointError(
+            f"{path} is {kind} checkpoint (text encoder, no exemplar image encoder), not Paint by Example. {fix}"
+        )
+    if any(k.startswith("cond_stage_model.model.") for k in keys) and not has_mapper:
+        raise CheckpointError(f"{path} is a Stable Diffusion 2.x checkpoint, not Paint by Example. {fix}")
+
+
+def _from_original(sd: Mapping[str, torch.Tensor], path: str, layout: str) -> PbECheckpoint:
+    _refuse_foreign(sd, path)
+    parts = {
+        "unet": layouts.split_prefix(sd, layouts.UNET_PREFIX),
+        "vae": layouts.split_prefix(sd, layouts.VAE_PREFIX),
+        "clip": layouts.clip_with_vision_model_level(layouts.split_prefix(sd, layouts.CLIP_PREFIX)),
+        "mapper": layouts.split_prefix(sd, layouts.MAPPER_PREFIX),
+        "final_ln": layouts.split_prefix(sd, layouts.FINAL_LN_PREFIX),
+        "proj_out": layouts.split_prefix(sd, layouts.PROJ_OUT_PREFIX),
+    }
+    missing = [name for name, part in parts.items() if not part]
+    if layouts.UNCOND_KEY not in sd:
+        missing.append(layouts.UNCOND_KEY)
+    if missing:
+        if not parts["unet"] and any(k.startswith(("down_blocks.", "conv_in.")) for k in sd):
+            raise CheckpointError(
+                f"{path} holds a single diffusers component (keys like {next(iter(sd))!r}), not a whole model. "
+                f"Select the diffusers folder itself (the one with model_index.json, unet/, vae/, image_encoder/)."
+            )
+        raise CheckpointError(
+            f"{path} is not a Paint-by-Example checkpoint: it lacks {', '.join(missing)} "
+            f"(expected keys under {layouts.UNET_PREFIX}, {layouts.VAE_PREFIX}, {layouts.CLIP_PREFIX}, "
+            f"{layouts.MAPPER_PREFIX}, {layouts.FINAL_LN_PREFIX}, {layouts.PROJ_OUT_PREFIX} and {layouts.UNCOND_KEY}). "
+            f"Use the original model.ckpt, a .safetensors conversion of it, or the diffusers folder."
+        )
+    return _assemble(parts, sd[layouts.UNCOND_KEY], path, layout, clip_heads=None)
+
+
+def _assemble(parts: dict, uncond: torch.Tensor, path: str, layout: str, clip_heads: int | None) -> PbECheckpoint:
+    info = infer_info(parts, uncond, path, clip_heads)
+    return PbECheckpoint(
+        unet=parts["unet"],
+        vae=parts["vae"],
+        clip=parts["clip"],
+        mapper=parts["mapper"],
+        final_ln=parts["final_ln"],
+        proj_out=parts["proj_out"],
+        uncond=uncond,
+        info=info,
+        layout=layout,
+        source=str(path),
+    )
+
+
+def _shape(part: Mapping[str, torch.Tensor], key: str, what: str, path: str) -> torch.Size:
+    if key not in part:
+        raise CheckpointError(f"{path}: the {what} lacks the tensor {key!r}; the file is incomplete or not Paint by Example.")
+    return part[key].shape
+
+
+def infer_info(parts: dict, uncond: torch.Tensor, path: str, clip_heads: int | None = None) -> ModelInfo:
+    """Read every size from tensor shapes; check the parts fit together. Raises :class:`CheckpointError`."""
+    unet, vae, clip, mapper = parts["unet"], parts["vae"], parts["clip"], parts["mapper"]
+    w_in = _shape(unet, "input_blocks.0.0.weight", "UNet", path)
+    if len(w_in) != 4 or w_in[1] != 9:
+        raise CheckpointError(
+            f"{path}: the UNet takes {w_in[1] if len(w_in) > 1 else '?'} input channels; Paint by Example's takes 9 "
+            f"(4 noisy latent + 4 masked-image latent + 1 mask). This is a different model (SD-1.x has 4, "
+            f"instruct-pix2pix 8); load it with ComfyUI's own loaders."
+        )
+    ctx_keys = [k for k in unet if k.endswith("attn2.to_k.weight")]
+    if not ctx_keys:
+        raise CheckpointError(f"{path}: the UNet has no cross-attention (attn2) layers; it is not an SD-1 UNet.")
+    unet_ctx = unet[ctx_keys[0]].shape[1]
+
+    pe = _shape(clip, "vision_model.embeddings.patch_embedding.weight", "CLIP vision tower", path)
+    pos = _shape(clip, "vision_model.embeddings.position_embedding.weight", "CLIP vision tower", path)
+    fc1 = _shape(clip, "vision_model.encoder.layers.0.mlp.fc1.weight", "CLIP vision tower", path)
+    width, patch = pe[0], pe[2]
+    grid = round((pos[0] - 1) ** 0.5)
+    if grid * grid != pos[0] - 1:
+        raise CheckpointError(f"{path}: CLIP has {pos[0]} position embeddings, not a square grid plus a class token.")
+    depth = layouts.mapper_depth(clip, "vision_model.encoder.layers.")
+    # Every OpenAI CLIP ViT uses 64-wide heads (ViT-L/14: 1024 / 64 = 16); the single file does not store the count.
+    heads = clip_heads or max(1, width // 64)
+    mdepth = layouts.mapper_depth(mapper, "resblocks.")
+    if mdepth == 0:
+        raise CheckpointError(f"{path}: the exemplar mapper has no blocks (cond_stage_model.mapper.resblocks.*).")
+    qkv = _shape(mapper, "resblocks.0.attn.c_qkv.weight", "mapper", path)
+    if qkv != (3 * width, width):
+        raise CheckpointError(f"{path}: mapper c_qkv is {tuple(qkv)}, expected ({3 * width}, {width}) for CLIP width {width}.")
+    proj = _shape(parts["proj_out"], "weight", "proj_out", path)
+    ctx = proj[0]
+    if proj[1] != width or tuple(uncond.shape) != (1, 1, ctx):
+        raise CheckpointError(
+            f"{path}: proj_out is {tuple(proj)} and the learned vector {tuple(uncond.shape)}; expected ({ctx}, {width}) "
+            f"and (1, 1, {ctx}). The file mixes parts of different models."
+        )
+    if ctx != unet_ctx:
+        raise CheckpointError(
+            f"{path}: the exemplar encoder gives {ctx}-wide context but the UNet's cross-attention takes {unet_ctx}."
+        )
+    ch = _shape(vae, "encoder.conv_in.weight", "VAE", path)[0]
+    levels = layouts.mapper_depth(vae, "encoder.down.")
+    mult = tuple(vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in range(levels))
+    nres = layouts.mapper_depth(vae, "encoder.down.0.block.")
+    z = _shape(vae, "decoder.conv_in.weight", "VAE", path)[1]
+    embed = _shape(vae, "post_quant_conv.weight", "VAE", path)[1]
+    return ModelInfo(
+        clip_width=width,
+        clip_depth=depth,
+        clip_heads=heads,
+        clip_mlp_width=fc1[0],
+        clip_patch=patch,
+        clip_image_size=grid * patch,
+        mapper_depth=mdepth,
+        context_dim=ctx,
+        unet_in_channels=w_in[1],
+        unet_model_channels=w_in[0],
+        unet_context_dim=unet_ctx,
+        vae_channels=ch,
+        vae_channel_mult=mult,
+        vae_num_res_blocks=nres,
+        vae_z_channels=z,
+        vae_embed_dim=embed,
+    )
+
+
+# --- diffusers folders -------------------------------------------------------------------------------------------------
+_COMPONENT_STEMS = {
+    "unet": ("diffusion_pytorch_model",),
+    "vae": ("diffusion_pytorch_model",),
+    "image_encoder": ("model", "pytorch_model"),
+}
+
+
+def _component_weights(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], str]:
+    d = folder / name
+    if not d.is_dir():
+        raise CheckpointError(
+            f"The diffusers folder {folder} has no '{name}/' sub-folder; a Paint-by-Example folder needs unet/, vae/ "
+            f"and image_encoder/. Download the missing '{name}' component (keep the folder structure)."
+        )
+    candidates = []
+    for stem in _COMPONENT_STEMS[name]:
+        for ext in ("safetensors", "bin"):
+            candidates += [d / f"{stem}.{ext}"]
+            candidates += sorted(d.glob(f"{stem}.*.{ext}"))  # variants: fp16, ...
+    for c in candidates:
+        if c.is_file():
+            return read_state_dict(c), c.name
+    index = sorted(d.glob("*.index.json"))
+    if index:
+        return _read_sharded(index[0]), index[0].name
+    raise CheckpointError(
+        f"The diffusers folder {folder} has a '{name}/' sub-folder but no weights in it "
+        f"(looked for {', '.join(sorted({c.name for c in candidates}))}). Download the missing weight file."
+    )
+
+
+def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_file} is not a valid shard index ({e}).") from e
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if "/" in shard or "\\" in shard or shard.startswith("."):
+            raise CheckpointError(f"{index_file} names a shard outside its folder: {shard!r}.")
+        out.update(read_state_dict(index_file.parent / shard))
+    return out
+
+
+def _load_diffusers_folder(folder: Path) -> PbECheckpoint:
+    # model_index.json's class names are not trusted (REFERENCE.md section 7): read the components themselves.
+    unet_sd, unet_file = _component_weights(folder, "unet")
+    vae_sd, vae_file = _component_weights(folder, "vae")
+    enc_sd, enc_file = _component_weights(folder, "image_encoder")
+    try:
+        unet = layouts.unet_from_diffusers(unet_sd)
+    except KeyError as e:
+        raise CheckpointError(f"{folder}/unet: {e.args[0]}") from e
+    try:
+        vae = layouts.vae_from_diffusers(vae_sd)
+    except KeyError as e:
+        raise CheckpointError(f"{folder}/vae: {e.args[0]}") from e
+    if "uncond_vector" not in enc_sd or not any(k.startswith("mapper.") for k in enc_sd):
+        raise CheckpointError(
+            f"{folder}/image_encoder/{enc_file} is not a Paint-by-Example image encoder (no mapper / uncond_vector). "
+            f"A plain CLIP vision model cannot condition this UNet; use the Paint-by-Example folder's image_encoder."
+        )
+    heads = None
+    cfg = folder / "image_encoder" / "config.json"
+    if cfg.is_file():
+        try:
+            heads = int(json.loads(cfg.read_text()).get("num_attention_heads") or 0) or None
+        except (OSError, ValueError, TypeError):
+            log.warning("Could not read %s; inferring the CLIP head count from its width.", cfg)
+    parts = {
+        "unet": unet,
+        "vae": vae,
+        "clip": layouts.clip_with_vision_model_level(layouts.split_prefix(enc_sd, "model.")),
+        "mapper": layouts.mapper_from_diffusers(layouts.split_prefix(enc_sd, "mapper.")),
+        "final_ln": layouts.split_prefix(enc_sd, "final_layer_norm."),
+        "proj_out": layouts.split_prefix(enc_sd, "proj_out."),
+    }
+    layout = f"diffusers folder (unet/{unet_file}, vae/{vae_file}, image_encoder/{enc_file})"
+    return _assemble(parts, enc_sd["uncond_vector"], str(folder), layout, clip_heads=heads)
+
+
+# --- entry point ---------------------------------------------------------------------------------------------------
+def load_checkpoint(path: str | os.PathLike) -> PbECheckpoint:
+    """Load a Paint-by-Example model from a file or a diffusers folder.
+
+    Returns a :class:`PbECheckpoint` in canonical naming with :class:`ModelInfo` inferred from shapes. Raises
+    :class:`CheckpointError` (a ``ValueError``) with a message that names the problem and the fix for anything that
+    is not a complete Paint-by-Example model.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise CheckpointError(
+                f"Cannot read the folder {p}: permission denied. Give the user running ComfyUI read access to it."
+            )
+        if not (p / "unet").is_dir() and not (p / "model_index.json").is_file():
+            raise CheckpointError(
+                f"{p} is a folder but not a diffusers Paint-by-Example folder (no model_index.json, no unet/). "
+                f"Select the folder that contains unet/, vae/ and image_encoder/, or a single .ckpt/.safetensors file."
+            )
+        return _load_diffusers_folder(p)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist. Put the checkpoint into ComfyUI/models/paint_by_example/.")
+    sd = read_state_dict(p)
+    kind = "Lightning checkpoint" if p.suffix in (".ckpt", ".pt", ".pth") else p.suffix.lstrip(".")
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for k, v in sd.items() if k.startswith(layouts.UNET_PREFIX)})
+    if any(re.match(r"(down_blocks|up_blocks|mid_block)\.", k) for k in list(sd)[:50]) and not any(
+        k.startswith(layouts.UNET_PREFIX) for k in sd
+    ):
+        raise CheckpointError(
+            f"{p} holds a single diffusers component (keys like {next(iter(sd))!r}), not a whole model. "
+            f"Select the diffusers folder itself (the one with model_index.json, unet/, vae/, image_encoder/)."
+        )
+    return _from_original(sd, str(p), f"original single file ({kind}, {'/'.join(dtypes) or '?'})")

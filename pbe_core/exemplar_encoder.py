@@ -1,0 +1,156 @@
+"""Paint by Example's exemplar encoder: CLIP ViT class token -> information bottleneck -> one context token.
+
+The paper (Yang et al. 2023, section 3.2) conditions the UNet on a *single* token: the CLIP ViT-L/14 vision tower's
+pooled output (the class token after CLIP's post-layernorm, 1024-d, taken *before* CLIP's 768-d visual projection)
+goes through a small transformer ("mapper": 5 pre-LN blocks, width 1024, one head, MLP 1024->4096->1024 with exact
+GELU), a LayerNorm and a linear ``proj_out`` to the UNet's 768-wide context: shape (B, 1, 768). The unconditional
+context is a learned vector of the same shape.
+
+Written for this project; diffusers' ``PaintByExampleImageEncoder`` (Apache-2.0) was read for the structure and is
+the test oracle. The module names follow the original single-file layout so the checkpoint loads without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import ModelInfo, PbECheckpoint
+
+
+class MapperAttention(nn.Module):
+    """Multi-head self-attention with q, k, v stacked in one ``c_qkv`` Linear (rows: q, then k, then v)."""
+
+    def __init__(self, width: int, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.c_qkv = nn.Linear(width, 3 * width)
+        self.c_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        if n == 1:
+            # One token: the softmax over a single key is exactly 1, so the output is the value projection.
+            v = F.linear(x, self.c_qkv.weight[2 * w :], self.c_qkv.bias[2 * w :])
+            return self.c_proj(v)
+        q, k, v = self.c_qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.c_proj(y.transpose(1, 2).reshape(b, n, w))
+
+
+class MapperMLP(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, 4 * width)
+        self.c_proj = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x)))  # exact (erf) GELU, as the paper's mapper
+
+
+class MapperBlock(nn.Module):
+    """Pre-LN residual block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = MapperAttention(width)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MapperMLP(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Mapper(nn.Module):
+    def __init__(self, width: int, depth: int):
+        super().__init__()
+        self.resblocks = nn.ModuleList(MapperBlock(width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x)
+        return x
+
+
+def clip_vision_config(info: ModelInfo):
+    """transformers ``CLIPVisionConfig`` for the inferred sizes (OpenAI CLIP: quick_gelu, LayerNorm eps 1e-5)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=info.clip_width,
+        intermediate_size=info.clip_mlp_width,
+        num_hidden_layers=info.clip_depth,
+        num_attention_heads=info.clip_heads,
+        image_size=info.clip_image_size,
+        patch_size=info.clip_patch,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=info.context_dim,
+    )
+
+
+class ExemplarEncoder(nn.Module):
+    """CLIP vision tower + mapper + final LayerNorm + ``proj_out``, and the learned unconditional vector.
+
+    ``forward(pixels)``: pixels (B, 3, S, S) float, CLIP-normalised (S = ``info.clip_image_size``, 224 for the real
+    model; see :mod:`pbe_core.exemplar_preprocess`) -> context (B, 1, C), C = ``info.context_dim`` (768).
+    """
+
+    def __init__(self, info: ModelInfo):
+        super().__init__()
+        from transformers import CLIPVisionModel
+
+        self.info = info
+        self.transformer = CLIPVisionModel(clip_vision_config(info))
+        self.mapper = Mapper(info.clip_width, info.mapper_depth)
+        self.final_ln = nn.LayerNorm(info.clip_width)
+        self.proj_out = nn.Linear(info.clip_width, info.context_dim)
+        self.learnable_vector = nn.Parameter(torch.zeros(1, 1, info.context_dim))
+
+    # transformers 4 nests CLIPVisionModel's weights under "vision_model.", transformers 5 does not.
+    def _clip_has_vision_model_level(self) -> bool:
+        return any(k.startswith("vision_model.") for k in self.transformer.state_dict())
+
+    def load_checkpoint(self, ckpt: PbECheckpoint) -> ExemplarEncoder:
+        """Copy the checkpoint's encoder weights in (strict: every tensor must be used and every weight set)."""
+        sd = ckpt.encoder_state_dict()
+        if not self._clip_has_vision_model_level():
+            sd = {k.replace("transformer.vision_model.", "transformer.", 1): v for k, v in sd.items()}
+        own = self.state_dict()
+        missing = sorted(k for k in own if k not in sd)
+        # position_ids is a non-persistent buffer in recent transformers, a persistent one in old ones
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        unexpected = sorted(k for k in sd if k not in own)
+        if missing or unexpected:
+            raise ValueError(
+                f"Exemplar encoder weights do not fit the inferred architecture: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}."
+            )
+        with torch.no_grad():
+            for k, v in sd.items():
+                own[k].copy_(v)
+        return self
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: PbECheckpoint, dtype: torch.dtype = torch.float32) -> ExemplarEncoder:
+        with torch.device("meta"):
+            model = cls(ckpt.info)
+        model = model.to_empty(device="cpu")
+        # buffers (position_ids) are not in the checkpoint: rebuild them
+        for name, buf in model.named_buffers():
+            if name.endswith("position_ids"):
+                buf.copy_(torch.arange(buf.shape[-1]).expand_as(buf))
+        model.load_checkpoint(ckpt)
+        return model.to(dtype).eval().requires_grad_(False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self.transformer(pixel_values=pixels).pooler_output  # (B, W): post-layernorm class token
+        x = self.mapper(pooled[:, None])  # (B, 1, W)
+        return self.proj_out(self.final_ln(x))  # (B, 1, C)
+
+    def unconditional(self, batch: int = 1) -> torch.Tensor:
+        """The learned unconditional context (the negative for classifier-free guidance), (batch, 1, C)."""
+        return self.learnable_vector.expand(batch, -1, -1)

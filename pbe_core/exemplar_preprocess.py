@@ -1,0 +1,121 @@
+"""Exemplar image preprocessing: ComfyUI IMAGE tensors -> CLIP-normalised pixels for the exemplar encoder.
+
+Two published conventions (REFERENCE.md section 3):
+
+* ``squash`` (official inference, the default): the whole exemplar resized to 224x224 with PIL's bicubic filter,
+  ignoring its aspect ratio;
+* ``center_crop`` (diffusers' ``CLIPImageProcessor``): shortest side to 224 (bicubic), then the central 224x224;
+  can cut off parts of a wide exemplar.
+
+Then scale to [0, 1] and normalise with CLIP's mean and std. Resizing uses torch's antialiased bicubic filter, the
+same filter as PIL's (a = -0.5, support scaled with the reduction factor). ``center_crop`` additionally rounds to
+8 bits after resizing, as PIL does on uint8 images, so it matches diffusers' processor to one 8-bit level.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+PREPROCESS_MODES = ("squash", "center_crop")
+
+
+def _to_nchw_rgb(image: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) in [0, 1] with C in {1, 3, 4} -> (B, 3, H, W) float32 (grey repeated, alpha dropped)."""
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"Exemplar image has shape {tuple(image.shape)}; expected a ComfyUI IMAGE (batch, height, width, 3)."
+        )
+    if image.shape[1] < 1 or image.shape[2] < 1:
+        raise ValueError(f"Exemplar image is empty ({image.shape[2]}x{image.shape[1]} pixels).")
+    x = image[..., :3] if image.shape[-1] >= 3 else image.expand(*image.shape[:-1], 3)
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise ValueError("Exemplar image contains NaN or infinite pixels; fix the node that produced it.")
+    return x.clamp(0, 1).movedim(-1, 1)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    # antialias only matters when shrinking; torch's antialiased bicubic reproduces PIL's filter
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> CLIP-normalised."""
+    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def squash(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """Official preprocessing: resize the whole image to size x size. (B,H,W,C) [0,1] -> (B,3,size,size) in [0,1]."""
+    return _resize(_to_nchw_rgb(image), (size, size)).clamp(0, 1)
+
+
+def center_crop(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """diffusers' preprocessing: shortest side to ``size``, central crop. (B,H,W,C) -> (B,3,size,size) in [0,1]."""
+    x = _to_nchw_rgb(image)
+    h, w = x.shape[-2:]
+    # transformers' get_resize_output_image_size: the long side is truncated, not rounded
+    if h <= w:
+        nh, nw = size, int(size * w / h)
+    else:
+        nh, nw = int(size * h / w), size
+    x = _resize(x * 255.0, (nh, nw)).round().clamp(0, 255) / 255.0  # PIL resizes uint8 images: 8-bit rounding
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def preprocess(image: torch.Tensor, mode: str = "squash", size: int = 224) -> torch.Tensor:
+    """ComfyUI IMAGE (B, H, W, C) in [0, 1] -> CLIP-normalised pixels (B, 3, size, size), float32."""
+    if mode == "squash":
+        x = squash(image, size)
+    elif mode == "center_crop":
+        x = center_crop(image, size)
+    else:
+        raise ValueError(f"Unknown exemplar preprocessing {mode!r}; choose one of {', '.join(PREPROCESS_MODES)}.")
+    return normalize(x)
+
+
+def apply_exemplar_mask(image: torch.Tensor, mask: torch.Tensor, pad: int = 10) -> torch.Tensor:
+    """Cut the object out of the exemplar: keep pixels where ``mask`` >= 0.5, fill the rest with CLIP's mean colour
+    (which normalises to zero, the most neutral input for CLIP), and crop to the mask's bounding box plus ``pad``
+    pixels (the paper's training crops are padded by up to 10 px).
+
+    image (B, H, W, C) in [0, 1]; mask (B or 1, H, W) in [0, 1], 1 = the object. Returns one (1, h, w, 3) tensor per
+    exemplar: the crops differ in size, so each is preprocessed on its own.
+    """
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if mask.shape[-2:] != image.shape[1:3]:
+        raise ValueError(
+            f"Exemplar mask is {mask.shape[-1]}x{mask.shape[-2]} but the exemplar image is "
+            f"{image.shape[2]}x{image.shape[1]}; resize the mask or connect the exemplar's own mask."
+        )
+    if mask.shape[0] not in (1, image.shape[0]):
+        raise ValueError(
+            f"{mask.shape[0]} exemplar masks for {image.shape[0]} exemplar images; give one mask or one per image."
+        )
+    rgb = image[..., :3] if image.shape[-1] >= 3 else image.expand(*image.shape[:-1], 3)
+    fill = torch.tensor(CLIP_MEAN, dtype=rgb.dtype, device=rgb.device)
+    out = []
+    for i in range(image.shape[0]):
+        m = mask[min(i, mask.shape[0] - 1)] >= 0.5
+        if not m.any():
+            raise ValueError(
+                f"Exemplar mask {i} is empty: nothing marks the object. Paint the object in the mask editor or "
+                f"disconnect the exemplar mask to use the whole exemplar."
+            )
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + 1 + pad, m.shape[0])
+        x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + 1 + pad, m.shape[1])
+        cut = torch.where(m[..., None], rgb[i], fill)
+        out.append(cut[y0:y1, x0:x1].unsqueeze(0))
+    return out

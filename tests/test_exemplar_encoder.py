@@ -1,0 +1,154 @@
+"""The exemplar encoder against diffusers' PaintByExampleImageEncoder (the oracle) on the same weights and pixels."""
+
+import numpy as np
+import pytest
+import torch
+
+import pbe_fixtures
+from pbe_core import exemplar_preprocess as pre
+from pbe_core.checkpoint import load_checkpoint
+from pbe_core.exemplar_encoder import ExemplarEncoder
+
+# Relative tolerance of the fp32 comparison (issue 2): max |ours - diffusers| / max |diffusers|.
+RTOL = 1e-5
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 224, 224, generator=g)
+    return pre.normalize(x)
+
+
+@pytest.mark.parametrize("layout", ["original.ckpt", "diffusers-hub", "diffusers-bin", "original-fp32.safetensors"])
+def test_matches_diffusers_image_encoder(fixture_paths, tiny_modules, pixels, layout):
+    _, _, oracle = tiny_modules
+    ours = ExemplarEncoder.from_checkpoint(load_checkpoint(fixture_paths[layout]))
+    with torch.no_grad():
+        expected, uncond = oracle(pixels, return_uncond_vector=True)
+        got = ours(pixels)
+    assert got.shape == expected.shape == (3, 1, pbe_fixtures.TINY.clip["projection_dim"])
+    assert _rel(got, expected) <= RTOL
+    assert torch.equal(ours.unconditional(3), uncond.expand(3, -1, -1))
+
+
+def test_fails_without_the_mapper_or_with_the_projected_embedding(fixture_paths, tiny_modules, pixels):
+    """The comparison above can fail: skipping the mapper, or using the wrong CLIP output, is far off."""
+    _, _, oracle = tiny_modules
+    ours = ExemplarEncoder.from_checkpoint(load_checkpoint(fixture_paths["original.ckpt"]))
+    with torch.no_grad():
+        expected = oracle(pixels)
+        pooled = ours.transformer(pixel_values=pixels).pooler_output[:, None]
+        no_mapper = ours.proj_out(ours.final_ln(pooled))
+        last_hidden_cls = ours.transformer(pixel_values=pixels).last_hidden_state[:, :1]  # before post-layernorm
+        wrong_output = ours.proj_out(ours.final_ln(ours.mapper(last_hidden_cls)))
+    assert _rel(no_mapper, expected) > 1e-2
+    assert _rel(wrong_output, expected) > 1e-2
+    # a CLIPVisionModelWithProjection-style 64-d projected embedding cannot even enter the 128-wide mapper
+    assert ours.info.clip_width != pbe_fixtures.TINY.clip["projection_dim"]
+
+
+def test_value_rows_of_c_qkv_are_the_ones_that_matter(fixture_paths, tiny_modules, pixels):
+    """Single-token attention uses only v: scrambling q and k leaves the output unchanged, v does not."""
+    ours = ExemplarEncoder.from_checkpoint(load_checkpoint(fixture_paths["original.ckpt"]))
+    w = ours.info.clip_width
+    with torch.no_grad():
+        base = ours(pixels)
+        ours.mapper.resblocks[0].attn.c_qkv.weight[: 2 * w] += 1.0
+        assert torch.equal(ours(pixels), base)
+        ours.mapper.resblocks[0].attn.c_qkv.weight[2 * w :] += 1.0
+        assert _rel(ours(pixels), base) > 1e-3
+
+
+def test_q_and_k_weights_match_the_file(fixture_paths, tiny_modules):
+    """q/k never affect an output (REFERENCE.md section 7), so check those tensors against the file directly."""
+    _, _, oracle = tiny_modules
+    ckpt = load_checkpoint(fixture_paths["diffusers-hub"])
+    enc = ExemplarEncoder.from_checkpoint(ckpt)
+    for i, block in enumerate(oracle.mapper.blocks):
+        q, k, v = enc.mapper.resblocks[i].attn.c_qkv.weight.chunk(3)
+        assert torch.equal(q, block.attn1.to_q.weight)
+        assert torch.equal(k, block.attn1.to_k.weight)
+        assert torch.equal(v, block.attn1.to_v.weight)
+
+
+# --- preprocessing ----------------------------------------------------------------------------------------------------
+def _photo(h, w, seed=0):
+    """A smooth but detailed uint8 test image (gradients + noise), as a ComfyUI IMAGE and a PIL image."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], -1) * 200
+    arr = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    return torch.from_numpy(arr).float().div(255).unsqueeze(0), Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("hw", [(300, 451), (451, 300), (224, 224), (97, 500), (1000, 640)])
+def test_center_crop_matches_clip_image_processor(hw):
+    """diffusers' CLIPImageProcessor (PIL backend): equal to within one 8-bit level at every pixel."""
+    from transformers import CLIPImageProcessor
+
+    image, pil = _photo(*hw)
+    proc = CLIPImageProcessor(**{k: v for k, v in pbe_fixtures.FEATURE_EXTRACTOR_CONFIG.items() if "type" not in k})
+    expected = proc(images=pil, return_tensors="pt").pixel_values
+    got = pre.preprocess(image, "center_crop")
+    assert got.shape == expected.shape == (1, 3, 224, 224)
+    std = torch.tensor(pre.CLIP_STD).view(1, 3, 1, 1)
+    levels = ((got - expected) * std * 255).abs()
+    assert levels.max() <= 1.0 + 1e-4
+    assert levels.mean() < 0.05
+
+
+@pytest.mark.parametrize("hw", [(300, 451), (97, 500), (640, 640)])
+def test_squash_matches_pil_bicubic(hw):
+    """The official preprocessing: PIL ``resize((224, 224))`` bicubic on the uint8 image."""
+    from PIL import Image
+
+    image, pil = _photo(*hw, seed=3)
+    expected = torch.from_numpy(np.asarray(pil.resize((224, 224), Image.BICUBIC))).float().div(255)
+    got = pre.squash(image)[0].movedim(0, -1)
+    diff = (got - expected).abs() * 255
+    assert diff.max() <= 1.0  # PIL additionally rounds to uint8
+    assert diff.mean() < 0.3
+
+
+def test_squash_keeps_orientation():
+    """A wide exemplar with a red left half: after squashing the left half is still red (no transposition)."""
+    image = torch.zeros(1, 100, 300, 3)
+    image[:, :, :150, 0] = 1.0
+    out = pre.squash(image)[0]
+    assert out[0, :, :100].mean() > 0.99 and out[0, :, 124:].mean() < 0.01
+
+
+def test_grey_and_rgba_exemplars():
+    grey = torch.rand(2, 50, 60, 1)
+    rgba = torch.cat([grey.expand(-1, -1, -1, 3), torch.ones(2, 50, 60, 1)], -1)
+    assert torch.equal(pre.preprocess(grey), pre.preprocess(rgba))
+
+
+def test_bad_exemplars_name_the_problem():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        pre.preprocess(torch.full((1, 8, 8, 3), float("nan")))
+    with pytest.raises(ValueError, match="expected a ComfyUI IMAGE"):
+        pre.preprocess(torch.rand(3, 8, 8, 5))
+    with pytest.raises(ValueError, match="Unknown exemplar preprocessing 'crop'"):
+        pre.preprocess(torch.rand(1, 8, 8, 3), "crop")
+
+
+def test_exemplar_mask_cuts_out_and_crops():
+    image = torch.rand(1, 100, 120, 3)
+    mask = torch.zeros(1, 100, 120)
+    mask[:, 40:60, 30:50] = 1
+    (cut,) = pre.apply_exemplar_mask(image, mask, pad=10)
+    assert cut.shape == (1, 40, 40, 3)
+    assert torch.equal(cut[0, 10:30, 10:30], image[0, 40:60, 30:50])
+    assert torch.allclose(cut[0, 0, 0], torch.tensor(pre.CLIP_MEAN))
+    with pytest.raises(ValueError, match="is empty"):
+        pre.apply_exemplar_mask(image, torch.zeros(1, 100, 120))
+    with pytest.raises(ValueError, match="Exemplar mask is 60x50 but the exemplar image is 120x100"):
+        pre.apply_exemplar_mask(image, torch.ones(1, 50, 60))
