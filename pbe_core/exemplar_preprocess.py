@@ -7,9 +7,10 @@ Two published conventions (REFERENCE.md section 3):
 * ``center_crop`` (diffusers' ``CLIPImageProcessor``): shortest side to 224 (bicubic), then the central 224x224;
   can cut off parts of a wide exemplar.
 
-Then scale to [0, 1] and normalise with CLIP's mean and std. Resizing uses torch's antialiased bicubic filter, the
-same filter as PIL's (a = -0.5, support scaled with the reduction factor). ``center_crop`` additionally rounds to
-8 bits after resizing, as PIL does on uint8 images, so it matches diffusers' processor to one 8-bit level.
+Then scale to [0, 1] and normalise with CLIP's mean and std. Both references resize a uint8 PIL image; we reproduce
+PIL's resampling in torch: the image is quantised to 8 bits, resized in two separable passes (in the order Pillow picks) with torch's
+antialiased bicubic filter (PIL's filter: a = -0.5, support scaled with the reduction factor), rounding to 8 bits
+after each pass as PIL's uint8 pipeline does. This matches PIL to one 8-bit level (measured in the tests).
 """
 
 from __future__ import annotations
@@ -41,10 +42,19 @@ def _to_nchw_rgb(image: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    # antialias only matters when shrinking; torch's antialiased bicubic reproduces PIL's filter
-    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    """PIL-style bicubic resize of (B, 3, H, W) in [0, 1]: 8-bit input, two separable passes, each rounded to 8 bits.
+
+    Pillow runs the horizontal pass first, except (measured with Pillow 13) when the width grows while the height
+    shrinks; the order matters by up to a few 8-bit levels, so we follow it.
+    """
+    x = (x * 255).round()
+    h, w = x.shape[-2:]
+    nh, nw = size
+    passes = [(nh, w), (nh, nw)] if nw > w and nh < h else [(h, nw), (nh, nw)]
+    for hw in passes:
+        if tuple(x.shape[-2:]) != hw:
+            x = F.interpolate(x, size=hw, mode="bicubic", align_corners=False, antialias=True).round().clamp(0, 255)
+    return x / 255
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +66,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 def squash(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     """Official preprocessing: resize the whole image to size x size. (B,H,W,C) [0,1] -> (B,3,size,size) in [0,1]."""
-    return _resize(_to_nchw_rgb(image), (size, size)).clamp(0, 1)
+    return _resize(_to_nchw_rgb(image), (size, size))
 
 
 def center_crop(image: torch.Tensor, size: int = 224) -> torch.Tensor:
@@ -68,7 +78,7 @@ def center_crop(image: torch.Tensor, size: int = 224) -> torch.Tensor:
         nh, nw = size, int(size * w / h)
     else:
         nh, nw = int(size * h / w), size
-    x = _resize(x * 255.0, (nh, nw)).round().clamp(0, 255) / 255.0  # PIL resizes uint8 images: 8-bit rounding
+    x = _resize(x, (nh, nw))
     top, left = (nh - size) // 2, (nw - size) // 2
     return x[..., top : top + size, left : left + size]
 
@@ -119,3 +129,16 @@ def apply_exemplar_mask(image: torch.Tensor, mask: torch.Tensor, pad: int = 10) 
         cut = torch.where(m[..., None], rgb[i], fill)
         out.append(cut[y0:y1, x0:x1].unsqueeze(0))
     return out
+
+
+def prepare_exemplars(
+    image: torch.Tensor, mask: torch.Tensor | None = None, mode: str = "squash", size: int = 224
+) -> torch.Tensor:
+    """Everything between a ComfyUI exemplar IMAGE (and optional object MASK, 1 = object) and the encoder.
+
+    image (B, H, W, C) in [0, 1]; mask (1 or B, H, W) or None. Returns CLIP-normalised pixels (B, 3, size, size).
+    """
+    if mask is None:
+        return preprocess(image, mode, size)
+    crops = apply_exemplar_mask(_to_nchw_rgb(image).movedim(1, -1), mask)
+    return torch.cat([preprocess(c, mode, size) for c in crops])

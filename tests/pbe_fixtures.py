@@ -259,12 +259,11 @@ def write_diffusers_folder(
     ):
         d = root / name
         d.mkdir(exist_ok=True)
-        config = dict(module.config) if name != "image_encoder" else module.config.to_dict()
-        if name == "image_encoder":
-            config["architectures"] = ["PaintByExampleImageEncoder"]
+        if name == "image_encoder":  # transformers' and diffusers' own config writers
+            module.config.architectures = ["PaintByExampleImageEncoder"]
+            module.config.to_json_file(d / "config.json")
         else:
-            config["_class_name"] = type(module).__name__
-        (d / "config.json").write_text(json.dumps(_jsonable(config), indent=2))
+            module.save_config(d)
         sd = {k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()}
         if name == "image_encoder":
             sd = {
@@ -278,16 +277,6 @@ def write_diffusers_folder(
         else:
             torch.save(sd, d / fname)
     return root
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items() if not k.startswith("_") or k == "_class_name"}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 # --- everything ------------------------------------------------------------------------------------------------------

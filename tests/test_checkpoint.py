@@ -2,11 +2,11 @@
 
 import json
 
+import pbe_fixtures
 import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-import pbe_fixtures
 from pbe_core import layouts
 from pbe_core.checkpoint import CheckpointError, load_checkpoint
 

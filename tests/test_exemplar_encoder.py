@@ -1,10 +1,10 @@
 """The exemplar encoder against diffusers' PaintByExampleImageEncoder (the oracle) on the same weights and pixels."""
 
 import numpy as np
+import pbe_fixtures
 import pytest
 import torch
 
-import pbe_fixtures
 from pbe_core import exemplar_preprocess as pre
 from pbe_core.checkpoint import load_checkpoint
 from pbe_core.exemplar_encoder import ExemplarEncoder
@@ -88,7 +88,7 @@ def _photo(h, w, seed=0):
     return torch.from_numpy(arr).float().div(255).unsqueeze(0), Image.fromarray(arr)
 
 
-@pytest.mark.parametrize("hw", [(300, 451), (451, 300), (224, 224), (97, 500), (1000, 640)])
+@pytest.mark.parametrize("hw", [(300, 451), (451, 300), (224, 224), (97, 500), (1000, 640), (150, 90), (500, 97)])
 def test_center_crop_matches_clip_image_processor(hw):
     """diffusers' CLIPImageProcessor (PIL backend): equal to within one 8-bit level at every pixel."""
     from transformers import CLIPImageProcessor
@@ -101,10 +101,10 @@ def test_center_crop_matches_clip_image_processor(hw):
     std = torch.tensor(pre.CLIP_STD).view(1, 3, 1, 1)
     levels = ((got - expected) * std * 255).abs()
     assert levels.max() <= 1.0 + 1e-4
-    assert levels.mean() < 0.05
+    assert levels.mean() < 0.01
 
 
-@pytest.mark.parametrize("hw", [(300, 451), (97, 500), (640, 640)])
+@pytest.mark.parametrize("hw", [(300, 451), (97, 500), (640, 640), (640, 97), (50, 60), (60, 400), (400, 60), (230, 100)])
 def test_squash_matches_pil_bicubic(hw):
     """The official preprocessing: PIL ``resize((224, 224))`` bicubic on the uint8 image."""
     from PIL import Image
@@ -113,8 +113,8 @@ def test_squash_matches_pil_bicubic(hw):
     expected = torch.from_numpy(np.asarray(pil.resize((224, 224), Image.BICUBIC))).float().div(255)
     got = pre.squash(image)[0].movedim(0, -1)
     diff = (got - expected).abs() * 255
-    assert diff.max() <= 1.0  # PIL additionally rounds to uint8
-    assert diff.mean() < 0.3
+    assert diff.max() <= 1.0 + 1e-4
+    assert diff.mean() < 0.01
 
 
 def test_squash_keeps_orientation():

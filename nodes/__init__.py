@@ -1,0 +1,20 @@
+"""The pack's ComfyUI nodes (V3 schema). Thin glue: host objects in, ``pbe_core`` calls, host objects out."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from .conditioning import ExemplarEncode, InpaintConditioning
+from .loader import LoadModel, register_model_folder
+from .sampler import Sampler
+
+register_model_folder()
+
+NODES: list[type[io.ComfyNode]] = [LoadModel, ExemplarEncode, InpaintConditioning, Sampler]
+
+
+class PaintByExampleExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,122 @@
+"""PBE_LoadModel: a Paint-by-Example checkpoint -> MODEL, PBE_ENCODER, VAE."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint
+from .model_type import WEIGHT_DTYPES, build_all
+
+log = logging.getLogger(__name__)
+
+FOLDER = "paint_by_example"
+
+EncoderType = io.Custom("PBE_ENCODER")
+
+
+def register_model_folder() -> None:
+    """Register ``models/paint_by_example`` with our extensions, keeping folders from extra_model_paths.yaml."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    paths, _ = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    if default not in paths:
+        paths = [default, *paths]
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(CHECKPOINT_EXTENSIONS))
+
+
+def list_models() -> list[str]:
+    """Checkpoint files and diffusers folders (a folder holding model_index.json) under every registered path."""
+    names: set[str] = set()
+    for base in folder_paths.get_folder_paths(FOLDER):
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, files in os.walk(base, followlinks=True):
+            rel = os.path.relpath(root, base)
+            if "model_index.json" in files and rel != ".":
+                names.add(rel.replace(os.sep, "/"))
+                dirs[:] = []  # the weights inside a diffusers folder are not separate choices
+                continue
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in files:
+                if os.path.splitext(f)[1].lower() in CHECKPOINT_EXTENSIONS:
+                    names.add(os.path.normpath(os.path.join(rel, f)).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def resolve_model(name: str) -> str:
+    """Full path of a listed file or folder; a clear error if it is not under models/paint_by_example."""
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise ValueError(f"Model name {name!r} must be relative to models/{FOLDER}/.")
+    for base in folder_paths.get_folder_paths(FOLDER):
+        p = os.path.join(base, name)
+        if os.path.exists(p):
+            return p
+    raise ValueError(
+        f"Paint-by-Example model {name!r} was not found in {', '.join(folder_paths.get_folder_paths(FOLDER))}. "
+        f"Put the checkpoint (or diffusers folder) into ComfyUI/models/{FOLDER}/ and refresh the page."
+    )
+
+
+class LoadModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_LoadModel",
+            display_name="Load Paint-by-Example Model",
+            category="paint_by_example",
+            description=(
+                "Loads a Paint-by-Example checkpoint from models/paint_by_example/: the original model.ckpt (also the "
+                "12.6 GB training checkpoint), a .safetensors conversion (fp32/fp16/bf16) or a diffusers folder. "
+                "Nothing in the file is executed. Gives the UNet as a MODEL for any sampler, the exemplar encoder "
+                "and the VAE."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "model_name",
+                    options=list_models(),
+                    tooltip="A checkpoint file or diffusers folder in ComfyUI/models/paint_by_example/.",
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(WEIGHT_DTYPES),
+                    default="default",
+                    optional=True,
+                    tooltip=(
+                        "Precision of the UNet and exemplar encoder weights. 'default' lets ComfyUI choose "
+                        "(fp16/bf16 on a GPU, fp32 on the CPU). The VAE always uses ComfyUI's choice."
+                    ),
+                ),
+            ],
+            outputs=[
+                io.Model.Output(
+                    display_name="MODEL",
+                    tooltip="Paint-by-Example UNet (9 input channels, keep-mask polarity) for any ComfyUI sampler.",
+                ),
+                EncoderType.Output(
+                    display_name="PBE_ENCODER",
+                    tooltip="Exemplar encoder: CLIP ViT-L/14 class token -> mapper -> one 768-wide context token.",
+                ),
+                io.Vae.Output(display_name="VAE", tooltip="The model's SD-1 VAE (latent scale 0.18215)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name, weight_dtype="default"):
+        if weight_dtype not in WEIGHT_DTYPES:
+            return f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, not {weight_dtype!r}."
+        try:
+            resolve_model(model_name)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype="default") -> io.NodeOutput:
+        path = resolve_model(model_name)
+        ckpt = load_checkpoint(path)  # CheckpointError names the problem and the fix
+        log.info("Paint by Example: loaded %s (%s); %s", model_name, ckpt.layout, ckpt.info)
+        model, encoder, vae = build_all(ckpt, weight_dtype)
+        return io.NodeOutput(model, encoder, vae)

@@ -1,0 +1,177 @@
+"""PBE_Sampler: the whole Paint-by-Example edit in one node, and the 'reference' sampler.
+
+The edit: encode the exemplar, grow the mask, condition on the masked source, sample (the official PLMS
+'reference' or any ComfyUI sampler/scheduler), decode, and paste the result back through the feathered mask so that
+every pixel outside it is bit-identical to the source.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..pbe_core import inputs, mask_ops, sampling
+from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES
+from .conditioning import MASK_TOOLTIP, encode_exemplars, inpaint_conditioning
+from .loader import EncoderType
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "reference"
+
+
+class ReferenceSampler(comfy.samplers.KSAMPLER):
+    """Official Paint-by-Example inference: PLMS (eta 0) over the uniform timesteps 981, 961, ..., 1.
+
+    The host starts a sampler from unit-variance noise (``noise * sqrt(1 + sigma0^2)``) only when ``sigmas[0]`` is
+    the model's largest sigma (``comfy.samplers.Sampler.max_denoise``); the official first timestep is 981, not 999,
+    so a full denoise is declared here instead.
+    """
+
+    def __init__(self, full_denoise: bool):
+        super().__init__(sampling.sample_plms)
+        self.full_denoise = full_denoise
+
+    def max_denoise(self, model_wrap, sigmas):
+        return self.full_denoise
+
+
+def reference_sigmas(model, steps: int, denoise: float) -> torch.Tensor:
+    """The official sigma list, taken from the model's own sigma table so every step lands on an exact timestep."""
+    table = model.get_model_object("model_sampling").sigmas.double().cpu()
+    alphas_cumprod = 1.0 / (1.0 + table**2)
+    return sampling.official_sigmas(steps, alphas_cumprod, denoise).float()
+
+
+def sampler_names() -> list[str]:
+    return [REFERENCE, *comfy.samplers.KSampler.SAMPLERS]
+
+
+class Sampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_Sampler",
+            display_name="Paint by Example",
+            category="paint_by_example",
+            description=(
+                "Paints the exemplar into the masked region of the image, in one node. 'reference' sampling "
+                "reproduces the official inference exactly (PLMS over 981, 961, ..., 1); any ComfyUI sampler and "
+                "scheduler work too. The result is pasted back through the grown, feathered mask: pixels outside it "
+                "are exactly the input's."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="MODEL from 'Load Paint-by-Example Model'."),
+                EncoderType.Input("encoder", tooltip="PBE_ENCODER from 'Load Paint-by-Example Model'."),
+                io.Vae.Input("vae", tooltip="VAE from 'Load Paint-by-Example Model'."),
+                io.Image.Input("image", tooltip="Source photo (batches allowed: 1 or N, matching mask and exemplar)."),
+                io.Mask.Input("mask", tooltip=MASK_TOOLTIP),
+                io.Image.Input("exemplar", tooltip="The object to paint in; a batch of N gives N results."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    tooltip="Seed of the initial noise (same noise as KSampler for the same seed and size).",
+                ),
+                io.Int.Input("steps", default=50, min=1, max=999, tooltip="Sampling steps (official: 50)."),
+                io.Float.Input(
+                    "cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                    tooltip="Classifier-free guidance scale against the learned unconditional vector (official: 5).",
+                ),
+                io.Combo.Input(
+                    "sampler_name", options=sampler_names(), default=REFERENCE,
+                    tooltip="'reference' = the official PLMS sampler (ignores the scheduler); or any ComfyUI sampler.",
+                ),
+                io.Combo.Input(
+                    "scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal",
+                    tooltip="ComfyUI scheduler for the non-reference samplers ('ddim_uniform' is closest to official).",
+                ),
+                io.Float.Input(
+                    "denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                    tooltip="1 = paint the region from pure noise (official). Lower keeps more of the original.",
+                ),
+                io.Int.Input(
+                    "mask_grow", default=0, min=-256, max=256,
+                    tooltip="Pixels to grow (negative: shrink) the mask before editing.",
+                ),
+                io.Int.Input(
+                    "mask_feather", default=8, min=0, max=256,
+                    tooltip="Width in pixels of the soft seam outside the (grown) mask when pasting back; 0 = hard edge.",
+                ),
+                io.Combo.Input(
+                    "exemplar_preprocess", options=list(PREPROCESS_MODES), default="squash", optional=True,
+                    tooltip="squash (official): exemplar to 224x224 ignoring aspect; center_crop: diffusers' crop.",
+                ),
+                io.Mask.Input(
+                    "exemplar_mask", optional=True,
+                    tooltip="Optional: 1 = the object in the exemplar; the rest is filled neutrally and cropped away.",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="IMAGE", tooltip="The edited image, same size as the input."),
+                io.Latent.Output(display_name="LATENT", tooltip="The sampled latent (of the padded source)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name=REFERENCE, scheduler="normal", steps=50, denoise=1.0, **kwargs):
+        if sampler_name not in sampler_names():
+            return f"Unknown sampler {sampler_name!r}."
+        if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+            return f"Unknown scheduler {scheduler!r}."
+        if sampler_name == REFERENCE and isinstance(steps, int) and isinstance(denoise, (int, float)) and denoise < 1:
+            total = int(steps / max(denoise, 1e-6))
+            if total > 999:
+                return (
+                    f"steps={steps} at denoise={denoise} needs a {total}-step reference schedule (max 999); "
+                    f"lower steps or raise denoise."
+                )
+        return True
+
+    @classmethod
+    def execute(
+        cls, model, encoder, vae, image, mask, exemplar, seed, steps, cfg, sampler_name, scheduler, denoise,
+        mask_grow, mask_feather, exemplar_preprocess="squash", exemplar_mask=None,
+    ) -> io.NodeOutput:
+        image = inputs.check_image(image, "Source image")
+        mask = inputs.check_mask(mask, image)
+        cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, exemplar_preprocess)
+        n = inputs.batch_size(source=image.shape[0], mask=mask.shape[0], exemplar=cond.shape[0])
+        image, mask = inputs.repeat_to(image, n), inputs.repeat_to(mask, n)
+        cond, uncond = inputs.repeat_to(cond, n), inputs.repeat_to(uncond, n)
+        region = mask_ops.binarize(mask)
+        if mask_grow:
+            region = mask_ops.grow_mask(region, mask_grow)
+            if not bool(region.any()):
+                raise ValueError(f"mask_grow={mask_grow} shrinks the mask to nothing; use a smaller shrink.")
+
+        full = denoise >= 0.9999
+        positive, negative, latent, (h, w) = inpaint_conditioning(
+            [[cond, {}]], [[uncond, {}]], vae, image, region, source_latent=not full
+        )
+        # Like the reference, the whole latent is denoised (no noise_mask): the paste-back below restores the rest.
+        latent_image = latent["samples"]
+        noise = comfy.sample.prepare_noise(latent_image, seed)
+        callback = latent_preview.prepare_callback(model, steps)
+        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+        if sampler_name == REFERENCE:
+            sigmas = reference_sigmas(model, steps, float(denoise))
+            samples = comfy.sample.sample_custom(
+                model, noise, cfg, ReferenceSampler(full), sigmas, positive, negative, latent_image,
+                callback=callback, disable_pbar=disable_pbar, seed=seed,
+            )
+        else:
+            samples = comfy.sample.sample(
+                model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                denoise=denoise, callback=callback, disable_pbar=disable_pbar, seed=seed,
+            )
+        decoded = vae.decode(samples)[:, :h, :w, :3].float().to(image.device)
+        paste = mask_ops.feather_mask(region, mask_feather) if mask_feather else region
+        m = paste[..., None]
+        # torch.where, not arithmetic: where the paste mask is 0 the output is the source's own values, bit for bit
+        result = torch.where(m > 0, image * (1 - m) + decoded * m, image)
+        return io.NodeOutput(result, {"samples": samples})

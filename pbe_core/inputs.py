@@ -1,0 +1,99 @@
+"""Checks on user inputs (images, masks, batches) with errors that name the values and the fix.
+
+Conventions: IMAGE (B, H, W, C) float in [0, 1]; MASK (B, H, W) float in [0, 1], 1 = region to replace.
+
+Batch rule (documented in the README): every batched input (source, mask, exemplar) has either 1 item or the same
+number N as the others; a single item is used for all N results. Anything else is an error, never a silent pick.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: ComfyUI's LoadImage emits a 64x64 all-zero MASK for an image without alpha (nodes.py, LoadImage.load_image)
+PLACEHOLDER_MASK_SIDE = 64
+
+
+def wxh(t: torch.Tensor) -> str:
+    """'WIDTHxHEIGHT' of an IMAGE (B, H, W, C) or MASK (B, H, W)."""
+    if t.ndim == 4:
+        return f"{t.shape[2]}x{t.shape[1]}"
+    return f"{t.shape[-1]}x{t.shape[-2]}"
+
+
+def check_image(image: torch.Tensor, what: str = "Image") -> torch.Tensor:
+    """Validate an IMAGE; return it as (B, H, W, 3) float32 (grey repeated, alpha dropped)."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{what} is not an image tensor (got {type(image).__name__}).")
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{what} has shape {tuple(image.shape)}; expected a ComfyUI IMAGE (batch, height, width, 3).")
+    if image.shape[0] == 0 or image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(image.shape)}).")
+    image = image.float()
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{what} contains NaN or infinite pixels; fix or replace the node that produced it.")
+    if image.shape[-1] == 1:
+        image = image.expand(-1, -1, -1, 3)
+    return image[..., :3]
+
+
+def is_placeholder_mask(mask: torch.Tensor, image_hw: tuple[int, int]) -> bool:
+    """True for LoadImage's 64x64 all-zero stand-in mask on an image that is not 64x64 ("no mask given")."""
+    side = PLACEHOLDER_MASK_SIDE
+    return tuple(mask.shape[-2:]) == (side, side) and tuple(image_hw) != (side, side) and not bool(mask.any())
+
+
+def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Validate a MASK against its image; return it as (B, H, W) float32.
+
+    Raises when the mask is the 64x64 placeholder or empty (nothing to paint: an edit with no region would only
+    re-encode the photo), when its size differs from the image's, or when it holds NaN.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"Mask is not a mask tensor (got {type(mask).__name__}).")
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if mask.ndim == 4 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 3:
+        raise ValueError(f"Mask has shape {tuple(mask.shape)}; expected a ComfyUI MASK (batch, height, width).")
+    mask = mask.float()
+    hw = tuple(image.shape[1:3])
+    if is_placeholder_mask(mask, hw):
+        raise ValueError(
+            "No mask: the image has no alpha channel, so LoadImage gave its empty 64x64 placeholder. Paint the region "
+            "to replace (right-click the Load Image node -> Open in MaskEditor) or connect a MASK."
+        )
+    if tuple(mask.shape[-2:]) != hw:
+        raise ValueError(
+            f"Mask is {wxh(mask)} but the image is {wxh(image)}; resize the mask or connect the image's own mask."
+        )
+    if not torch.isfinite(mask).all():
+        raise ValueError("Mask contains NaN or infinite values; fix or replace the node that produced it.")
+    empty = [i for i in range(mask.shape[0]) if not bool((mask[i] >= 0.5).any())]
+    if empty:
+        raise ValueError(
+            f"Mask {'is' if mask.shape[0] == 1 else f'{empty} of the batch are'} empty: no pixel is >= 0.5, so there "
+            f"is nothing to replace. Paint the region to replace in the mask editor (white = replace)."
+        )
+    return mask.clamp(0, 1)
+
+
+def batch_size(**counts: int) -> int:
+    """The common batch size N of several inputs, each of which must have 1 or N items."""
+    n = max(counts.values())
+    bad = {k: v for k, v in counts.items() if v not in (1, n)}
+    if bad:
+        listing = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        raise ValueError(
+            f"Batch sizes do not match ({listing}). Each input must have 1 item (used for every result) or the same "
+            f"number as the others; split or repeat the batches."
+        )
+    return n
+
+
+def repeat_to(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Repeat a batch of 1 to n items (a batch of n stays as it is)."""
+    return t if t.shape[0] == n else t.expand(n, *t.shape[1:])

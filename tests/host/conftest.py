@@ -1,0 +1,41 @@
+"""Fixtures for the host tests: one headless ComfyUI for the session, with the pack, the probe pack and every tiny
+fixture checkpoint layout; test images uploaded through the API."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pbe_fixtures
+import pytest
+from comfy_host import ComfyServer
+from host_util import BOX, SIZE, make_photo, png_bytes
+
+HERE = Path(__file__).resolve().parent
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    comfy = os.environ["COMFYUI_PATH"]
+    paths = pbe_fixtures.write_all_layouts(pbe_fixtures.fixture_root())
+    work = Path(tempfile.mkdtemp(prefix="pbe-host-"))
+    server = ComfyServer(comfy, work, models=paths, extra_packs={"pbe_test_probe": HERE.parent / "host_probe"})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def images(comfy_server):
+    """Uploads: 'source.png' (RGBA, alpha 0 = region), 'exemplar.png' (224x224), 'exemplar2.png'. Returns arrays."""
+    src = make_photo(SIZE, SIZE, 0)
+    alpha = np.full((SIZE, SIZE), 255, np.uint8)
+    y0, y1, x0, x1 = BOX
+    alpha[y0:y1, x0:x1] = 0
+    rgba = np.dstack([src, alpha])
+    ex1 = make_photo(224, 224, 1)
+    ex2 = 255 - make_photo(224, 224, 2)
+    for name, arr in (("source.png", rgba), ("source_rgb.png", src), ("exemplar.png", ex1), ("exemplar2.png", ex2)):
+        comfy_server.upload(name, png_bytes(arr))
+    region = np.zeros((SIZE, SIZE), np.float32)
+    region[y0:y1, x0:x1] = 1
+    return {"source": src, "region": region, "exemplar": ex1, "exemplar2": ex2}
