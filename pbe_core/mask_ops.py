@@ -16,6 +16,7 @@ Only torch, numpy and the standard library are used: this module must run withou
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -44,13 +45,15 @@ def _as_batch(mask: torch.Tensor, name: str = "mask") -> tuple[torch.Tensor, boo
     m = mask.unsqueeze(0) if was_2d else mask
     if not m.is_floating_point():
         m = m.to(torch.float32)
-    if m.numel() and not bool(torch.isfinite(m).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; masks must lie in [0, 1].")
-    if m.numel() and (float(m.min()) < 0.0 or float(m.max()) > 1.0):
-        raise ValueError(
-            f"{name} has values in [{float(m.min()):g}, {float(m.max()):g}]; masks must lie in [0, 1]. "
-            "Clamp it (mask.clamp(0, 1)) or rescale an 8-bit mask by 1/255."
-        )
+    if m.numel():
+        lo, hi = (float(v) for v in torch.aminmax(m))  # one pass; NaN propagates into both
+        if math.isnan(lo) or math.isnan(hi):
+            raise ValueError(f"{name} contains NaN values; masks must lie in [0, 1].")
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{name} has values in [{lo:g}, {hi:g}]; masks must lie in [0, 1]. "
+                "Clamp it (mask.clamp(0, 1)) or rescale an 8-bit mask by 1/255."
+            )
     return m, was_2d
 
 
@@ -137,6 +140,56 @@ def is_placeholder_mask(mask: torch.Tensor, image_hw: tuple[int, int]) -> bool:
     return not bool(mask.any())
 
 
+# --- distances -----------------------------------------------------------------------------------------------------
+def _nearest_support(m: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the pixels near the region ``m > 0``: squared Euclidean distance to its nearest pixel, and that value.
+
+    Returns ``(index, d2, value)``: flat indices into ``m`` of the pixels outside the region that have a region
+    pixel at most ``cap - 1`` rows and ``cap - 1`` columns away (every pixel closer than ``cap`` is among them),
+    their squared distance to the nearest region pixel (exact below ``cap``, ``>= cap**2`` otherwise) and that
+    pixel's value (the largest, where several are equally near).
+
+    Exact, in two separable passes: the nearest region pixel of each column (cumulative max/min of row
+    indices, over the whole crop), then the best of the ``2 * cap - 1`` columns around each pixel, for the
+    pixels near the region only (a band along the edge, much smaller than a large mask).
+    """
+    b, h, w = m.shape
+    support = m > 0
+    rows = torch.arange(h, dtype=torch.int32).view(1, h, 1).expand(b, h, w)
+    far = h + cap + 1
+    above = torch.where(support, rows, torch.full_like(rows, -far)).cummax(dim=1).values
+    below = torch.where(support, rows, torch.full_like(rows, h + far)).flip(1).cummin(dim=1).values.flip(1)
+    d_above, d_below = rows - above, below - rows
+    v_above = torch.where(above >= 0, m.gather(1, above.clamp(0, h - 1).long()), torch.zeros_like(m))
+    v_below = torch.where(below < h, m.gather(1, below.clamp(0, h - 1).long()), torch.zeros_like(m))
+    g = torch.minimum(d_above, d_below).clamp(max=cap).flatten()  # vertical distance, per column
+    v = torch.where(
+        d_above < d_below, v_above, torch.where(d_below < d_above, v_below, torch.maximum(v_above, v_below))
+    ).flatten()
+    v = torch.where(g >= cap, torch.zeros_like(v), v)
+
+    # A pixel is within reach only if some column at most cap - 1 away has a region pixel less than cap rows
+    # away: count such columns in a sliding window along each row (cumulative sums, O(1) passes).
+    hits = F.pad((g < cap).view(b, h, w).to(torch.int32).cumsum(dim=2), (1, 0))
+    cols = torch.arange(w)
+    window = hits.index_select(2, (cols + cap).clamp(max=w)) - hits.index_select(2, (cols - cap + 1).clamp(min=0))
+    index = torch.nonzero(((window > 0) & ~support).flatten()).flatten()
+    col = index % w
+    best_d2 = torch.full(index.shape, 2 * cap * cap + 1, dtype=torch.int64)
+    best_v = torch.zeros(index.shape, dtype=m.dtype)
+    for dx in range(-cap + 1, cap):
+        # columns off the image count as "no region there"
+        inside = (col + dx >= 0) & (col + dx < w)
+        src = torch.where(inside, index + dx, index)
+        gs = torch.where(inside, g[src], cap).long()
+        vs = torch.where(inside, v[src], 0.0)
+        d2 = gs * gs + dx * dx
+        better = (d2 < best_d2) | ((d2 == best_d2) & (vs > best_v))
+        best_d2 = torch.where(better, d2, best_d2)
+        best_v = torch.where(better, vs, best_v)
+    return index, best_d2, best_v
+
+
 # --- grow / shrink ---------------------------------------------------------------------------------------------------
 def _shift(x: torch.Tensor, offset: int, dim: int, fill: float = float("-inf")) -> torch.Tensor:
     """``out[i] = x[i + offset]`` along ``dim``; ``fill`` where that falls off the image (-inf: neutral for max)."""
@@ -206,6 +259,18 @@ def _dilate(m: torch.Tensor, radius: int, shape: str) -> torch.Tensor:
     return out
 
 
+#: Above this radius a binary mask is grown by a disc through distances (see grow_mask); below, by max filters.
+_DISC_BY_DISTANCE_FROM = 4
+
+
+def _grow_binary_disc(b: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary ``(B, H, W)`` mask grown by the disc of ``radius``: the pixels at Euclidean distance <= radius."""
+    index, d2, _ = _nearest_support(b, radius + 1)
+    grown = (b > 0).flatten().clone()
+    grown[index[d2 <= radius * radius]] = True
+    return grown.view_as(b).to(b.dtype)
+
+
 def grow_mask(mask: torch.Tensor, pixels: int, *, shape: str = "disc") -> torch.Tensor:
     """Grow (``pixels > 0``) or shrink (``pixels < 0``) a mask by an exact structuring element.
 
@@ -217,7 +282,9 @@ def grow_mask(mask: torch.Tensor, pixels: int, *, shape: str = "disc") -> torch.
     * ``shape="square"``: the ``(2 * pixels + 1)``-wide square (chessboard distance), as a max-pool.
 
     Growing is a grey-value dilation (max filter over the element), shrinking a grey-value erosion (min
-    filter); both are computed with max-pools/shifted maxima, exactly, not approximated by blurs. Pixels
+    filter), computed exactly (not approximated by blurs): with max-pools and shifted maxima, or, for a binary
+    mask and a disc of radius > 4, as "Euclidean distance <= pixels" (the same pixels, at a cost that does not
+    grow with the radius; the max filter's does, so large discs on large grey masks are slow). Pixels
     outside the image are ignored, so a region touching the border stays touching it when shrunk (the region
     is assumed to continue past the edge, as in ComfyUI's GrowMask). ``grow(-k)`` after ``grow(k)`` is a
     morphological closing and therefore contains the original mask.
@@ -235,50 +302,19 @@ def grow_mask(mask: torch.Tensor, pixels: int, *, shape: str = "disc") -> torch.
         return _restore(out, was_2d)
     ys, xs = crop
     sub = m[:, ys, xs]
-    # Erosion = -dilation(-m): with -inf as the off-image value, off-image pixels stay neutral in both.
-    res = _dilate(sub, radius, shape) if pixels > 0 else -_dilate(-sub, radius, shape)
+    if shape == "disc" and radius > _DISC_BY_DISTANCE_FROM and bool(((sub == 0) | (sub == 1)).all()):
+        # A binary mask (the usual case) grows by a large disc faster through distances than through a
+        # max filter, whose cost is proportional to the radius; same pixels either way. Erosion grows the
+        # complement; off the image counts as "no complement", i.e. the region continues past the edge.
+        res = _grow_binary_disc(sub, radius) if pixels > 0 else 1.0 - _grow_binary_disc(1.0 - sub, radius)
+    else:
+        # Erosion = -dilation(-m): with -inf as the off-image value, off-image pixels stay neutral in both.
+        res = _dilate(sub, radius, shape) if pixels > 0 else -_dilate(-sub, radius, shape)
     out[:, ys, xs] = res
     return _restore(out, was_2d)
 
 
 # --- feather ---------------------------------------------------------------------------------------------------------
-def _nearest_support(m: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared Euclidean distance to the nearest ``m > 0`` pixel (capped) and that pixel's value.
-
-    Exact, in two separable passes: the nearest non-zero pixel of each column (cumulative max/min of row
-    indices), then the best column within ``cap`` on each side. Where several pixels are equally near, the
-    largest value wins. Distances of ``cap`` or more come back as at least ``cap**2`` with value 0.
-    """
-    b, h, w = m.shape
-    support = m > 0
-    rows = torch.arange(h, dtype=torch.int64).view(1, h, 1).expand(b, h, w)
-    far = h + cap + 1
-    above = torch.where(support, rows, torch.full_like(rows, -far)).cummax(dim=1).values
-    below = torch.where(support, rows, torch.full_like(rows, h + far)).flip(1).cummin(dim=1).values.flip(1)
-    d_above, d_below = rows - above, below - rows
-    v_above = torch.where(above >= 0, m.gather(1, above.clamp(0, h - 1)), torch.zeros_like(m))
-    v_below = torch.where(below < h, m.gather(1, below.clamp(0, h - 1)), torch.zeros_like(m))
-    g = torch.minimum(d_above, d_below)
-    v = torch.where(
-        d_above < d_below, v_above, torch.where(d_below < d_above, v_below, torch.maximum(v_above, v_below))
-    )
-    g = g.clamp(max=cap)
-    v = torch.where(g >= cap, torch.zeros_like(v), v)
-
-    big = 2 * cap * cap + 1
-    best_d2 = torch.full((b, h, w), big, dtype=torch.int64)
-    best_v = torch.zeros_like(m)
-    for dx in range(-cap + 1, cap):
-        # columns shifted in from off the image count as "no region there" (distance cap, value 0)
-        gs = _shift(g, dx, 2, fill=cap)
-        vs = _shift(v, dx, 2, fill=0.0)
-        d2 = gs * gs + dx * dx
-        better = (d2 < best_d2) | ((d2 == best_d2) & (vs > best_v))
-        best_d2 = torch.where(better, d2, best_d2)
-        best_v = torch.where(better, vs, best_v)
-    return best_d2, best_v
-
-
 def feather_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     """Soften the mask's edge with a smooth ramp that goes **outward only**.
 
@@ -310,10 +346,12 @@ def feather_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
         return _restore(out, was_2d)
     ys, xs = crop
     sub = m[:, ys, xs]
-    d2, v = _nearest_support(sub, pixels)
+    index, d2, v = _nearest_support(sub, pixels)
     t = (1.0 - torch.sqrt(d2.to(torch.float64)) / pixels).clamp(0.0, 1.0)
     ramp = (t * t * (3.0 - 2.0 * t)).to(m.dtype)
-    out[:, ys, xs] = torch.maximum(sub, v * ramp)
+    feathered = sub.flatten().clone()  # pixels of the region, and those far from it, keep their values
+    feathered[index] = v * ramp  # these lie outside the region (value 0), so this is max(mask, v * ramp)
+    out[:, ys, xs] = feathered.view_as(sub)
     return _restore(out, was_2d)
 
 
