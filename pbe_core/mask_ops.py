@@ -355,19 +355,52 @@ def feather_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return _restore(out, was_2d)
 
 
+# --- connected components (numpy, on runs) -------------------------------------------------------------------------
+def _label_runs(region: np.ndarray, diagonal: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Connected components of a 2-D bool array, as runs: ``(run_y, run_x0, run_x1, label)``.
+
+    A run is a horizontal stretch ``[x0, x1)`` of True pixels in row ``y``; runs come sorted by (row, start).
+    Runs in consecutive rows are joined when they overlap (4-connectivity) or also when they touch diagonally
+    (``diagonal``, 8-connectivity). ``label`` is the smallest run index of each run's component. Cost grows
+    with the number of runs, not of pixels.
+    """
+    h, w = region.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = region
+    step = np.diff(padded, axis=1)  # +1 where a run starts, -1 one past its end (row-major order)
+    run_y, run_x0 = np.nonzero(step == 1)
+    _, run_x1 = np.nonzero(step == -1)
+    n = run_y.size
+    # Run a (row y, [a0, a1)) touches run b (row y + 1, [b0, b1)) iff b0 < a1 + d and b1 > a0 - d, with d = 1 for
+    # diagonal contact. On keys row * stride + column (rows sorted, runs in a row disjoint and sorted) the
+    # touching b's form a contiguous range, found with two binary searches.
+    d = 1 if diagonal else 0
+    stride = w + 2
+    key0 = run_y * stride + run_x0
+    key1 = run_y * stride + run_x1
+    lo = np.searchsorted(key1, (run_y + 1) * stride + run_x0 - d, side="right")
+    hi = np.searchsorted(key0, (run_y + 1) * stride + run_x1 + d, side="left")
+    count = np.maximum(hi - lo, 0)
+    src = np.repeat(np.arange(n), count)
+    dst = (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)) + np.repeat(lo, count)
+    # Union by hooking roots onto the smaller neighbouring root, then pointer jumping, until nothing changes.
+    labels = np.arange(n)
+    while True:
+        low = np.minimum(labels[src], labels[dst])
+        new = labels.copy()
+        np.minimum.at(new, labels[src], low)
+        np.minimum.at(new, labels[dst], low)
+        while True:  # pointer jumping: every run points straight at its root
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, labels):
+            return run_y, run_x0, run_x1, labels
+        labels = new
+
+
 # --- holes -----------------------------------------------------------------------------------------------------------
-def _spread_along_rows(reached: torch.Tensor, passable: torch.Tensor) -> torch.Tensor:
-    """Mark every pixel of a row-run of ``passable`` pixels that contains a ``reached`` pixel. ``(B, H, W)`` bool."""
-    prev = torch.zeros_like(passable)
-    prev[..., 1:] = passable[..., :-1]
-    starts = passable & ~prev  # a run always starts at column 0, so runs never span two rows
-    run_id = torch.cumsum(starts.flatten().to(torch.int64), 0)
-    flat_pass = passable.flatten()
-    hit = torch.zeros(int(run_id[-1]) + 1 if run_id.numel() else 1, dtype=torch.bool)
-    hit[run_id[flat_pass & reached.flatten()]] = True
-    return (flat_pass & hit[run_id]).view_as(passable)
-
-
 def fill_holes(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Fill the holes of each mask: background pixels that cannot reach the image border are set to 1.
 
@@ -376,33 +409,35 @@ def fill_holes(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     SciPy's ``binary_fill_holes`` default). Returns the same shape and dtype; pixels outside holes keep their
     values, holes become 1.
 
-    Flood fill from the border over the background, done with whole row-runs and column-runs at a time
-    (each pass reaches every pixel of a run that touches a reached pixel), repeated until nothing changes.
+    The background's connected components are labelled (on runs, see :func:`connected_regions`); those with
+    no pixel on the border are the holes.
     """
     m, was_2d = _as_batch(mask)
     out = m.clone()
     # Holes lie inside the region's bounding box. Work on that box widened by one pixel: the widened frame is
-    # either the image border or background that reaches the border straight outward, so it seeds the fill
-    # exactly as the image border would.
+    # either the image border or background that reaches the border straight outward, so it stands in for the
+    # image border exactly.
     crop = _support_crop((m >= threshold).to(m.dtype), 1)
     if crop is None:
         return _restore(out, was_2d)
     ys, xs = crop
     sub = m[:, ys, xs]
-    background = sub < threshold
-    border = torch.zeros_like(background)
-    border[:, 0, :] = border[:, -1, :] = True
-    border[:, :, 0] = border[:, :, -1] = True
-    reached = background & border
-    while True:
-        before = int(reached.sum())
-        reached = _spread_along_rows(reached, background)
-        reached = _spread_along_rows(reached.transpose(1, 2).contiguous(), background.transpose(1, 2).contiguous())
-        reached = reached.transpose(1, 2).contiguous()
-        if int(reached.sum()) == before:
-            break
-    holes = background & ~reached
-    out[:, ys, xs] = torch.where(holes, torch.ones_like(sub), sub)
+    background = (sub < threshold).cpu().numpy()
+    holes = np.zeros(background.shape, dtype=bool)
+    for i in range(background.shape[0]):
+        hh, ww = background[i].shape
+        run_y, run_x0, run_x1, labels = _label_runs(background[i], diagonal=False)
+        on_border = (run_y == 0) | (run_y == hh - 1) | (run_x0 == 0) | (run_x1 == ww)
+        reaches = np.zeros(labels.size, dtype=bool)
+        reaches[labels[on_border]] = True
+        hole = ~reaches[labels]
+        # paint the hole runs: +1 at each start, -1 one past each end, running sum along the row
+        delta = np.zeros((hh, ww + 1), dtype=np.int32)
+        np.add.at(delta, (run_y[hole], run_x0[hole]), 1)
+        np.add.at(delta, (run_y[hole], run_x1[hole]), -1)
+        holes[i] = np.cumsum(delta, axis=1)[:, :ww] > 0
+    filled = torch.from_numpy(holes).to(sub.device)
+    out[:, ys, xs] = torch.where(filled, torch.ones_like(sub), sub)
     return _restore(out, was_2d)
 
 
@@ -414,44 +449,15 @@ def connected_regions(mask: torch.Tensor, threshold: float = 0.5) -> list[BBox]:
     top-to-bottom, then left-to-right. An empty mask gives ``[]``.
 
     Works on runs (horizontal stretches of region pixels): runs in consecutive rows that touch, diagonally
-    included, are joined by label propagation with pointer jumping, all in numpy; cost grows with the number
-    of runs, not of pixels.
+    included, are joined by union with pointer jumping, all in numpy; cost grows with the number of runs, not
+    of pixels.
     """
     m, _ = _as_batch(mask)
     region = (m >= threshold).any(dim=0).cpu().numpy()
     h, w = region.shape
     if not region.any():
         return []
-    padded = np.zeros((h, w + 2), dtype=np.int8)
-    padded[:, 1:-1] = region
-    step = np.diff(padded, axis=1)  # +1 where a run starts, -1 one past its end (row-major order)
-    run_y, run_x0 = np.nonzero(step == 1)
-    _, run_x1 = np.nonzero(step == -1)
-    n = run_y.size
-    # Runs sorted by (row, start). Run a (row y, [a0, a1)) touches run b (row y + 1, [b0, b1)) with 8-connectivity
-    # iff b0 <= a1 and b1 >= a0. On keys row * stride + column, the touching b's are a contiguous range.
-    stride = w + 2
-    key0 = run_y * stride + run_x0
-    key1 = run_y * stride + run_x1
-    lo = np.searchsorted(key1, (run_y + 1) * stride + run_x0, side="left")
-    hi = np.searchsorted(key0, (run_y + 1) * stride + run_x1, side="right")
-    count = np.maximum(hi - lo, 0)
-    src = np.repeat(np.arange(n), count)
-    dst = (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)) + np.repeat(lo, count)
-    labels = np.arange(n)
-    while True:
-        low = np.minimum(labels[src], labels[dst])
-        new = labels.copy()
-        np.minimum.at(new, src, low)
-        np.minimum.at(new, dst, low)
-        while True:  # pointer jumping: follow labels to their roots
-            jumped = new[new]
-            if np.array_equal(jumped, new):
-                break
-            new = jumped
-        if np.array_equal(new, labels):
-            break
-        labels = new
+    run_y, run_x0, run_x1, labels = _label_runs(region, diagonal=True)
     roots, inverse = np.unique(labels, return_inverse=True)
     k = roots.size
     y0 = np.full(k, h)
@@ -463,5 +469,5 @@ def connected_regions(mask: torch.Tensor, threshold: float = 0.5) -> list[BBox]:
     np.maximum.at(y1, inverse, run_y + 1)
     np.maximum.at(x1, inverse, run_x1)
     boxes = sorted(zip(y0.tolist(), x0.tolist(), y1.tolist(), x1.tolist(), strict=True))
-    logger.debug("connected_regions: %d region(s) from %d run(s)", len(boxes), n)
+    logger.debug("connected_regions: %d region(s) from %d run(s)", len(boxes), run_y.size)
     return [(int(a), int(b), int(c), int(d)) for a, b, c, d in boxes]

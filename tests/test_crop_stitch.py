@@ -184,6 +184,13 @@ def test_plan_window_invariants_random(h, w, fy, fx, margin, shape, working_size
     bbox = (min(y0, h - 1), min(x0, w - 1), max(y1, min(y0, h - 1) + 1), max(x1, min(x0, w - 1) + 1))
     win = cs.plan_window((h, w), bbox, margin=margin, shape=shape, working_size=working_size, multiple=multiple)
     check_window(win, (h, w), bbox, margin=margin, working_size=working_size, multiple=multiple)
+    # context beyond mask + margin (or the minimum side) is only ever added while the box keeps >= 2% of the window
+    mh, mw = bbox[2] - bbox[0], bbox[3] - bbox[1]
+    pad = math.ceil(margin * max(mh, mw))
+    smallest = (min(max(mh + 2 * pad, 64), h), min(max(mw + 2 * pad, 64), w))
+    if win.size != smallest:
+        assert shape == "square" and mh * mw / (win.height * win.width) >= 0.02
+        assert max(win.size) == max(smallest)  # only the short side was widened
 
 
 def test_plan_window_errors():

@@ -228,6 +228,26 @@ def test_fill_holes_diagonal_gap_is_still_a_hole():
     assert float(out[2, 2]) == 1.0 and float(out[1, 1]) == 1.0 and float(out[0, 0]) == 0.0
 
 
+@pytest.mark.parametrize("door", [True, False])
+def test_fill_holes_winding_corridor(door):
+    # a boustrophedon corridor inside a closed frame: with a door it all reaches the outside, without it is a hole
+    n = 301
+    wall = np.zeros((n, n), dtype=bool)
+    wall[[0, -1], :] = wall[:, [0, -1]] = True
+    for i, r in enumerate(range(2, n - 2, 2)):
+        if i % 2:
+            wall[r, 2:-1] = True
+        else:
+            wall[r, 1:-2] = True
+    if door:
+        wall[1, 0] = False
+    m = torch.from_numpy(wall.astype(np.float32))
+    out = mo.fill_holes(m).numpy()
+    np.testing.assert_array_equal(out >= 0.5, ndi.binary_fill_holes(wall))
+    assert (out == 1).all() != door
+    assert len(mo.connected_regions(m)) == 1
+
+
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "hubble_deep_field"])
 def test_fill_holes_and_regions_match_scipy_on_photos(name):
     m = photo_mask(name, 0.45)
