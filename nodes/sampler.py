@@ -16,7 +16,7 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..pbe_core import inputs, mask_ops, sampling
+from ..pbe_core import crop_stitch, inputs, mask_ops, sampling
 from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES
 from .conditioning import MASK_TOOLTIP, encode_exemplars, inpaint_conditioning
 from .loader import EncoderType
@@ -110,10 +110,28 @@ class Sampler(io.ComfyNode):
                     "exemplar_mask", optional=True,
                     tooltip="Optional: 1 = the object in the exemplar; the rest is filled neutrally and cropped away.",
                 ),
+                io.Int.Input(
+                    "working_size", default=512, min=0, max=4096, step=8, optional=True,
+                    tooltip=(
+                        "Long side (pixels) the model edits at. A source of another size is edited through a window "
+                        "around the mask scaled to this size, then pasted back. 0 = edit the whole source as it is."
+                    ),
+                ),
+                io.Float.Input(
+                    "context_margin", default=0.25, min=0.0, max=4.0, step=0.05, optional=True,
+                    tooltip="Context around the mask in the window, as a fraction of the mask box's long side.",
+                ),
+                io.Combo.Input(
+                    "window_shape", options=["square", "mask_aspect"], default="square", optional=True,
+                    tooltip="square: windows like the model's square training crops; mask_aspect: the mask box's shape.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="IMAGE", tooltip="The edited image, same size as the input."),
-                io.Latent.Output(display_name="LATENT", tooltip="The sampled latent (of the padded source)."),
+                io.Latent.Output(
+                    display_name="LATENT",
+                    tooltip="The sampled latent: of the whole (padded) source, or of the last edit window.",
+                ),
             ],
         )
 
@@ -135,7 +153,8 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(
         cls, model, encoder, vae, image, mask, exemplar, seed, steps, cfg, sampler_name, scheduler, denoise,
-        mask_grow, mask_feather, exemplar_preprocess="squash", exemplar_mask=None,
+        mask_grow, mask_feather, exemplar_preprocess="squash", exemplar_mask=None, working_size=512,
+        context_margin=0.25, window_shape="square",
     ) -> io.NodeOutput:
         image = inputs.check_image(image, "Source image")
         mask = inputs.check_mask(mask, image)
@@ -148,30 +167,66 @@ class Sampler(io.ComfyNode):
             region = mask_ops.grow_mask(region, mask_grow)
             if not bool(region.any()):
                 raise ValueError(f"mask_grow={mask_grow} shrinks the mask to nothing; use a smaller shrink.")
-
-        full = denoise >= 0.9999
-        positive, negative, latent, (h, w) = inpaint_conditioning(
-            [[cond, {}]], [[uncond, {}]], vae, image, region, source_latent=not full
-        )
-        # Like the reference, the whole latent is denoised (no noise_mask): the paste-back below restores the rest.
-        latent_image = latent["samples"]
-        noise = comfy.sample.prepare_noise(latent_image, seed)
-        callback = latent_preview.prepare_callback(model, steps)
-        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-        if sampler_name == REFERENCE:
-            sigmas = reference_sigmas(model, steps, float(denoise))
-            samples = comfy.sample.sample_custom(
-                model, noise, cfg, ReferenceSampler(full), sigmas, positive, negative, latent_image,
-                callback=callback, disable_pbar=disable_pbar, seed=seed,
-            )
-        else:
-            samples = comfy.sample.sample(
-                model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                denoise=denoise, callback=callback, disable_pbar=disable_pbar, seed=seed,
-            )
-        decoded = vae.decode(samples)[:, :h, :w, :3].float().to(image.device)
         paste = mask_ops.feather_mask(region, mask_feather) if mask_feather else region
-        m = paste[..., None]
-        # torch.where, not arithmetic: where the paste mask is 0 the output is the source's own values, bit for bit
-        result = torch.where(m > 0, image * (1 - m) + decoded * m, image)
+
+        settings = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise)
+        windows = edit_windows(tuple(image.shape[1:3]), paste, working_size, context_margin, window_shape)
+        if windows is None:  # the source is at the working size (or working_size is 0): edit it whole
+            samples, decoded = _edit(model, vae, image, region, cond, uncond, **settings)
+            m = paste[..., None]
+            # torch.where, not arithmetic: where the paste mask is 0 the output is the source's values, bit for bit
+            result = torch.where(m > 0, image * (1 - m) + decoded * m, image)
+            return io.NodeOutput(result, {"samples": samples})
+        result, samples = image, None
+        for window in windows:
+            log.info(
+                "Paint by Example: editing the %dx%d window at (x %d, y %d) at %dx%d",
+                window.width, window.height, window.x0, window.y0, window.target[1], window.target[0],
+            )
+            crop = crop_stitch.crop_to_window(image, window)
+            crop_region = mask_ops.binarize(crop_stitch.crop_to_window(region, window))
+            if not bool(crop_region.any()):
+                continue  # the window only holds feathering of a neighbour's region
+            samples, decoded = _edit(model, vae, crop, crop_region, cond, uncond, **settings)
+            result = crop_stitch.stitch(result, decoded, window, paste)
         return io.NodeOutput(result, {"samples": samples})
+
+
+def edit_windows(image_hw, paste, working_size, margin, shape):
+    """Crop windows for the edit, or None when the whole source is edited as it is.
+
+    The whole source is used when ``working_size`` is 0 or the source already is at the working size (long side
+    == working_size, both sides multiples of 8), as the official inference does. Otherwise each cluster of mask
+    regions (of the feathered paste mask, so the seam lies inside its window) gets its own window.
+    """
+    h, w = image_hw
+    if working_size == 0 or (max(h, w) == working_size and h % 8 == 0 and w % 8 == 0):
+        return None
+    boxes = mask_ops.connected_regions(paste)
+    return crop_stitch.plan_windows(image_hw, boxes, margin=margin, shape=shape, working_size=working_size)
+
+
+def _edit(model, vae, image, region, cond, uncond, *, seed, steps, cfg, sampler_name, scheduler, denoise):
+    """Sample one edit of ``image`` (B, H, W, 3) in ``region`` (B, H, W, 0/1). Returns (latent, decoded (B,H,W,3))."""
+    full = denoise >= 0.9999
+    positive, negative, latent, (h, w) = inpaint_conditioning(
+        [[cond, {}]], [[uncond, {}]], vae, image, region, source_latent=not full
+    )
+    # Like the reference, the whole latent is denoised (no noise_mask): the paste-back restores the rest.
+    latent_image = latent["samples"]
+    noise = comfy.sample.prepare_noise(latent_image, seed)
+    callback = latent_preview.prepare_callback(model, steps)
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    if sampler_name == REFERENCE:
+        sigmas = reference_sigmas(model, steps, float(denoise))
+        samples = comfy.sample.sample_custom(
+            model, noise, cfg, ReferenceSampler(full), sigmas, positive, negative, latent_image,
+            callback=callback, disable_pbar=disable_pbar, seed=seed,
+        )
+    else:
+        samples = comfy.sample.sample(
+            model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+            denoise=denoise, callback=callback, disable_pbar=disable_pbar, seed=seed,
+        )
+    decoded = vae.decode(samples)[:, :h, :w, :3].float().to(image.device)
+    return samples, decoded

@@ -31,7 +31,7 @@ def loader_nodes(layout, exemplar="exemplar.png", source="source.png"):
 
 
 def one_node_prompt(layout, *, steps=10, cfg=5.0, seed=42, sampler="reference", scheduler="normal", feather=0,
-                    grow=0, exemplar_link=("ex", 0), save=None, **extra):
+                    grow=0, exemplar_link=("ex", 0), save=None, working_size=0, **extra):
     p = loader_nodes(layout)
     p["pbe"] = {
         "class_type": "PBE_Sampler",
@@ -39,7 +39,7 @@ def one_node_prompt(layout, *, steps=10, cfg=5.0, seed=42, sampler="reference", 
             "model": ["load", 0], "encoder": ["load", 1], "vae": ["load", 2],
             "image": ["src", 0], "mask": ["src", 1], "exemplar": list(exemplar_link),
             "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
-            "denoise": 1.0, "mask_grow": grow, "mask_feather": feather, **extra,
+            "denoise": 1.0, "mask_grow": grow, "mask_feather": feather, "working_size": working_size, **extra,
         },
     }
     p["save"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["pbe", 0], "filename": save or f"{_uid()}.st"}}
@@ -286,3 +286,26 @@ def test_validation_error_names_the_problem(comfy_server, images):
     with pytest.raises(PromptRejected) as e:
         comfy_server.queue(p)
     assert "missing.safetensors" in str(e.value.body)
+
+
+def test_large_photo_goes_through_crop_and_stitch(comfy_server):
+    """A 3000x2000 photo with a small mask: edited in a window at the working size, output the input's size, every
+    pixel outside the feathered region unchanged."""
+    from host_util import png_bytes
+
+    h, w = 2000, 3000
+    yy, xx = np.mgrid[0:h, 0:w]
+    photo = (np.stack([xx / w, yy / h, (xx * yy) / (w * h)], -1) * 255).astype(np.uint8)
+    alpha = np.full((h, w), 255, np.uint8)
+    alpha[1200:1320, 2100:2260] = 0  # 160x120 region: 0.3% of the photo
+    comfy_server.upload("big.png", png_bytes(np.dstack([photo, alpha])))
+    p = one_node_prompt("original-fp16.safetensors", steps=3, feather=8, working_size=512)
+    p["src"]["inputs"]["image"] = "big.png"
+    out = fetch_tensor(comfy_server, run_ok(comfy_server, p), "save")[0]
+    assert out.shape == (h, w, 3)
+    src = torch.from_numpy(photo).float() / 255
+    near = torch.zeros(h, w, dtype=torch.bool)
+    near[1200 - 9:1320 + 9, 2100 - 9:2260 + 9] = True
+    assert torch.equal(out[~near], src[~near])
+    assert (out[1200:1320, 2100:2260] - src[1200:1320, 2100:2260]).abs().mean() > 1e-3
+    assert "editing the" in comfy_server.log()
