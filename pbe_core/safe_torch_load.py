@@ -75,8 +75,17 @@ class _Malformed(CheckpointError):
     """Raised while unpickling, before the file name is known; re-raised as CheckpointError with it."""
 
 
-def _short(obj: object) -> str:
-    return reprlib.repr(obj)
+class _Repr(reprlib.Repr):
+    """Bounded repr for messages: placeholders and dict subclasses recurse through the level limit,
+    never through ``__repr__`` (a pickle can nest them deeper than Python's recursion limit)."""
+
+    def repr1(self, x: object, level: int) -> str:
+        if isinstance(x, Placeholder):
+            return f"<placeholder {type(x).pickled_name}{self.repr1(x.args, level - 1) if level > 0 else '(...)'}>"
+        return self.repr_dict(x, level) if isinstance(x, dict) else super().repr1(x, level)
+
+
+_short = _Repr().repr
 
 
 def _kind(obj: object) -> str:
@@ -138,7 +147,7 @@ class Placeholder(metaclass=PlaceholderType):
         object.__setattr__(self, "state", state)
 
     def __repr__(self) -> str:
-        return f"<placeholder {type(self).pickled_name}{_short(self.args)}>"
+        return _short(self)
 
 
 class _PickledDict(dict):
@@ -539,8 +548,18 @@ class _Archive:
 
 
 def is_torch_zip(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a zip archive with one ``<folder>/data.pkl`` (what ``torch.save`` writes)."""
+    """True if ``path`` is what ``torch.save`` writes: a zip archive with one ``<folder>/data.pkl``.
+
+    A truncated download of one also counts (its first local header names ``<folder>/data.pkl``), so a
+    caller that dispatches on this sends it to :func:`load_state_dict`, which says what is wrong.
+    """
     try:
+        with open(path, "rb") as f:
+            head = f.read(30 + 256)
+        name_len = struct.unpack_from("<H", head, 26)[0] if len(head) >= 30 else 0
+        name = head[30 : 30 + name_len]
+        if head.startswith(b"PK\x03\x04") and name.endswith(b"/data.pkl") and name.count(b"/") == 1:
+            return True
         _Archive(path)
     except (CheckpointError, OSError):
         return False

@@ -273,7 +273,7 @@ def test_refuses_truncated_zips(tmp_path, files):
         p.write_bytes(data[:cut])
         with pytest.raises(CheckpointError, match="truncated or damaged zip.*download it again"):
             load_state_dict(p)
-        assert not stl.is_torch_zip(p)
+        assert stl.is_torch_zip(p) == (cut >= 30 + len("slim/data.pkl"))  # still routed to load_state_dict
 
 
 @pytest.mark.parametrize("record", ["data/0", "data.pkl"])
@@ -389,6 +389,26 @@ def test_refuses_hostile_pickles(tmp_path, files, data, message):
         read_torch_zip(_with_pickle(tmp_path, files, data))
 
 
+def _chain(make: bytes, attach: bytes, n: int) -> bytes:
+    """A pickle that nests ``n`` values through memo references (invisible to a stack-depth count):
+    each link makes a value, memoises it (``r`` = LONG_BINPUT), fetches the previous link (``j`` =
+    LONG_BINGET) and attaches it; the result is ``[last link]``."""
+    ops = [b"\x80\x02" + make + b"r\x00\x00\x00\x00"]
+    for i in range(1, n):
+        ops.append(make + b"r" + struct.pack("<I", i) + b"j" + struct.pack("<I", i - 1) + attach + b"0")
+    return b"".join(ops) + b"]j" + struct.pack("<I", n - 1) + b"a."
+
+
+@pytest.mark.parametrize("make, attach", [(b"cfoo\nbar\n)R", b"\x85b"), (b"]", b"a")], ids=["BUILD", "APPEND"])
+def test_deep_chains_through_the_memo_neither_crash_nor_recurse(tmp_path, files, make, attach):
+    p = _with_pickle(tmp_path, files, _chain(make, attach, 50_000))
+    with pytest.raises(CheckpointError, match=r"found no state dict \(top level: list\)"):
+        load_state_dict(p)
+    (last,) = read_torch_zip(p)
+    if make != b"]":
+        assert repr(last) == "<placeholder foo.bar()>" and type(last.state[0]).pickled_name == "foo.bar"
+
+
 def test_refuses_a_corrupt_pickle_record_and_big_endian_files(tmp_path, files):
     p = tmp_path / "crc.ckpt"
     data = bytearray(files["slim.ckpt"].read_bytes())
@@ -472,6 +492,36 @@ def test_fuzz_pickle_bytes(tmp_path, small_ckpt, data):
     mutated = _mutate(pkl, data.draw(_mutations(len(pkl))))
     p = tmp_path / "fuzz.ckpt"
     _rezip(src, p, replace={"data.pkl": mutated})
+    _load_or_refuse(p)
+
+
+def _u(text: str) -> bytes:
+    return b"X" + struct.pack("<I", len(text.encode())) + text.encode()
+
+
+_GLOBALS = [
+    "collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_tensor",
+    "torch._utils _rebuild_tensor_v3", "torch._utils _rebuild_parameter", "torch._tensor _rebuild_from_type_v2",
+    "torch FloatStorage", "torch.storage UntypedStorage", "torch float16", "torch Size", "_codecs encode",
+    "builtins set", "builtins frozenset", "builtins slice", "builtins complex", "__builtin__ bytes", "os system",
+]  # fmt: skip
+_SNIPPETS = [b"c" + g.replace(" ", "\n").encode() + b"\n" for g in _GLOBALS] + [
+    *(bytes([c]) for c in b"(t)\x85\x86\x87}]suaebR\x81Q0212N\x88\x89\x8f\x90\x91\x92\x94\x93"),
+    b"K\x00", b"K\x01", b"K\x04", b"J\xff\xff\xff\xff", b"G?\xf0\x00\x00\x00\x00\x00\x00", b"C\x02ab",
+    _u("storage"), _u("0"), _u("1"), _u("cpu"), _u("latin1"), _u("state_dict"), _u("w"),
+    b"q\x00", b"q\x01", b"h\x00", b"h\x01", b"ios\nsystem\n", b"o",
+]  # fmt: skip
+
+
+@FUZZ
+@given(snippets=st.lists(st.sampled_from(_SNIPPETS), min_size=1, max_size=60))
+def test_fuzz_random_opcode_pickles(tmp_path, files, snippets):
+    """Pickles assembled from opcodes and allow-listed or dangerous globals: refused or inert."""
+    p = _with_pickle(tmp_path, files, b"\x80\x02" + b"".join(snippets) + b".")
+    try:
+        repr(read_torch_zip(p))
+    except CheckpointError:
+        pass
     _load_or_refuse(p)
 
 
