@@ -84,6 +84,9 @@ class _Repr(reprlib.Repr):
             return f"<placeholder {type(x).pickled_name}{self.repr1(x.args, level - 1) if level > 0 else '(...)'}>"
         return self.repr_dict(x, level) if isinstance(x, dict) else super().repr1(x, level)
 
+    def repr_int(self, x: int, level: int) -> str:  # repr() refuses ints over 4300 digits
+        return super().repr_int(x, level) if x.bit_length() < 256 else f"<int of {x.bit_length()} bits>"
+
 
 _short = _Repr().repr
 
@@ -377,7 +380,7 @@ def _check_pickle(data: bytes) -> None:
     except _Malformed:
         raise
     except Exception as e:  # genops' ValueError, stack underflow, unknown memo key
-        raise _Malformed(f"data.pkl is not a valid pickle ({type(e).__name__}: {e})") from None
+        raise _Malformed(f"data.pkl is not a valid pickle ({type(e).__name__}: {_short(str(e))})") from None
 
 
 class _Unpickler(pickle.Unpickler):  # restricted: find_class never imports, see the module docstring
@@ -391,6 +394,8 @@ class _Unpickler(pickle.Unpickler):  # restricted: find_class never imports, see
 
     def find_class(self, module: str, name: str) -> object:
         dotted = f"{module}.{name}"
+        if len(dotted) > 512:
+            raise _Malformed(f"data.pkl names a global {_short(dotted)} of {len(dotted)} characters")
         if dotted in _FUNCTIONS:
             return _Callable(name=dotted, fn=_FUNCTIONS[dotted])
         if dotted in _TORCH_NAMES:
@@ -407,7 +412,7 @@ class _Unpickler(pickle.Unpickler):  # restricted: find_class never imports, see
         if type(pid) is not tuple or len(pid) != 5 or type(pid[0]) is not str or pid[0] != "storage":
             raise _Malformed(f"data.pkl has an unknown persistent id {_short(pid)}")
         _, stype, key, location, numel = pid
-        if not isinstance(stype, _TorchName) or stype.kind != "storage" or type(key) is not str:
+        if not isinstance(stype, _TorchName) or stype.kind != "storage" or type(key) is not str or len(key) > 64:
             raise _Malformed(f"data.pkl has a malformed storage reference {_short(pid)}")
         if type(location) is not str:
             raise _Malformed(f"storage data/{key} has location {_short(location)}")

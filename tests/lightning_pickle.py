@@ -122,6 +122,8 @@ def save_lightning_checkpoint(
         "pytorch-lightning_version": "1.4.2",
         "state_dict": collections.OrderedDict(state_dict),
     }
+    if hasattr(state_dict, "_metadata"):  # nn.Module.state_dict() has it; it pickles as a BUILD
+        ckpt["state_dict"]._metadata = state_dict._metadata
     if training:
         names = list(state_dict) if optimizer_param_names is None else list(optimizer_param_names)
         state = {}
