@@ -1,0 +1,63 @@
+"""Import a real ComfyUI and this pack into the current process (for in-process host tests and the benchmarks).
+
+The HTTP harness (``comfy_host.py``) is how a user's client sees the pack; this is how a node sees the host: the same
+``comfy`` modules, model management and samplers, without a server. Steps (COMFYUI_HOST.md):
+
+* ComfyUI's folder goes first on ``sys.path`` (its top-level ``nodes.py`` must win over this repository's ``nodes/``
+  package, which is only ever imported as part of the pack);
+* ``comfy.cli_args.args.cpu = True`` *before* ``comfy.model_management`` is imported, else a CUDA build of torch on a
+  machine without a GPU fails at import (``--lowvram`` and friends can be set the same way);
+* the pack is imported as a package under a fixed name, as ComfyUI's loader does with a custom-node folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACK_MODULE = "comfyui_paint_by_example"
+
+
+def import_host(comfy_path: str | os.PathLike | None = None, **cli_args):
+    """Put ComfyUI on ``sys.path`` and set its CLI args (``cpu=True`` unless given); return ``comfy.model_management``.
+
+    Must run before anything imports ``comfy.model_management``; later calls only check that it already has.
+    """
+    path = str(Path(comfy_path or os.environ["COMFYUI_PATH"]).resolve())
+    if path in sys.path:
+        sys.path.remove(path)
+    sys.path.insert(0, path)
+    shadow = sys.modules.get("nodes")
+    if shadow is not None and Path(getattr(shadow, "__file__", "") or "").resolve().parent.parent == REPO:
+        del sys.modules["nodes"]  # this repository's nodes/ package, imported top-level by mistake
+    import comfy.cli_args
+
+    settings = {"cpu": True, **cli_args}
+    if "comfy.model_management" not in sys.modules:
+        for k, v in settings.items():
+            setattr(comfy.cli_args.args, k, v)
+    import comfy.model_management
+
+    return comfy.model_management
+
+
+def import_pack():
+    """The pack's ``nodes`` package, imported as ComfyUI imports a custom-node folder (host must be imported first)."""
+    if PACK_MODULE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            PACK_MODULE, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_MODULE] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{PACK_MODULE}.nodes")
+
+
+def pack_module(name: str):
+    """A submodule of the imported pack, e.g. ``pack_module("nodes.sampler")``."""
+    import_pack()
+    return importlib.import_module(f"{PACK_MODULE}.{name}")
