@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint
 from .model_type import WEIGHT_DTYPES, build_all
+from .single_token_attention import with_single_token_attention
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,15 @@ class LoadModel(io.ComfyNode):
                         "(fp16/bf16 on a GPU, fp32 on the CPU). The VAE always uses ComfyUI's choice."
                     ),
                 ),
+                io.Boolean.Input(
+                    "single_token_attention",
+                    default=True,
+                    optional=True,
+                    tooltip=(
+                        "Fast path: the model's context is one token, so each cross-attention output is the same "
+                        "at every pixel and is computed once instead of per pixel. Exact; turn off only to compare."
+                    ),
+                ),
             ],
             outputs=[
                 io.Model.Output(
@@ -104,7 +114,7 @@ class LoadModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name, weight_dtype="default"):
+    def validate_inputs(cls, model_name, weight_dtype="default", single_token_attention=True):
         if weight_dtype not in WEIGHT_DTYPES:
             return f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, not {weight_dtype!r}."
         try:
@@ -114,9 +124,12 @@ class LoadModel(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model_name, weight_dtype="default") -> io.NodeOutput:
+    def execute(cls, model_name, weight_dtype="default", single_token_attention=True) -> io.NodeOutput:
         path = resolve_model(model_name)
         ckpt = load_checkpoint(path)  # CheckpointError names the problem and the fix
         log.info("Paint by Example: loaded %s (%s); %s", model_name, ckpt.layout, ckpt.info)
         model, encoder, vae = build_all(ckpt, weight_dtype)
+        del ckpt  # the models hold what they need; the rest of the file's tensors can go
+        if single_token_attention:
+            model = with_single_token_attention(model)
         return io.NodeOutput(model, encoder, vae)
