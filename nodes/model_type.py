@@ -13,7 +13,9 @@ loading below follows) and ``VAE(sd=..., config=...)``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
 
 import comfy.latent_formats
 import comfy.model_base
@@ -101,9 +103,31 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
     config.set_inference_dtype(weight_dtype, manual_cast)
     model = config.get_model(sd, "")
+    # Instead of BaseModel.load_model_weights (which copies every tensor into the freshly allocated weights), the
+    # checkpoint's tensors become the weights: the fresh ones are never touched, so they never take memory.
+    adopt_weights(model.diffusion_model, config.process_unet_state_dict(sd), ckpt.source, "UNet")
     model = model.to(offload_device)
-    model.load_model_weights(sd, "")
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def adopt_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """Make ``sd``'s tensors the weights of ``module`` (cast to each weight's dtype and device where they differ).
+
+    The one copy of the weights in memory is the checkpoint's: for an fp32 ``.safetensors`` file on the CPU these
+    are views of the file's private, copy-on-write memory map (writes never reach the file), so peak memory while
+    loading is about the file's size instead of twice it. Every weight of ``module`` must be in ``sd`` and vice
+    versa (the loader has already checked the architecture); a mismatch raises with the names.
+    """
+    own = module.state_dict(keep_vars=True)
+    missing = sorted(k for k in own if k not in sd)
+    unexpected = sorted(k for k in sd if k not in own)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: the {what} weights do not fit the model ComfyUI built from their shapes: missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}. The file is not a complete Paint-by-Example checkpoint."
+        )
+    adopted = {k: v.to(device=own[k].device, dtype=own[k].dtype) for k, v in sd.items()}
+    module.load_state_dict(adopted, strict=True, assign=True)
 
 
 def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
@@ -123,9 +147,22 @@ def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
     }
     config = {"params": {"embed_dim": info.vae_embed_dim, "ddconfig": ddconfig}}
     vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config)
+    # the host copied the weights in; share the checkpoint's instead so that one copy stays in memory
+    adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE")
     factor = 2 ** (len(info.vae_channel_mult) - 1)
     vae.downscale_ratio = vae.upscale_ratio = factor
     return vae
+
+
+#: exemplar encodings each PBE_ENCODER remembers (a few KB each: one 768-wide token per exemplar)
+ENCODE_CACHE_SIZE = 8
+
+
+def _pixels_key(pixels: torch.Tensor) -> tuple:
+    """Exact identity of a batch of preprocessed exemplar pixels: shape, dtype and a digest of the values."""
+    data = pixels.detach().to("cpu").contiguous()
+    digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=32).hexdigest()
+    return tuple(data.shape), str(data.dtype), digest
 
 
 class PbEEncoder:
@@ -143,13 +180,29 @@ class PbEEncoder:
         self.dtype = weight_dtype
         self.model = ExemplarEncoder.from_checkpoint(ckpt, dtype=weight_dtype).to(offload_device)
         self.patcher = comfy.model_patcher.ModelPatcher(self.model, load_device=self.load_device, offload_device=offload_device)
+        # encodings of recent exemplars: lives and dies with this encoder (weights never change under it)
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """CLIP-normalised pixels (B, 3, S, S) -> context (B, 1, C) float32 on the intermediate device."""
-        comfy.model_management.load_model_gpu(self.patcher)
-        out = self.model(pixels.to(self.load_device, self.dtype))
-        return out.float().to(comfy.model_management.intermediate_device())
+        """CLIP-normalised pixels (B, 3, S, S) -> context (B, 1, C) float32 on the intermediate device.
+
+        Remembers the last few results (keyed on the exact pixel values): the one-node sampler runs again when only
+        the seed changes, and the exemplar is then not encoded again (the modular graph gets the same from the
+        host's own cache of PBE_ExemplarEncode's output).
+        """
+        key = _pixels_key(pixels)
+        out = self._cache.get(key)
+        if out is None:
+            comfy.model_management.load_model_gpu(self.patcher)
+            out = self.model(pixels.to(self.load_device, self.dtype)).float()
+            out = out.to(comfy.model_management.intermediate_device())
+            self._cache[key] = out
+            while len(self._cache) > ENCODE_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return out.clone()
 
     @torch.no_grad()
     def unconditional(self, batch: int) -> torch.Tensor:
@@ -162,7 +215,9 @@ def build_all(ckpt: PbECheckpoint, weight_dtype: str = "default"):
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}.")
     dtype = WEIGHT_DTYPES[weight_dtype]
+    # The VAE first: the host copies its weights before they are shared (adopt_weights), and that transient copy
+    # is smallest while little else of the file has been read.
+    vae = build_vae(ckpt)
     model = build_model_patcher(ckpt, dtype)
     encoder = PbEEncoder(ckpt, dtype)
-    vae = build_vae(ckpt)
     return model, encoder, vae

@@ -114,8 +114,8 @@ class ExemplarEncoder(nn.Module):
     def _clip_has_vision_model_level(self) -> bool:
         return any(k.startswith("vision_model.") for k in self.transformer.state_dict())
 
-    def load_checkpoint(self, ckpt: PbECheckpoint) -> ExemplarEncoder:
-        """Copy the checkpoint's encoder weights in (strict: every tensor must be used and every weight set)."""
+    def _checkpoint_state_dict(self, ckpt: PbECheckpoint) -> dict[str, torch.Tensor]:
+        """The checkpoint's encoder tensors under this module's names; raises if they do not fit exactly."""
         sd = ckpt.encoder_state_dict()
         if not self._clip_has_vision_model_level():
             sd = {k.replace("transformer.vision_model.", "transformer.", 1): v for k, v in sd.items()}
@@ -129,22 +129,43 @@ class ExemplarEncoder(nn.Module):
                 f"Exemplar encoder weights do not fit the inferred architecture: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}."
             )
+        return sd
+
+    def load_checkpoint(self, ckpt: PbECheckpoint) -> ExemplarEncoder:
+        """Copy the checkpoint's encoder weights in (strict: every tensor must be used and every weight set)."""
+        own = self.state_dict()
         with torch.no_grad():
-            for k, v in sd.items():
+            for k, v in self._checkpoint_state_dict(ckpt).items():
                 own[k].copy_(v)
         return self
 
     @classmethod
     def from_checkpoint(cls, ckpt: PbECheckpoint, dtype: torch.dtype = torch.float32) -> ExemplarEncoder:
+        """The encoder with the checkpoint's tensors *as* its weights (cast to ``dtype`` where they differ).
+
+        Built on the meta device, so no weight memory is allocated before the checkpoint's tensors are adopted; for an
+        fp32 ``.safetensors`` file they stay views of the file's copy-on-write memory map (one copy in memory).
+        """
         with torch.device("meta"):
             model = cls(ckpt.info)
-        model = model.to_empty(device="cpu")
-        # buffers (position_ids) are not in the checkpoint: rebuild them
-        for name, buf in model.named_buffers():
-            if name.endswith("position_ids"):
-                buf.copy_(torch.arange(buf.shape[-1]).expand_as(buf))
-        model.load_checkpoint(ckpt)
-        return model.to(dtype).eval().requires_grad_(False)
+        sd = {
+            k: (v.to("cpu", dtype) if v.is_floating_point() else v.to("cpu"))
+            for k, v in model._checkpoint_state_dict(ckpt).items()
+        }
+        model.load_state_dict(sd, strict=False, assign=True)
+        # buffers the file does not hold (position_ids in transformers 5) are still on the meta device: rebuild them
+        for name, buf in list(model.named_buffers()):
+            if buf.is_meta:
+                owner_name, _, leaf = name.rpartition(".")
+                owner = model.get_submodule(owner_name)
+                if not leaf.endswith("position_ids"):
+                    raise ValueError(f"Exemplar encoder buffer {name} is not in the checkpoint.")
+                value = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+                owner.register_buffer(leaf, value, persistent=leaf not in owner._non_persistent_buffers_set)
+        meta = [n for n, p in model.named_parameters() if p.is_meta]
+        if meta:
+            raise ValueError(f"Exemplar encoder weights missing from the checkpoint: {meta[:5]}.")
+        return model.eval().requires_grad_(False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self.transformer(pixel_values=pixels).pooler_output  # (B, W): post-layernorm class token
