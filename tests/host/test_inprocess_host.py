@@ -1,0 +1,256 @@
+"""The pack's nodes with a real ComfyUI imported in-process: the single-token fast path, exemplar caching, weight
+sharing at load. Needs COMFYUI_PATH and a Python with ComfyUI's requirements (like the HTTP host tests)."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+#: fp32 noise floor for the same maths in a different order (REFERENCE.md section 7: ~4e-5 relative at most)
+REL = 2e-5
+
+
+def close(a, b, rel=REL):
+    """Equal to fp32 tolerance: max abs difference within ``rel`` of the larger magnitude (random tiny weights give
+    latents of order 50, so a fixed absolute tolerance would mean nothing)."""
+    scale = max(float(a.abs().max()), float(b.abs().max()), 1.0)
+    return float((a - b).abs().max()) <= rel * scale
+
+
+@pytest.fixture(scope="module")
+def host():
+    from comfy_inprocess import import_host, import_pack, pack_module
+
+    mm = import_host()
+    import_pack()
+
+    class Host:
+        model_management = mm
+        model_type = pack_module("nodes.model_type")
+        sampler = pack_module("nodes.sampler")
+        loader = pack_module("nodes.loader")
+        conditioning = pack_module("nodes.conditioning")
+        sta = pack_module("nodes.single_token_attention")
+        checkpoint = pack_module("pbe_core.checkpoint")
+
+    return Host
+
+
+@pytest.fixture(scope="module")
+def tiny(host, fixture_paths):
+    ckpt = host.checkpoint.load_checkpoint(fixture_paths["original-fp32.safetensors"])
+    return host.model_type.build_all(ckpt)
+
+
+def _inputs(size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, size, size, 3, generator=g)
+    mask = torch.zeros(1, size, size)
+    mask[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    exemplar = torch.rand(1, 96, 80, 3, generator=g)
+    return image, mask, exemplar
+
+
+def _unet(host, model, seed=0):
+    """One UNet evaluation of ``model`` (its patches applied by the host), batch 2 with a one-token context."""
+    host.model_management.load_models_gpu([model])
+    g = torch.Generator().manual_seed(seed)
+    dm = model.model.diffusion_model
+    x = torch.randn(2, 9, 8, 8, generator=g)
+    ctx = torch.randn(2, 1, dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features, generator=g)
+    options = dict(model.model_options["transformer_options"])
+    with torch.inference_mode():
+        return dm(x, torch.tensor([500.0, 20.0]), context=ctx, transformer_options=options).float()
+
+
+def _count_fallbacks(host, model):
+    calls = []
+    for patch in model.object_patches.values():
+        if isinstance(patch, host.sta.SingleTokenCrossAttention):
+            inner = patch.fallback
+
+            def counted(*args, _inner=inner, **kwargs):
+                calls.append(1)
+                return _inner(*args, **kwargs)
+
+            patch.fallback = counted
+    return calls
+
+
+# --- single-token fast path ------------------------------------------------------------------------------------------
+def test_fast_path_patches_every_cross_attention_on_a_clone(host, tiny):
+    model, _, _ = tiny
+    fast = host.sta.with_single_token_attention(model)
+    assert fast is not model and not model.object_patches  # the loader's MODEL itself is untouched
+    keys = [k for k, v in fast.object_patches.items() if isinstance(v, host.sta.SingleTokenCrossAttention)]
+    n_attn2 = sum(1 for name, _ in model.model.diffusion_model.named_modules() if name.endswith(".attn2"))
+    assert len(keys) == n_attn2 > 0 and all(k.endswith(".attn2.forward") for k in keys)
+    assert host.sta.with_single_token_attention(fast) is fast  # applying it again changes nothing
+
+
+def test_fast_path_is_exact_and_taken(host, tiny):
+    model, _, _ = tiny
+    fast = host.sta.with_single_token_attention(model)
+    fallbacks = _count_fallbacks(host, fast)
+    plain_out, fast_out = _unet(host, model), _unet(host, fast)
+    assert not fallbacks  # every cross-attention took the fast path
+    assert close(fast_out, plain_out), (fast_out - plain_out).abs().max()
+    assert torch.equal(_unet(host, model), plain_out)  # unpatched again: the normal path, bit for bit
+
+
+def test_fast_path_whole_edit_matches(host, tiny):
+    model, encoder, vae = tiny
+    fast = host.sta.with_single_token_attention(model)
+    image, mask, exemplar = _inputs()
+    results = []
+    for m in (model, fast):
+        with torch.inference_mode():
+            out = host.sampler.Sampler.execute(
+                m, encoder, vae, image, mask, exemplar, 7, 3, 5.0, "reference", "normal", 1.0, 0, 4, working_size=0
+            ).args
+        results.append(out)
+    (img_a, lat_a), (img_b, lat_b) = results
+    assert close(lat_a["samples"], lat_b["samples"]), (lat_a["samples"] - lat_b["samples"]).abs().max()
+    assert close(img_a, img_b), (img_a - img_b).abs().max()
+
+
+def test_fast_path_steps_aside_for_other_packs_attn2_patches(host, tiny):
+    """An attn2 replace patch (IP-Adapter style) and an attn2_patch that adds context tokens: same result as without
+    the fast path, and the fast path still serves the blocks the patches leave alone."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    model, _, _ = tiny
+
+    def replace(q, k, v, extra):
+        return 0.5 * optimized_attention(q, k, v, extra["n_heads"])
+
+    def two_tokens(n, context, value, extra):
+        if extra["block"][0] != "output":
+            return n, context, value
+        return n, torch.cat([context, 0.5 * context], 1), torch.cat([value, 0.5 * value], 1)
+
+    def with_patches(m):
+        m = m.clone()
+        m.set_model_attn2_replace(replace, "input", 1)
+        m.set_model_attn2_patch(two_tokens)
+        return m
+
+    plain = with_patches(model)
+    fast = with_patches(host.sta.with_single_token_attention(model))
+    fallbacks = _count_fallbacks(host, fast)
+    reference, out = _unet(host, plain), _unet(host, fast)
+    assert close(out, reference), (out - reference).abs().max()
+    assert not torch.allclose(reference, _unet(host, model), atol=1e-3)  # the patches did change the output
+    n_output = sum(1 for k in fast.object_patches if k.startswith("diffusion_model.output_blocks") and "attn2" in k)
+    assert len(fallbacks) == n_output  # only the two-token blocks fell back (one call each)
+
+
+def test_fast_path_falls_back_for_a_mask_or_a_long_context(host, tiny):
+    model, _, _ = tiny
+    attn = model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn2
+    fallback_calls = []
+
+    def fallback(*args, **kwargs):
+        fallback_calls.append(1)
+        return attn.__class__.forward(attn, *args, **kwargs)
+
+    patch = host.sta.SingleTokenCrossAttention(attn, fallback)
+    x = torch.randn(2, 16, attn.to_q.in_features)
+    one = torch.randn(2, 1, attn.to_k.in_features)
+    three = torch.randn(2, 3, attn.to_k.in_features)
+    with torch.inference_mode():
+        assert close(patch(x, context=one), attn(x, context=one))
+        assert not fallback_calls
+        assert torch.equal(patch(x, context=three), attn(x, context=three))
+    assert len(fallback_calls) == 1
+    assert not patch.covers(x, one, None, torch.zeros(2, 16, 1))  # a mask
+    assert not patch.covers(x, None, None, None)  # no context: self-attention
+    assert not patch.covers(x, one, three, None)  # values that are not one token
+    assert not patch.covers(x, one[:1], None, None)  # a context batch that is not the image tokens' batch
+
+
+def test_load_model_applies_the_fast_path_by_default_with_an_off_switch(host, fixture_paths, monkeypatch):
+    import folder_paths
+
+    schema = host.loader.LoadModel.define_schema()
+    last = schema.inputs[-1]
+    assert last.id == "single_token_attention" and last.optional and last.default is True
+    folder = str(next(iter(fixture_paths.values())).parent)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "paint_by_example", ([folder], {".safetensors"}))
+    on = host.loader.LoadModel.execute("original-fp32.safetensors").args[0]
+    off = host.loader.LoadModel.execute("original-fp32.safetensors", "default", False).args[0]
+    assert host.sta.has_single_token_attention(on)
+    assert not host.sta.has_single_token_attention(off)
+
+
+# --- exemplar encoded once ---------------------------------------------------------------------------------------------
+def test_exemplar_is_encoded_once_across_seeds(host, tiny):
+    model, encoder, vae = tiny
+    calls = []
+    handle = encoder.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        encoder._cache.clear()
+        image, mask, exemplar = _inputs()
+        outs = []
+        for seed in (1, 2, 3):
+            with torch.inference_mode():
+                outs.append(host.sampler.Sampler.execute(
+                    model, encoder, vae, image, mask, exemplar, seed, 2, 5.0, "reference", "normal", 1.0, 0, 0,
+                    working_size=0,
+                ).args[0])
+        assert len(calls) == 1
+        assert not torch.equal(outs[0], outs[1])  # the seed did change the edit
+        # another exemplar, or the same one preprocessed differently, is encoded
+        with torch.inference_mode():
+            cond_a, _ = host.conditioning.encode_exemplars(encoder, exemplar.flip(1))
+            cond_b, _ = host.conditioning.encode_exemplars(encoder, exemplar, None, "center_crop")
+            cond_c, _ = host.conditioning.encode_exemplars(encoder, exemplar, None, "center_crop")
+        assert len(calls) == 3 and torch.equal(cond_b, cond_c) and not torch.equal(cond_a, cond_b)
+        # bounded
+        for i in range(host.model_type.ENCODE_CACHE_SIZE + 4):
+            with torch.inference_mode():
+                host.conditioning.encode_exemplars(encoder, torch.full((1, 32, 32, 3), i / 20.0))
+        assert len(encoder._cache) == host.model_type.ENCODE_CACHE_SIZE
+    finally:
+        handle.remove()
+
+
+def test_cached_encoding_equals_a_fresh_one(host, tiny):
+    _, encoder, _ = tiny
+    _, _, exemplar = _inputs(seed=5)
+    encoder._cache.clear()
+    with torch.inference_mode():
+        first, _ = host.conditioning.encode_exemplars(encoder, exemplar)
+        first.add_(1.0)  # a caller writing into its result must not change what the cache gives the next one
+        again, _ = host.conditioning.encode_exemplars(encoder, exemplar)
+        encoder._cache.clear()
+        fresh, _ = host.conditioning.encode_exemplars(encoder, exemplar)
+    assert torch.equal(again, fresh)
+
+
+# --- weights shared with the checkpoint, not copied ----------------------------------------------------------------
+def test_loaded_weights_are_the_checkpoint_tensors(host, fixture_paths):
+    ckpt = host.checkpoint.load_checkpoint(fixture_paths["original-fp32.safetensors"])
+    model, encoder, vae = host.model_type.build_all(ckpt)
+    unet_params = model.model.diffusion_model.state_dict()
+    for k in ("input_blocks.0.0.weight", "out.2.weight", "middle_block.1.proj_in.weight"):
+        assert unet_params[k].data_ptr() == ckpt.unet[k].data_ptr()
+    vae_params = vae.first_stage_model.state_dict()
+    assert vae_params["decoder.conv_out.weight"].data_ptr() == ckpt.vae["decoder.conv_out.weight"].data_ptr()
+    assert encoder.model.proj_out.weight.data_ptr() == ckpt.proj_out["weight"].data_ptr()
+    assert not any(p.is_meta for p in encoder.model.parameters()) and not any(b.is_meta for b in encoder.model.buffers())
+
+
+def test_half_precision_file_is_cast_to_the_model_dtype(host, fixture_paths):
+    ckpt = host.checkpoint.load_checkpoint(fixture_paths["original-fp16.safetensors"])
+    model, encoder, vae = host.model_type.build_all(ckpt, "fp32")
+    assert {p.dtype for p in model.model.diffusion_model.parameters()} == {torch.float32}
+    assert {p.dtype for p in encoder.model.parameters()} == {torch.float32}
+    k = "input_blocks.0.0.weight"
+    assert torch.equal(model.model.diffusion_model.state_dict()[k], ckpt.unet[k].float())
+    image, mask, exemplar = _inputs()
+    with torch.inference_mode():
+        out = host.sampler.Sampler.execute(
+            model, encoder, vae, image, mask, exemplar, 0, 2, 5.0, "reference", "normal", 1.0, 0, 0, working_size=0
+        ).args[0]
+    assert torch.isfinite(out).all() and out.shape == image.shape
