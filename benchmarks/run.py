@@ -1,0 +1,431 @@
+"""This pack in ComfyUI vs diffusers' PaintByExamplePipeline on the same full-size weights: one command.
+
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/run.py [--sizes 256 512] [--steps 4] [--reps 3] [--threads 2]
+
+1. builds the real 1.31 B-parameter architecture with seeded random weights (no download) and writes it in both
+   layouts (``benchmarks/weights.py``, git-ignored ``benchmarks/.weights/``, reused on later runs);
+2. starts two worker processes (``benchmarks/worker.py``): this pack's nodes inside ComfyUI, and diffusers;
+3. per size: one warm-up edit each, then ``--reps`` edits each, interleaved (the order alternates every repetition),
+   same seed, steps, cfg 5, fp32 on the CPU; per edit the end-to-end time and, from forward hooks, the time in the
+   UNet, the VAE encoder and decoder and the exemplar encoder;
+4. the single-token fast path's gain: UNet evaluations alone with and without it, interleaved;
+5. photo size: the pack's edit of 512, 1024, 2048 and 4096-pixel-square photos whose mask covers 10%;
+6. prints the ratios (ours / diffusers) last and writes everything, with the command, machine and versions, to
+   ``docs/benchmarks.md``.
+
+Medians of the repetitions are reported. Both workers get ``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP threads slow
+torch down many times on a shared machine) and ``--threads`` threads. The parent imports no torch, so each worker's
+peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+log = logging.getLogger("pbe.bench")
+
+
+class Worker:
+    def __init__(self, kind: str, weights: Path, env: dict, logfile: Path):
+        self.kind = kind
+        self._log = open(logfile, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "worker.py"), kind, str(weights)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True,
+        )
+        self.last: dict = {}
+
+    def __call__(self, op: str, **kw) -> dict:
+        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.kind} worker died; see its log")
+        res = json.loads(line)
+        if "error" in res:
+            raise RuntimeError(f"{self.kind} {op} {kw}: {res['error']}")
+        self.last = res
+        return res
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(60)
+        finally:
+            self._log.close()
+
+
+def med(values) -> float:
+    return statistics.median(values)
+
+
+def versions(env: dict) -> dict:
+    code = (
+        "import json, torch, diffusers, transformers, numpy, sys; "
+        "sys.path.insert(0, sys.argv[1]); import comfyui_version; "
+        "print(json.dumps({'python': sys.version.split()[0], 'torch': torch.__version__, "
+        "'diffusers': diffusers.__version__, 'transformers': transformers.__version__, 'numpy': numpy.__version__, "
+        "'comfyui': comfyui_version.__version__}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, env["COMFYUI_PATH"]], env=env, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-500:]}
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
+    except (OSError, ValueError):
+        pass
+    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs, {mem} RAM"
+
+
+def run(args) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               COMFYUI_PATH=str(args.comfyui), PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    deps = HERE / ".deps"  # optional: `pip install --target benchmarks/.deps accelerate` without touching the venv
+    if deps.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(deps), env.get("PYTHONPATH", "")) if p)
+    log.info("weights: %s", args.weights)
+    subprocess.run([sys.executable, str(HERE / "weights.py"), "--dir", str(args.weights)], env=env, check=True)
+    logdir = args.weights / "logs"
+    logdir.mkdir(exist_ok=True)
+    report: dict = {"args": vars(args) | {"weights": str(args.weights), "comfyui": str(args.comfyui)},
+                    "machine": machine(), "versions": versions(env), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    workers = {"ours": Worker("ours", args.weights, env, logdir / "ours.log"),
+               "diffusers": Worker("diffusers", args.weights, env, logdir / "diffusers.log")}
+    try:
+        for name, w in workers.items():
+            res = w("load", name="original-fp32.safetensors") if name == "ours" else w("load")
+            report[f"load_{name}"] = res
+            log.info("%s loaded: %s", name, res)
+        order = ["ours", "diffusers"]
+        edits: dict = {}
+        for size in args.sizes:
+            common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
+            for name in order:  # warm-up (first touch of the weights, allocator, oneDNN primitives)
+                workers[name]("edit", **common)
+            if size == min(args.sizes):  # same inputs, same noise: the two results should agree inside the mask
+                paths = {}
+                for name in order:
+                    paths[name] = str(logdir / f"{name}-{size}.safetensors")
+                    workers[name]("save_last", path=paths[name])
+                report["agreement"] = {"size": size, **compare(paths, size, env)}
+            for r in range(args.reps):
+                for name in order if r % 2 == 0 else order[::-1]:
+                    res = workers[name]("edit", **common)
+                    edits.setdefault((name, size), []).append(res)
+                    log.info("%s %d rep %d: %.1f s (UNet %.1f s)", name, size, r, res["total_s"], res["unet_s"])
+        report["edits"] = {f"{k[0]}@{k[1]}": v for k, v in edits.items()}
+        # peak RSS after the same work in both (ru_maxrss only grows: the later sections are the pack's alone)
+        report["peak_compared"] = {name: w.last["peak_rss_mib"] for name, w in workers.items()}
+
+        # the fast path's gain on the UNet alone, interleaved
+        ours = workers["ours"]
+        size = max(args.sizes)
+        ours("unet", size=size, calls=1, fast=True)
+        ours("unet", size=size, calls=1, fast=False)
+        fast, plain = [], []
+        for r in range(args.reps):
+            for f in (True, False) if r % 2 == 0 else (False, True):
+                (fast if f else plain).extend(ours("unet", size=size, calls=1, fast=f)["times"])
+        report["fast_path"] = {"size": size, "fast_s": fast, "plain_s": plain}
+
+        # the fast path's gain on whole edits
+        if args.fast_path_edits:
+            common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
+            fe, pe = [], []
+            for r in range(args.reps):
+                for f in (True, False) if r % 2 == 0 else (False, True):
+                    (fe if f else pe).append(ours("edit", fast=f, **common)["total_s"])
+            report["fast_path"].update(edit_fast_s=fe, edit_plain_s=pe)
+
+        # exemplar encoding once: a second edit with only the seed changed does not run the encoder again
+        common = dict(size=min(args.sizes), steps=args.steps, cfg=args.cfg)
+        a = ours("edit", seed=args.seed + 1, **common)
+        b = ours("edit", seed=args.seed + 2, cold_exemplar=False, **common)
+        report["exemplar_cache"] = {"first_calls": a["exemplar_calls"], "seed_change_calls": b["exemplar_calls"],
+                                    "first_s": a["total_s"], "seed_change_s": b["total_s"]}
+
+        # photo size: a 10% mask on an N x N photo, edited in a 512 window
+        photo = {}
+        sizes = [512, *args.photo_sizes]
+        for r in range(args.reps):
+            for n in sizes[r % len(sizes):] + sizes[: r % len(sizes)]:
+                res = ours("edit", size=512, photo=n, steps=args.photo_steps, seed=args.seed, cfg=args.cfg)
+                photo.setdefault(n, []).append(res)
+                log.info("photo %d rep %d: %.1f s", n, r, res["total_s"])
+        report["photo"] = {str(n): v for n, v in photo.items()}
+        for name, w in workers.items():
+            report[f"final_{name}"] = w.last  # every answer carries the worker's peak RSS so far
+    finally:
+        for w in workers.values():
+            w.close()
+    return report
+
+
+def compare(paths: dict, size: int, env: dict) -> dict:
+    """Max / mean abs difference of the two results inside the mask (0..1 pixels), in a throwaway process."""
+    code = (
+        "import sys, json, torch; sys.path.insert(0, sys.argv[3]); from worker import test_images; "
+        "from safetensors.torch import load_file; a = load_file(sys.argv[1])['image']; "
+        "b = load_file(sys.argv[2])['image']; _, r, _ = test_images(int(sys.argv[4])); "
+        "m = torch.from_numpy(r).bool(); d = (a[m] - b[m]).abs(); "
+        "print(json.dumps({'max_abs': d.max().item(), 'mean_abs': d.mean().item()}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, paths["ours"], paths["diffusers"], str(HERE), str(size)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- the report --------------------------------------------------------------------------------------------------
+def summarise(report: dict) -> dict:
+    """Medians and ratios from the raw measurements."""
+    s: dict = {"sizes": {}}
+    edits = report["edits"]
+    for size in report["args"]["sizes"]:
+        row = {}
+        for name in ("ours", "diffusers"):
+            runs = edits[f"{name}@{size}"]
+            row[name] = {
+                k: med([r[k] for r in runs])
+                for k in ("total_s", "unet_s", "vae_encode_s", "vae_decode_s", "exemplar_s")
+            }
+            row[name]["unet_calls"] = runs[0]["unet_calls"]
+            row[name]["unet_per_call_s"] = med([r["unet_s"] / r["unet_calls"] for r in runs])
+            row[name]["rest_s"] = med(
+                [r["total_s"] - r["unet_s"] - r["vae_encode_s"] - r["vae_decode_s"] - r["exemplar_s"] for r in runs]
+            )
+            row[name]["totals"] = [r["total_s"] for r in runs]
+        row["ratio_total"] = med(
+            [a["total_s"] / b["total_s"] for a, b in zip(edits[f"ours@{size}"], edits[f"diffusers@{size}"], strict=True)]
+        )
+        row["ratio_unet_per_call"] = row["ours"]["unet_per_call_s"] / row["diffusers"]["unet_per_call_s"]
+        s["sizes"][size] = row
+    peak = report["peak_compared"]
+    s["peak_rss_mib"] = peak
+    s["ratio_peak_rss"] = peak["ours"] / peak["diffusers"]
+    fp = report["fast_path"]
+    s["fast_path"] = {"size": fp["size"], "fast_s": med(fp["fast_s"]), "plain_s": med(fp["plain_s"])}
+    s["fast_path"]["ratio"] = s["fast_path"]["fast_s"] / s["fast_path"]["plain_s"]
+    if "edit_fast_s" in fp:
+        s["fast_path"]["edit_ratio"] = med(fp["edit_fast_s"]) / med(fp["edit_plain_s"])
+    photo = report["photo"]
+    base = med([r["total_s"] for r in photo["512"]])
+    model_part = ("unet_s", "vae_encode_s", "vae_decode_s", "exemplar_s")
+    s["photo"] = {}
+    for n, runs in photo.items():
+        total = med([r["total_s"] for r in runs])
+        rest = med([r["total_s"] - sum(r[k] for k in model_part) for r in runs])
+        s["photo"][n] = {"total_s": total, "rest_s": rest, "ratio": total / base}
+    base_rest = s["photo"]["512"]["rest_s"]
+    base_model = base - base_rest
+    for n in s["photo"]:
+        # the same edit with the model's share held at the 512 run's: what the photo's size itself adds
+        s["photo"][n]["ratio_rest_only"] = (base_model + s["photo"][n]["rest_s"]) / base
+    return s
+
+
+def fmt_table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def markdown(report: dict, s: dict, command: str) -> str:
+    a = report["args"]
+    v = report["versions"]
+    lines = [
+        "# Benchmarks: this pack in ComfyUI vs diffusers' PaintByExamplePipeline",
+        "",
+        "Generated by `benchmarks/run.py`; numbers from one run on one machine. Re-run with the command below.",
+        "",
+        "## Setup",
+        "",
+        f"- Command: `{command}`",
+        f"- Machine: {report['machine']}; {a['threads']} torch threads, `OMP_WAIT_POLICY=PASSIVE`; started "
+        f"{report['started']}. The machine was shared with other jobs, so absolute times are noisy; the two "
+        "implementations were interleaved and are compared by ratios within the run.",
+        f"- Versions: Python {v.get('python')}, torch {v.get('torch')}, ComfyUI {v.get('comfyui')}, diffusers "
+        f"{v.get('diffusers')}, transformers {v.get('transformers')}, numpy {v.get('numpy')}.",
+        "- Model: the full Paint-by-Example architecture (1,310,140,139 parameters, fp32) with seeded random weights, "
+        "written once as a diffusers folder and as the original single-file layout from the same tensors.",
+        f"- Ours: `PBE_LoadModel` + `PBE_Sampler` (sampler `reference` = official PLMS, {a['steps']} steps, cfg "
+        f"{a['cfg']}, exemplar `center_crop` as diffusers, feather 8, paste-back), called in-process inside ComfyUI "
+        f"started with `--cpu` (host attention: `{report['load_ours']['attention']}`), under "
+        "`torch.inference_mode()` as ComfyUI's executor runs nodes.",
+        f"- Diffusers: `PaintByExamplePipeline` (PNDM, skip_prk_steps, same steps, `guidance_scale` {a['cfg']}, the "
+        f"same initial noise), components loaded with `from_pretrained` (`low_cpu_mem_usage="
+        f"{report['load_diffusers']['low_cpu_mem_usage']}`, attention processor "
+        f"`{report['load_diffusers']['attention']}`).",
+        f"- Repetitions: 1 warm-up + {a['reps']} timed edits per implementation and size, interleaved (order "
+        "alternating); medians. Each edit encodes its exemplar (ours: the encoder's cache is cleared first).",
+        "",
+        "## End-to-end edit (exemplar encoding + sampling + decoding)",
+        "",
+    ]
+    rows = []
+    for size, row in s["sizes"].items():
+        o, d = row["ours"], row["diffusers"]
+        rows.append([f"{size}²", f"{o['total_s']:.1f}", f"{d['total_s']:.1f}", f"**{row['ratio_total']:.2f}**",
+                     f"{o['unet_per_call_s']:.2f}", f"{d['unet_per_call_s']:.2f}", f"{row['ratio_unet_per_call']:.2f}",
+                     f"{o['unet_calls']} / {d['unet_calls']}"])
+    lines.append(fmt_table(
+        ["size", "ours s", "diffusers s", "ours / diffusers", "ours UNet s/call", "diffusers UNet s/call",
+         "UNet ratio", "UNet calls"], rows))
+    lines += [
+        "",
+        "A UNet call evaluates the batch of two (exemplar and unconditional vector) that classifier-free guidance "
+        "needs; PLMS / PNDM(skip_prk) make steps + 1 calls. Timed edits: "
+        + "; ".join(
+            f"{size}²: ours {', '.join(f'{t:.1f}' for t in row['ours']['totals'])} s, diffusers "
+            f"{', '.join(f'{t:.1f}' for t in row['diffusers']['totals'])} s"
+            for size, row in s["sizes"].items()
+        )
+        + ".",
+        "",
+        "### Where the time goes (medians, seconds)",
+        "",
+    ]
+    rows = []
+    for size, row in s["sizes"].items():
+        for name in ("ours", "diffusers"):
+            r = row[name]
+            rows.append([f"{size}²", name, f"{r['total_s']:.1f}", f"{r['unet_s']:.1f} ({100 * r['unet_s'] / r['total_s']:.0f}%)",
+                         f"{r['vae_encode_s']:.1f}", f"{r['vae_decode_s']:.1f}", f"{r['exemplar_s']:.2f}",
+                         f"{r['rest_s']:.2f}"])
+    lines.append(fmt_table(["size", "", "total", "UNet", "VAE encode", "VAE decode", "exemplar encoder", "rest"], rows))
+    peak = s["peak_rss_mib"]
+    lines += [
+        "",
+        "\"rest\" is everything outside those four networks: preprocessing, the sampler's maths, the pack's mask and "
+        "paste-back work, the host's model management (ours) or the pipeline's pre/post-processing (diffusers).",
+        "",
+        "## Memory",
+        "",
+        fmt_table(["", "ours", "diffusers", "ours / diffusers"], [
+            ["peak RSS, loading and the edits above (MiB)", f"{peak['ours']:.0f}", f"{peak['diffusers']:.0f}",
+             f"**{s['ratio_peak_rss']:.2f}**"],
+            ["peak RSS including the photo-size runs below (MiB)", f"{report['final_ours']['peak_rss_mib']:.0f}",
+             "", ""],
+            ["RSS after loading (MiB)", f"{report['load_ours']['rss_mib']:.0f}",
+             f"{report['load_diffusers']['rss_mib']:.0f}", ""],
+            ["load time (s)", f"{report['load_ours']['load_s']:.1f}", f"{report['load_diffusers']['load_s']:.1f}", ""],
+        ]),
+        "",
+        "Peak RSS is each worker process's `ru_maxrss` (loading included; memory-mapped file pages count once touched).",
+        "",
+    ]
+    fp = s["fast_path"]
+    lines += [
+        "## Single-token cross-attention fast path",
+        "",
+        f"UNet evaluation at {fp['size']}² (batch 2), median of {a['reps']} interleaved calls each: with the fast path "
+        f"{fp['fast_s']:.2f} s, without {fp['plain_s']:.2f} s: **{fp['ratio']:.3f}×**"
+        + (f"; whole edits {fp['edit_ratio']:.3f}×" if "edit_ratio" in fp else "")
+        + ". It is on by default (`PBE_LoadModel`'s `single_token_attention`).",
+        "",
+    ]
+    ec = report["exemplar_cache"]
+    lines += [
+        "## Exemplar encoded once",
+        "",
+        f"Two edits that differ only in the seed: the exemplar encoder ran {ec['first_calls']} time(s) in the first "
+        f"and {ec['seed_change_calls']} in the second ({ec['first_s']:.1f} s, then {ec['seed_change_s']:.1f} s).",
+        "",
+        "## Photo size (crop-and-stitch)",
+        "",
+        f"`PBE_Sampler` on an N×N photo whose mask box covers 10% of it, `working_size` 512, {a['photo_steps']} "
+        "step(s) (fewer steps make the size-dependent part a larger share, so this is the conservative setting), "
+        f"median of {a['reps']}, sizes interleaved.",
+        "",
+    ]
+    rows = [[f"{n}²", f"{p['total_s']:.1f}", f"{p['rest_s']:.2f}", f"**{p['ratio']:.2f}**", f"{p['ratio_rest_only']:.3f}"]
+            for n, p in s["photo"].items()]
+    lines.append(fmt_table(["photo", "edit s", "outside the networks s", "vs 512² edit", "vs 512², model part held"],
+                           rows))
+    lines += [
+        "",
+        "The last column replaces the networks' time by the 512² run's, which removes the noise of the shared machine "
+        "from the comparison: it is what the photo's size itself adds (reading, mask tools, crop, stitch).",
+        "",
+    ]
+    ag = report.get("agreement")
+    if ag:
+        lines += [
+            "## Same weights, same result",
+            "",
+            f"At {ag['size']}², same inputs and initial noise: ours vs diffusers inside the mask, max abs "
+            f"{ag['max_abs']:.2e}, mean abs {ag['mean_abs']:.2e} (0..1 pixels).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def ratios_text(s: dict) -> str:
+    parts = [f"end-to-end {size}²: {row['ratio_total']:.2f}" for size, row in s["sizes"].items()]
+    parts += [f"UNet s/call {size}²: {row['ratio_unet_per_call']:.2f}" for size, row in s["sizes"].items()]
+    parts.append(f"peak RSS: {s['ratio_peak_rss']:.2f}")
+    parts.append(f"fast path (UNet, on/off): {s['fast_path']['ratio']:.3f}")
+    parts += [f"photo {n}² / 512²: {p['ratio']:.2f}" for n, p in s["photo"].items() if n != "512"]
+    return "Ratios (ours / diffusers): " + "; ".join(parts) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Paint by Example: this pack in ComfyUI vs diffusers, same weights.")
+    ap.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"),
+                    help="ComfyUI folder (default: $COMFYUI_PATH)")
+    ap.add_argument("--weights", type=Path, default=HERE / ".weights")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--cfg", type=float, default=5.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--photo-sizes", type=int, nargs="*", default=[1024, 2048, 4096])
+    ap.add_argument("--photo-steps", type=int, default=1)
+    ap.add_argument("--fast-path-edits", action="store_true", help="also time whole edits with the fast path off")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if not args.comfyui or not (Path(args.comfyui) / "main.py").is_file():
+        ap.error("set --comfyui or COMFYUI_PATH to a ComfyUI folder")
+    if args.reps < 3:
+        log.warning("--reps %d: medians of fewer than 3 repetitions are not what docs/benchmarks.md reports", args.reps)
+    command = "COMFYUI_PATH=... " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv])
+    report = run(args)
+    s = summarise(report)
+    if args.json:
+        args.json.write_text(json.dumps({"report": report, "summary": s}, indent=1, default=str))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    text = markdown(report, s, command)
+    args.out.write_text(text + "\n## Ratios\n\n" + ratios_text(s))
+    sys.stdout.write(text + "\n")
+    sys.stdout.write(ratios_text(s))
+
+
+if __name__ == "__main__":
+    main()

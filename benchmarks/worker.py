@@ -1,0 +1,281 @@
+"""One benchmark worker process: this pack inside a real ComfyUI (``ours``) or diffusers' pipeline (``diffusers``).
+
+Started by ``benchmarks/run.py``; reads one JSON command per line on stdin and answers one JSON line on stdout (logs
+go to stderr). Each implementation lives in its own process so that its peak RSS (``ru_maxrss``) is its own.
+
+``ours`` runs the path ComfyUI runs, in-process: ComfyUI's modules are imported with ``--cpu`` (``args.cpu = True``),
+the pack is imported as a custom-node package, and its node classes' ``execute`` are called with host objects under
+``torch.inference_mode()`` as ComfyUI's executor does (``execution.py``): ``PBE_LoadModel`` (from
+``models/paint_by_example``, registered as a user's extra path) and the one-node ``PBE_Sampler`` with the official
+``reference`` sampler. ``diffusers`` runs ``PaintByExamplePipeline`` built from the diffusers folder's components
+(``from_pretrained`` each; diffusers 0.42 cannot reload the folder's ``model_index.json`` itself) with its PNDM
+scheduler. Both get the same source, mask, exemplar, noise, steps and cfg.
+
+Component times come from forward hooks placed the same way on both (UNet module, VAE encoder and decoder modules,
+exemplar encoder module): everything else in an edit is reported as "rest" (preprocessing, the scheduler's maths,
+the pack's mask/paste-back work, host overhead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(REPO / "tests")]
+
+log = logging.getLogger("pbe.bench.worker")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Timer:
+    """Forward pre/post hooks that add up the time spent in a module and count its calls."""
+
+    def __init__(self, module):
+        self.seconds, self.calls, self._t0 = 0.0, 0, None
+        module.register_forward_pre_hook(self._pre)
+        module.register_forward_hook(self._post)
+
+    def _pre(self, *_):
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_):
+        self.seconds += time.perf_counter() - self._t0
+        self.calls += 1
+
+    def take(self) -> tuple[float, int]:
+        out = (self.seconds, self.calls)
+        self.seconds, self.calls = 0.0, 0
+        return out
+
+
+def test_images(size: int, photo: int | None = None, seed: int = 0):
+    """uint8 arrays: source (H, W, 3), region (H, W) 0/1 and exemplar (256, 192, 3).
+
+    ``photo`` None: a ``size``-square source with a box of a quarter of its area on the 8-pixel grid (where the
+    official, diffusers' and ComfyUI's latent masks agree). ``photo`` N: an N-square source whose mask box covers
+    10% of it (the photo-size case).
+    """
+    import numpy as np
+
+    n = photo or size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n]
+    base = np.stack([np.sin(xx / (n / 57)), np.cos(yy / (n / 73)), np.sin((xx + yy) / (n / 39))], -1) * 90 + 128
+    source = np.clip(base + rng.normal(0, 12, (n, n, 3)), 0, 255).astype(np.uint8)
+    region = np.zeros((n, n), np.uint8)
+    if photo is None:
+        a, b = n // 4 // 8 * 8, (3 * n // 4) // 8 * 8
+        region[a:b, a:b] = 1
+    else:
+        side = int(round(n * 0.1**0.5))
+        y0, x0 = n // 3, n // 2 - side // 2
+        region[y0 : y0 + side, x0 : x0 + side] = 1
+    ey, ex = np.mgrid[0:256, 0:192]
+    exemplar = np.stack([ex / 192 * 255, ey / 256 * 255, 128 + 100 * np.sin(ex / 9) * np.cos(ey / 11)], -1)
+    return source, region, np.clip(exemplar, 0, 255).astype(np.uint8)
+
+
+class Ours:
+    def __init__(self, comfyui: str, weights: Path):
+        from comfy_inprocess import import_host, import_pack, pack_module
+
+        import_host(comfyui)
+        import_pack()
+        import folder_paths
+        import torch
+
+        folder_paths.add_model_folder_path("paint_by_example", str(weights))
+        self.torch = torch
+        self.loader = pack_module("nodes.loader")
+        self.sampler = pack_module("nodes.sampler")
+        self.sta = pack_module("nodes.single_token_attention")
+        self.mm = sys.modules["comfy.model_management"]
+        import comfy.ldm.modules.attention as attention
+
+        self.attention = attention.optimized_attention.__name__
+
+    def load(self, name: str, fast: bool = True) -> dict:
+        t0 = time.perf_counter()
+        with self.torch.inference_mode():
+            out = self.loader.LoadModel.execute(name, "default", fast).args
+        self.model, self.encoder, self.vae = out
+        seconds = time.perf_counter() - t0
+        # the same MODEL without the fast path, for its gain (a clone without those object patches)
+        self.plain = self.model.clone()
+        self.plain.object_patches = {
+            k: v for k, v in self.plain.object_patches.items() if not isinstance(v, self.sta.SingleTokenCrossAttention)
+        }
+        first = self.vae.first_stage_model
+        self.timers = {
+            "unet": Timer(self.model.model.diffusion_model),
+            "vae_encode": Timer(first.encoder),
+            "vae_decode": Timer(first.decoder),
+            "exemplar": Timer(self.encoder.model),
+        }
+        return {"load_s": seconds, "attention": self.attention, "threads": self.torch.get_num_threads()}
+
+    def edit(self, size: int, steps: int, seed: int, cfg: float, photo: int | None = None, fast: bool = True,
+             cold_exemplar: bool = True) -> dict:
+        torch = self.torch
+        source, region, exemplar = test_images(size, photo)
+        image = torch.from_numpy(source).float().div(255)[None]
+        mask = torch.from_numpy(region).float()[None]
+        ex = torch.from_numpy(exemplar).float().div(255)[None]
+        if cold_exemplar:
+            self.encoder._cache.clear()  # an edit here includes encoding the exemplar, as diffusers' does
+        for t in self.timers.values():
+            t.take()
+        model = self.model if fast else self.plain
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.sampler.Sampler.execute(
+                model, self.encoder, self.vae, image, mask, ex, seed, steps, cfg, "reference", "normal", 1.0, 0, 8,
+                exemplar_preprocess="center_crop", working_size=size,
+            ).args[0]
+        total = time.perf_counter() - t0
+        res = {"total_s": total, "shape": list(out.shape)}
+        for k, t in self.timers.items():
+            res[f"{k}_s"], res[f"{k}_calls"] = t.take()
+        res["inside"] = out[0][torch.from_numpy(region).bool()].float().mean().item()
+        self.last = out[0]
+        return res
+
+    def unet(self, size: int, calls: int, fast: bool) -> dict:
+        """Time UNet evaluations alone (batch 2 = cond + uncond, as CFG runs them), with or without the fast path."""
+        torch = self.torch
+        model = self.model if fast else self.plain
+        self.mm.load_models_gpu([model])
+        g = torch.Generator().manual_seed(0)
+        h = size // 8
+        x = torch.randn(2, 9, h, h, generator=g)
+        ctx = torch.randn(2, 1, 768, generator=g)
+        ts = torch.tensor([500.0, 500.0])
+        dm = model.model.diffusion_model
+        times = []
+        with torch.inference_mode():
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                out = dm(x, ts, context=ctx, transformer_options=model.model_options["transformer_options"].copy())
+                times.append(time.perf_counter() - t0)
+        self.timers["unet"].take()
+        return {"times": times, "checksum": out.double().sum().item(), "out": out}
+
+
+class Diffusers:
+    def __init__(self, weights: Path):
+        import torch
+        from diffusers import AutoencoderKL, PaintByExamplePipeline, PNDMScheduler, UNet2DConditionModel
+        from diffusers.pipelines.deprecated.paint_by_example.image_encoder import PaintByExampleImageEncoder
+        from diffusers.utils import is_accelerate_available
+        from transformers import CLIPImageProcessor
+
+        self.torch = torch
+        self.classes = (AutoencoderKL, PaintByExamplePipeline, PNDMScheduler, UNet2DConditionModel,
+                        PaintByExampleImageEncoder, CLIPImageProcessor)
+        self.low_cpu_mem_usage = is_accelerate_available()
+        self.folder = weights / "diffusers"
+
+    def load(self, name: str = "", fast: bool = True) -> dict:
+        vae_cls, pipe_cls, sched_cls, unet_cls, enc_cls, fe_cls = self.classes
+        f = self.folder
+        t0 = time.perf_counter()
+        kw = {"low_cpu_mem_usage": self.low_cpu_mem_usage}
+        unet = unet_cls.from_pretrained(f / "unet", **kw)
+        vae = vae_cls.from_pretrained(f / "vae", **kw)
+        encoder = enc_cls.from_pretrained(f / "image_encoder", **kw)
+        self.pipe = pipe_cls(
+            vae=vae, image_encoder=encoder, unet=unet, scheduler=sched_cls.from_pretrained(f / "scheduler"),
+            safety_checker=None, feature_extractor=fe_cls.from_pretrained(f / "feature_extractor"),
+            requires_safety_checker=False,
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        seconds = time.perf_counter() - t0
+        self.timers = {
+            "unet": Timer(unet), "vae_encode": Timer(vae.encoder), "vae_decode": Timer(vae.decoder),
+            "exemplar": Timer(encoder),
+        }
+        return {"load_s": seconds, "low_cpu_mem_usage": self.low_cpu_mem_usage,
+                "attention": type(unet.attn_processors[next(iter(unet.attn_processors))]).__name__,
+                "threads": self.torch.get_num_threads()}
+
+    def edit(self, size: int, steps: int, seed: int, cfg: float, photo: int | None = None, fast: bool = True,
+             cold_exemplar: bool = True) -> dict:
+        import numpy as np
+        from PIL import Image
+
+        torch = self.torch
+        source, region, exemplar = test_images(size, photo)
+        h = w = source.shape[0]
+        # the initial noise ComfyUI draws for this seed (comfy.sample.prepare_noise, batch 1)
+        latents = torch.randn((1, 4, h // 8, w // 8), generator=torch.Generator().manual_seed(seed))
+        for t in self.timers.values():
+            t.take()
+        t0 = time.perf_counter()
+        out = self.pipe(
+            example_image=Image.fromarray(exemplar), image=Image.fromarray(source),
+            mask_image=Image.fromarray(region * 255), height=h, width=w, num_inference_steps=steps,
+            guidance_scale=cfg, latents=latents, output_type="np", generator=torch.Generator().manual_seed(0),
+        ).images
+        total = time.perf_counter() - t0
+        res = {"total_s": total, "shape": list(out.shape)}
+        for k, t in self.timers.items():
+            res[f"{k}_s"], res[f"{k}_calls"] = t.take()
+        res["inside"] = float(out[0][region.astype(bool)].mean())
+        self.last = torch.from_numpy(np.ascontiguousarray(out[0]))
+        return res
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    kind, weights = sys.argv[1], Path(sys.argv[2])
+    impl = Ours(os.environ["COMFYUI_PATH"], weights) if kind == "ours" else Diffusers(weights)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything a library prints must not mix into the answers
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd.pop("op")
+        if op == "quit":
+            break
+        try:
+            if op == "load":
+                res = impl.load(**cmd)
+            elif op == "edit":
+                res = impl.edit(**cmd)
+            elif op == "unet":
+                res = impl.unet(**cmd)
+                res.pop("out")
+            elif op == "save_last":
+                from safetensors.torch import save_file
+
+                save_file({"image": impl.last.float().contiguous()}, cmd["path"])
+                res = {}
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            res.update(peak_rss_mib=peak_rss_mib(), rss_mib=current_rss_mib())
+        except Exception as e:  # report it to the runner, which stops the benchmark
+            log.exception("%s failed", op)
+            res = {"error": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(res) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
