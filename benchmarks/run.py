@@ -38,12 +38,26 @@ REPO = HERE.parent
 log = logging.getLogger("pbe.bench")
 
 
+#: the implementations compared: worker kind and the host flags it runs with (ComfyUI's own command-line options)
+VARIANTS = {
+    "ours": ("ours", []),
+    # ComfyUI picks sub-quadratic attention on a CPU; --use-pytorch-cross-attention makes it use torch's SDPA
+    "ours_sdpa": ("ours", ["use_pytorch_cross_attention"]),
+    "diffusers": ("diffusers", []),
+}
+LABELS = {
+    "ours": "ours (ComfyUI defaults)",
+    "ours_sdpa": "ours (ComfyUI --use-pytorch-cross-attention)",
+    "diffusers": "diffusers",
+}
+
+
 class Worker:
-    def __init__(self, kind: str, weights: Path, env: dict, logfile: Path):
+    def __init__(self, kind: str, weights: Path, env: dict, logfile: Path, flags=()):
         self.kind = kind
         self._log = open(logfile, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "worker.py"), kind, str(weights)],
+            [sys.executable, str(HERE / "worker.py"), kind, str(weights), *flags],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True,
         )
         self.last: dict = {}
@@ -114,14 +128,15 @@ def run(args) -> dict:
     logdir.mkdir(exist_ok=True)
     report: dict = {"args": vars(args) | {"weights": str(args.weights), "comfyui": str(args.comfyui)},
                     "machine": machine(), "versions": versions(env), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    workers = {"ours": Worker("ours", args.weights, env, logdir / "ours.log"),
-               "diffusers": Worker("diffusers", args.weights, env, logdir / "diffusers.log")}
+    names = [n for n in VARIANTS if n != "ours_sdpa" or args.sdpa_variant]
+    report["variants"] = names
+    workers = {n: Worker(VARIANTS[n][0], args.weights, env, logdir / f"{n}.log", VARIANTS[n][1]) for n in names}
     try:
         for name, w in workers.items():
-            res = w("load", name="original-fp32.safetensors") if name == "ours" else w("load")
+            res = w("load", name="original-fp32.safetensors") if w.kind == "ours" else w("load")
             report[f"load_{name}"] = res
             log.info("%s loaded: %s", name, res)
-        order = ["ours", "diffusers"]
+        order = list(workers)
         edits: dict = {}
         for size in args.sizes:
             common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
@@ -129,12 +144,13 @@ def run(args) -> dict:
                 workers[name]("edit", **common)
             if size == min(args.sizes):  # same inputs, same noise: the two results should agree inside the mask
                 paths = {}
-                for name in order:
+                for name in ("ours", "diffusers"):
                     paths[name] = str(logdir / f"{name}-{size}.safetensors")
                     workers[name]("save_last", path=paths[name])
                 report["agreement"] = {"size": size, **compare(paths, size, env)}
             for r in range(args.reps):
-                for name in order if r % 2 == 0 else order[::-1]:
+                k = r % len(order)
+                for name in order[k:] + order[:k]:  # every implementation takes every position in turn
                     res = workers[name]("edit", **common)
                     edits.setdefault((name, size), []).append(res)
                     log.info("%s %d rep %d: %.1f s (UNet %.1f s)", name, size, r, res["total_s"], res["unet_s"])
@@ -205,9 +221,12 @@ def summarise(report: dict) -> dict:
     """Medians and ratios from the raw measurements."""
     s: dict = {"sizes": {}}
     edits = report["edits"]
+    names = report["variants"]
+    ours_names = [n for n in names if n != "diffusers"]
+    s["ours_names"] = ours_names
     for size in report["args"]["sizes"]:
-        row = {}
-        for name in ("ours", "diffusers"):
+        row = {"ratio_total": {}, "ratio_unet_per_call": {}}
+        for name in names:
             runs = edits[f"{name}@{size}"]
             row[name] = {
                 k: med([r[k] for r in runs])
@@ -219,14 +238,14 @@ def summarise(report: dict) -> dict:
                 [r["total_s"] - r["unet_s"] - r["vae_encode_s"] - r["vae_decode_s"] - r["exemplar_s"] for r in runs]
             )
             row[name]["totals"] = [r["total_s"] for r in runs]
-        row["ratio_total"] = med(
-            [a["total_s"] / b["total_s"] for a, b in zip(edits[f"ours@{size}"], edits[f"diffusers@{size}"], strict=True)]
-        )
-        row["ratio_unet_per_call"] = row["ours"]["unet_per_call_s"] / row["diffusers"]["unet_per_call_s"]
+        for name in ours_names:  # per repetition round (adjacent in time), then the median
+            pairs = zip(edits[f"{name}@{size}"], edits[f"diffusers@{size}"], strict=True)
+            row["ratio_total"][name] = med([a["total_s"] / b["total_s"] for a, b in pairs])
+            row["ratio_unet_per_call"][name] = row[name]["unet_per_call_s"] / row["diffusers"]["unet_per_call_s"]
         s["sizes"][size] = row
     peak = report["peak_compared"]
     s["peak_rss_mib"] = peak
-    s["ratio_peak_rss"] = peak["ours"] / peak["diffusers"]
+    s["ratio_peak_rss"] = {n: peak[n] / peak["diffusers"] for n in ours_names}
     fp = report["fast_path"]
     s["fast_path"] = {"size": fp["size"], "fast_s": med(fp["fast_s"]), "plain_s": med(fp["plain_s"])}
     s["fast_path"]["ratio"] = s["fast_path"]["fast_s"] / s["fast_path"]["plain_s"]
@@ -275,7 +294,9 @@ def markdown(report: dict, s: dict, command: str) -> str:
         f"- Ours: `PBE_LoadModel` + `PBE_Sampler` (sampler `reference` = official PLMS, {a['steps']} steps, cfg "
         f"{a['cfg']}, exemplar `center_crop` as diffusers, feather 8, paste-back), called in-process inside ComfyUI "
         f"started with `--cpu` (host attention: `{report['load_ours']['attention']}`), under "
-        "`torch.inference_mode()` as ComfyUI's executor runs nodes.",
+        "`torch.inference_mode()` as ComfyUI's executor runs nodes"
+        + (f"; and the same in a ComfyUI started with `--cpu --use-pytorch-cross-attention` (host attention: "
+           f"`{report['load_ours_sdpa']['attention']}`)." if "ours_sdpa" in report["variants"] else "."),
         f"- Diffusers: `PaintByExamplePipeline` (PNDM, skip_prk_steps, same steps, `guidance_scale` {a['cfg']}, the "
         f"same initial noise), components loaded with `from_pretrained` (`low_cpu_mem_usage="
         f"{report['load_diffusers']['low_cpu_mem_usage']}`, attention processor "
@@ -288,20 +309,24 @@ def markdown(report: dict, s: dict, command: str) -> str:
     ]
     rows = []
     for size, row in s["sizes"].items():
-        o, d = row["ours"], row["diffusers"]
-        rows.append([f"{size}²", f"{o['total_s']:.1f}", f"{d['total_s']:.1f}", f"**{row['ratio_total']:.2f}**",
-                     f"{o['unet_per_call_s']:.2f}", f"{d['unet_per_call_s']:.2f}", f"{row['ratio_unet_per_call']:.2f}",
-                     f"{o['unet_calls']} / {d['unet_calls']}"])
+        d = row["diffusers"]
+        for name in s["ours_names"]:
+            o = row[name]
+            rows.append([f"{size}²", LABELS[name], f"{o['total_s']:.1f}", f"{d['total_s']:.1f}",
+                         f"**{row['ratio_total'][name]:.2f}**", f"{o['unet_per_call_s']:.2f}",
+                         f"{d['unet_per_call_s']:.2f}", f"{row['ratio_unet_per_call'][name]:.2f}",
+                         f"{o['unet_calls']} / {d['unet_calls']}"])
     lines.append(fmt_table(
-        ["size", "ours s", "diffusers s", "ours / diffusers", "ours UNet s/call", "diffusers UNet s/call",
+        ["size", "ours", "ours s", "diffusers s", "ours / diffusers", "ours UNet s/call", "diffusers UNet s/call",
          "UNet ratio", "UNet calls"], rows))
     lines += [
         "",
         "A UNet call evaluates the batch of two (exemplar and unconditional vector) that classifier-free guidance "
         "needs; PLMS / PNDM(skip_prk) make steps + 1 calls. Timed edits: "
         + "; ".join(
-            f"{size}²: ours {', '.join(f'{t:.1f}' for t in row['ours']['totals'])} s, diffusers "
-            f"{', '.join(f'{t:.1f}' for t in row['diffusers']['totals'])} s"
+            f"{size}²: " + ", ".join(
+                f"{LABELS[n]} {' / '.join(f'{t:.1f}' for t in row[n]['totals'])} s" for n in report["variants"]
+            )
             for size, row in s["sizes"].items()
         )
         + ".",
@@ -311,9 +336,9 @@ def markdown(report: dict, s: dict, command: str) -> str:
     ]
     rows = []
     for size, row in s["sizes"].items():
-        for name in ("ours", "diffusers"):
+        for name in report["variants"]:
             r = row[name]
-            rows.append([f"{size}²", name, f"{r['total_s']:.1f}", f"{r['unet_s']:.1f} ({100 * r['unet_s'] / r['total_s']:.0f}%)",
+            rows.append([f"{size}²", LABELS[name], f"{r['total_s']:.1f}", f"{r['unet_s']:.1f} ({100 * r['unet_s'] / r['total_s']:.0f}%)",
                          f"{r['vae_encode_s']:.1f}", f"{r['vae_decode_s']:.1f}", f"{r['exemplar_s']:.2f}",
                          f"{r['rest_s']:.2f}"])
     lines.append(fmt_table(["size", "", "total", "UNet", "VAE encode", "VAE decode", "exemplar encoder", "rest"], rows))
@@ -325,15 +350,15 @@ def markdown(report: dict, s: dict, command: str) -> str:
         "",
         "## Memory",
         "",
-        fmt_table(["", "ours", "diffusers", "ours / diffusers"], [
-            ["peak RSS, loading and the edits above (MiB)", f"{peak['ours']:.0f}", f"{peak['diffusers']:.0f}",
-             f"**{s['ratio_peak_rss']:.2f}**"],
-            ["peak RSS including the photo-size runs below (MiB)", f"{report['final_ours']['peak_rss_mib']:.0f}",
-             "", ""],
-            ["RSS after loading (MiB)", f"{report['load_ours']['rss_mib']:.0f}",
-             f"{report['load_diffusers']['rss_mib']:.0f}", ""],
-            ["load time (s)", f"{report['load_ours']['load_s']:.1f}", f"{report['load_diffusers']['load_s']:.1f}", ""],
+        fmt_table(["", "peak RSS, loading + the edits above (MiB)", "/ diffusers", "RSS after loading (MiB)",
+                   "load time (s)"], [
+            [LABELS[n], f"{peak[n]:.0f}", f"**{s['ratio_peak_rss'][n]:.2f}**" if n in s["ratio_peak_rss"] else "",
+             f"{report[f'load_{n}']['rss_mib']:.0f}", f"{report[f'load_{n}']['load_s']:.1f}"]
+            for n in report["variants"]
         ]),
+        "",
+        f"The pack's worker (ComfyUI defaults) also ran the sections below; its peak over the whole run, photo "
+        f"sizes up to {max([512, *a['photo_sizes']])}² included, was {report['final_ours']['peak_rss_mib']:.0f} MiB.",
         "",
         "Peak RSS is each worker process's `ru_maxrss` (loading included; memory-mapped file pages count once touched).",
         "",
@@ -385,9 +410,12 @@ def markdown(report: dict, s: dict, command: str) -> str:
 
 
 def ratios_text(s: dict) -> str:
-    parts = [f"end-to-end {size}²: {row['ratio_total']:.2f}" for size, row in s["sizes"].items()]
-    parts += [f"UNet s/call {size}²: {row['ratio_unet_per_call']:.2f}" for size, row in s["sizes"].items()]
-    parts.append(f"peak RSS: {s['ratio_peak_rss']:.2f}")
+    parts = []
+    for n in s["ours_names"]:
+        tag = "" if n == "ours" else " [--use-pytorch-cross-attention]"
+        parts += [f"end-to-end {size}²{tag}: {row['ratio_total'][n]:.2f}" for size, row in s["sizes"].items()]
+        parts += [f"UNet s/call {size}²{tag}: {row['ratio_unet_per_call'][n]:.2f}" for size, row in s["sizes"].items()]
+        parts.append(f"peak RSS{tag}: {s['ratio_peak_rss'][n]:.2f}")
     parts.append(f"fast path (UNet, on/off): {s['fast_path']['ratio']:.3f}")
     parts += [f"photo {n}² / 512²: {p['ratio']:.2f}" for n, p in s["photo"].items() if n != "512"]
     return "Ratios (ours / diffusers): " + "; ".join(parts) + "\n"
@@ -407,6 +435,8 @@ def main() -> None:
     ap.add_argument("--photo-sizes", type=int, nargs="*", default=[1024, 2048, 4096])
     ap.add_argument("--photo-steps", type=int, default=1)
     ap.add_argument("--fast-path-edits", action="store_true", help="also time whole edits with the fast path off")
+    ap.add_argument("--no-sdpa-variant", dest="sdpa_variant", action="store_false",
+                    help="skip the pack's second run under ComfyUI's --use-pytorch-cross-attention")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
     args = ap.parse_args()

@@ -94,10 +94,11 @@ def test_images(size: int, photo: int | None = None, seed: int = 0):
 
 
 class Ours:
-    def __init__(self, comfyui: str, weights: Path):
+    def __init__(self, comfyui: str, weights: Path, flags: list[str]):
         from comfy_inprocess import import_host, import_pack, pack_module
 
-        import_host(comfyui)
+        # host command-line flags for this worker, e.g. use_pytorch_cross_attention (= --use-pytorch-cross-attention)
+        import_host(comfyui, **dict.fromkeys(flags, True))
         import_pack()
         import folder_paths
         import torch
@@ -245,8 +246,8 @@ class Diffusers:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    kind, weights = sys.argv[1], Path(sys.argv[2])
-    impl = Ours(os.environ["COMFYUI_PATH"], weights) if kind == "ours" else Diffusers(weights)
+    kind, weights, flags = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+    impl = Ours(os.environ["COMFYUI_PATH"], weights, flags) if kind == "ours" else Diffusers(weights)
     out = sys.stdout
     sys.stdout = sys.stderr  # anything a library prints must not mix into the answers
     for line in sys.stdin:
