@@ -18,7 +18,6 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -41,19 +40,13 @@ class BoxRecord:
 
 
 def fraction_in_range(area: float, image_area: float, lo: float, hi: float) -> bool:
-    """``lo <= area / image_area <= hi``, decided exactly (both ends included).
+    """``lo <= area / image_area <= hi``, both ends included.
 
-    ``lo`` and ``hi`` are read as the decimals they were written as (0.02 is 1/50, not the nearest double), so a box
-    of exactly 2 % or 80 % is kept and one a pixel smaller or larger is not. Far from either end a float test decides.
+    The ends are widened by 1e-9 (relative), far below one pixel of any image, so that a box of exactly 2 % or 80 %
+    written in floating point (0.5 - 0.3 is 0.19999999999999998) is kept, and one a pixel smaller or larger is not.
     """
     r = area / image_area
-    eps = 1e-9
-    if r < lo * (1 - eps) or r > hi * (1 + eps):
-        return False
-    if lo * (1 + eps) < r < hi * (1 - eps):
-        return True
-    exact = Fraction(area) / Fraction(image_area)
-    return Fraction(str(lo)) <= exact <= Fraction(str(hi))
+    return lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9)
 
 
 def _record(image: Path, x0: float, y0: float, x1: float, y1: float, width: float, height: float):

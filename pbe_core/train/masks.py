@@ -31,7 +31,7 @@ def square_crop(box: Box, width: int, height: int, rng: np.random.Generator) -> 
     the square sticks out of the image on that axis (the caller pads), centred on the box.
     """
     x0, y0, x1, y1 = box
-    need = int(np.ceil(max(x1 - x0, y1 - y0)))
+    need = max(int(np.ceil(x1)) - int(np.floor(x0)), int(np.ceil(y1)) - int(np.floor(y0)))  # whole pixels
     side = int(rng.integers(need, max(need, min(width, height)) + 1))
 
     def place(lo_box: float, hi_box: float, size: int) -> int:
