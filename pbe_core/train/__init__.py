@@ -15,6 +15,6 @@ object back from the exemplar. Modules, one job each:
 * :mod:`.loop`        the training loop (accelerate), checkpoints, resume
 * :mod:`.cli`         the command line
 
-Training needs the ``train`` extra (``pip install -e .[train]``: accelerate, albumentations, diffusers); importing
-this package and :mod:`.config` does not, and the ComfyUI nodes never import it.
+Training needs the ``train`` extra of ``pyproject.toml`` (accelerate, albumentations, diffusers, pillow); importing
+this package, :mod:`.config` and :mod:`.cli` does not, and the ComfyUI nodes never import it.
 """

@@ -15,7 +15,9 @@ from .config import ConfigError, TrainConfig, build_config
 
 log = logging.getLogger(__name__)
 
-EXTRA_HINT = "Training needs the 'train' extra: pip install -e '.[train]' (accelerate, albumentations, diffusers)."
+#: the 'train' list of pyproject.toml's [project.optional-dependencies]
+TRAIN_PACKAGES = ("accelerate>=1.0", "albumentations>=2.0", "diffusers>=0.30", "pillow")
+EXTRA_HINT = "Training needs the 'train' extra of pyproject.toml: pip install " + " ".join(f"'{p}'" for p in TRAIN_PACKAGES)
 
 
 def _parser() -> argparse.ArgumentParser:
