@@ -2,6 +2,8 @@
 written in the original layout and reloads through the pack's loader; a resumed run continues the same loss curve."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +161,32 @@ def test_pack_imports_without_the_training_extra():
     r = subprocess.run([sys.executable, "-c", BLOCKER], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "pip install 'accelerate>=1.0'" in r.stderr and "blocked by the test" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PBE_TEST_DDP"), reason="two-process DDP run (~25 s); set PBE_TEST_DDP=1")
+def test_two_processes_train_with_ddp_on_cpu(inputs, tmp_path):
+    """The scale-out path: torchrun starts 2 processes, accelerate joins them (gloo on CPU, DDP), they train on
+    disjoint samples, report the same gathered loss, and only rank 0 writes."""
+    out = tmp_path / "ddp"
+    args = _args(inputs, out, max_steps=4, checkpoint_every=2, progress="false", log_every=1)[1:]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    from comfy_host import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "pbe_core.train", *args]
+    # own process group, so a hang ends with the launcher's workers too
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-4000:]
+    assert "MULTI_CPU" in err
+    assert sorted(_metrics(out)) == [1, 2, 3, 4]
+    assert sorted(p.name for p in (out / "checkpoints" / "step-0000004").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+    assert load_checkpoint(out / "paint_by_example_finetuned.safetensors").info.unet_in_channels == 9

@@ -103,6 +103,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.output_dir)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+    else:  # one process reports
+        logging.getLogger("pbe_core").setLevel(logging.WARNING)
     log.info("%s, mixed precision %s", acc.state.distributed_type, acc.mixed_precision)
 
     ckpt = M.initial_checkpoint(cfg.init_from, cfg.clip_weights, cfg.mapper_depth, cfg.seed)
@@ -189,6 +191,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         result.final_path = final
     acc.wait_for_everyone()
     acc.end_training()
+    if not acc.is_main_process:
+        logging.getLogger("pbe_core").setLevel(logging.NOTSET)
     return result
 
 
