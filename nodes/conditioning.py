@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pbe_core import edit_conditioning as ec
-from ..pbe_core import inputs
+from ..pbe_core import inputs, mask_ops
 from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES, prepare_exemplars
 from .loader import EncoderType
 
@@ -24,7 +24,7 @@ MASK_TOOLTIP = "Region to replace: 1 (white) = paint the exemplar here, 0 = keep
 def encode_exemplars(encoder, image, mask=None, preprocess="squash"):
     """Exemplar IMAGE (B, H, W, C) (+ object MASK) -> (cond (B, 1, C), uncond (B, 1, C)), float32."""
     image = inputs.check_image(image, "Exemplar image")
-    if mask is not None and inputs.is_placeholder_mask(mask, tuple(image.shape[1:3])):
+    if mask is not None and mask_ops.is_placeholder_mask(mask, tuple(image.shape[1:3])):
         mask = None  # LoadImage's stand-in for "no alpha": use the whole exemplar
     pixels = prepare_exemplars(image, mask, preprocess, encoder.info.clip_image_size)
     cond = encoder.encode(pixels)
