@@ -90,7 +90,10 @@ VAE_LOGVAR = -60.0
 def build_modules(spec: Spec = TINY, seed: int = 0):
     """Return ``(unet, vae, image_encoder)``: diffusers/transformers modules with seeded random weights (fp32)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.pipelines.deprecated.paint_by_example.image_encoder import PaintByExampleImageEncoder
+    try:  # diffusers >= 0.33 keeps it under deprecated/; older releases (transformers-4 era) at the top level
+        from diffusers.pipelines.deprecated.paint_by_example.image_encoder import PaintByExampleImageEncoder
+    except ImportError:
+        from diffusers.pipelines.paint_by_example.image_encoder import PaintByExampleImageEncoder
     from transformers import CLIPVisionConfig
 
     torch.manual_seed(seed)
@@ -265,11 +268,8 @@ def write_diffusers_folder(
         else:
             module.save_config(d)
         sd = {k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()}
-        if name == "image_encoder":
-            sd = {
-                (("model.vision_model." + k[len("model.") :]) if vision_model_level and k.startswith("model.") else k): v
-                for k, v in sd.items()
-            }
+        if name == "image_encoder":  # transformers 4 nests CLIP under "vision_model.", 5 does not: write either
+            sd = {_clip_key(k, vision_model_level): v for k, v in sd.items()}
         ext = "safetensors" if fmt == "safetensors" else "bin"
         fname = f"{stem}.{variant}.{ext}" if variant else f"{stem}.{ext}"
         if fmt == "safetensors":
@@ -277,6 +277,14 @@ def write_diffusers_folder(
         else:
             torch.save(sd, d / fname)
     return root
+
+
+def _clip_key(key: str, vision_model_level: bool) -> str:
+    if not key.startswith("model."):
+        return key
+    rest = key[len("model.") :]
+    rest = rest[len("vision_model.") :] if rest.startswith("vision_model.") else rest
+    return "model." + ("vision_model." if vision_model_level else "") + rest
 
 
 # --- everything ------------------------------------------------------------------------------------------------------
