@@ -414,8 +414,7 @@ def write_clip_vision(path: Path, spec: Spec = TINY, seed: int = 2, vision_model
 
     ``vision_model_level``: keys as transformers 4 saves them (``vision_model.*``) instead of transformers 5 (none).
     """
-    sd = build_clip_vision(spec, seed).state_dict()
-    if vision_model_level:
-        sd = {"vision_model." + k.removeprefix("vision_model."): v for k, v in sd.items()}
+    sd = build_clip_vision(spec, seed).state_dict()  # transformers 4 or 5: either naming, made explicit here
+    sd = {("vision_model." if vision_model_level else "") + k.removeprefix("vision_model."): v for k, v in sd.items()}
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return Path(path)
