@@ -272,6 +272,8 @@ def _rename(rest: str, renames: tuple[tuple[str, str], ...]) -> str:
 
 
 # --- the inverse maps: LDM names -> diffusers names (used by training, which runs diffusers' modules) ----------------
+# Written from the two naming schemes, like the maps above; tests check them both ways against diffusers' own
+# converters (``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, Apache-2.0), whose code is not used here.
 def unet_ldm_structure(keys: Iterable[str]) -> tuple[int, int]:
     """``(levels, res blocks per level)`` of an LDM ``UNetModel`` state dict, read from its key names.
 

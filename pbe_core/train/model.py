@@ -8,6 +8,9 @@ Start (REFERENCE.md section 4):
   the vector N(0, 1)); the CLIP vision tower comes from a file the user gives; VAE and UNet from the SD file;
 * **from any Paint-by-Example checkpoint** :func:`pbe_core.checkpoint.load_checkpoint` reads.
 
+An SD-1.x start is a single file (``.ckpt``/``.safetensors``, LDM names); its UNet is ``model.diffusion_model.*``
+(in full training files the non-EMA weights, the usual start for fine-tuning; ``model_ema.*`` is ignored).
+
 Trained: the UNet, mapper, final LN, ``proj_out`` and the learned vector (:class:`TrainablePbE`, the one module the
 optimizer and the distributed engine see). Frozen: CLIP and the VAE (:class:`FrozenPbE`).
 
