@@ -439,7 +439,14 @@ def main() -> None:
                     help="skip the pack's second run under ComfyUI's --use-pytorch-cross-attention")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="do not measure: rewrite --out from the raw measurements a run saved with --json")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        report, s = saved["report"], summarise(saved["report"])
+        write_report(args.out, report, s, report.get("command", "?"))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if not args.comfyui or not (Path(args.comfyui) / "main.py").is_file():
         ap.error("set --comfyui or COMFYUI_PATH to a ComfyUI folder")
@@ -447,12 +454,18 @@ def main() -> None:
         log.warning("--reps %d: medians of fewer than 3 repetitions are not what docs/benchmarks.md reports", args.reps)
     command = "COMFYUI_PATH=... " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv])
     report = run(args)
+    report["command"] = command
     s = summarise(report)
     if args.json:
         args.json.write_text(json.dumps({"report": report, "summary": s}, indent=1, default=str))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_report(args.out, report, s, command)
+
+
+def write_report(out: Path, report: dict, s: dict, command: str) -> None:
+    """Write the markdown report; print it, the ratios last."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(report, s, command)
-    args.out.write_text(text + "\n## Ratios\n\n" + ratios_text(s))
+    out.write_text(text + "\n## Ratios\n\n" + ratios_text(s))
     sys.stdout.write(text + "\n")
     sys.stdout.write(ratios_text(s))
 
