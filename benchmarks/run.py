@@ -128,7 +128,8 @@ def run(args) -> dict:
     logdir.mkdir(exist_ok=True)
     report: dict = {"args": vars(args) | {"weights": str(args.weights), "comfyui": str(args.comfyui)},
                     "machine": machine(), "versions": versions(env), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    names = [n for n in VARIANTS if n != "ours_sdpa" or args.sdpa_variant]
+    sections = set(args.sections)
+    names = [n for n in VARIANTS if (n != "ours_sdpa" or args.sdpa_variant) and (n != "diffusers" or "main" in sections)]
     report["variants"] = names
     workers = {n: Worker(VARIANTS[n][0], args.weights, env, logdir / f"{n}.log", VARIANTS[n][1]) for n in names}
     try:
@@ -138,7 +139,7 @@ def run(args) -> dict:
             log.info("%s loaded: %s", name, res)
         order = list(workers)
         edits: dict = {}
-        for size in args.sizes:
+        for size in args.sizes if "main" in sections else ():
             common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
             for name in order:  # warm-up (first touch of the weights, allocator, oneDNN primitives)
                 workers[name]("edit", **common)
@@ -154,23 +155,29 @@ def run(args) -> dict:
                     res = workers[name]("edit", **common)
                     edits.setdefault((name, size), []).append(res)
                     log.info("%s %d rep %d: %.1f s (UNet %.1f s)", name, size, r, res["total_s"], res["unet_s"])
-        report["edits"] = {f"{k[0]}@{k[1]}": v for k, v in edits.items()}
-        # peak RSS after the same work in both (ru_maxrss only grows: the later sections are the pack's alone)
-        report["peak_compared"] = {name: w.last["peak_rss_mib"] for name, w in workers.items()}
+        if "main" in sections:
+            report["edits"] = {f"{k[0]}@{k[1]}": v for k, v in edits.items()}
+            # peak RSS after the same work in all (ru_maxrss only grows: the later sections are the pack's alone)
+            report["peak_compared"] = {name: w.last["peak_rss_mib"] for name, w in workers.items()}
 
-        # the fast path's gain on the UNet alone, interleaved
+        # the fast path's gain on the UNet alone, interleaved, under each host attention
         ours = workers["ours"]
         size = max(args.sizes)
-        ours("unet", size=size, calls=1, fast=True)
-        ours("unet", size=size, calls=1, fast=False)
-        fast, plain = [], []
-        for r in range(args.reps):
-            for f in (True, False) if r % 2 == 0 else (False, True):
-                (fast if f else plain).extend(ours("unet", size=size, calls=1, fast=f)["times"])
-        report["fast_path"] = {"size": size, "fast_s": fast, "plain_s": plain}
+        if "fast_path" in sections:
+            report["fast_path"] = {"size": size}
+            for name in [n for n in workers if n != "diffusers"]:
+                w = workers[name]
+                w("unet", size=size, calls=1, fast=True)
+                w("unet", size=size, calls=1, fast=False)
+                fast, plain = [], []
+                for r in range(args.reps):
+                    for f in (True, False) if r % 2 == 0 else (False, True):
+                        (fast if f else plain).extend(w("unet", size=size, calls=1, fast=f)["times"])
+                key = "" if name == "ours" else f"_{name}"
+                report["fast_path"].update({f"fast_s{key}": fast, f"plain_s{key}": plain})
 
         # the fast path's gain on whole edits
-        if args.fast_path_edits:
+        if args.fast_path_edits and "fast_path" in sections:
             common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
             fe, pe = [], []
             for r in range(args.reps):
@@ -179,21 +186,23 @@ def run(args) -> dict:
             report["fast_path"].update(edit_fast_s=fe, edit_plain_s=pe)
 
         # exemplar encoding once: a second edit with only the seed changed does not run the encoder again
-        common = dict(size=min(args.sizes), steps=args.steps, cfg=args.cfg)
-        a = ours("edit", seed=args.seed + 1, **common)
-        b = ours("edit", seed=args.seed + 2, cold_exemplar=False, **common)
-        report["exemplar_cache"] = {"first_calls": a["exemplar_calls"], "seed_change_calls": b["exemplar_calls"],
-                                    "first_s": a["total_s"], "seed_change_s": b["total_s"]}
+        if "cache" in sections:
+            common = dict(size=min(args.sizes), steps=args.steps, cfg=args.cfg)
+            a = ours("edit", seed=args.seed + 1, **common)
+            b = ours("edit", seed=args.seed + 2, cold_exemplar=False, **common)
+            report["exemplar_cache"] = {"first_calls": a["exemplar_calls"], "seed_change_calls": b["exemplar_calls"],
+                                        "first_s": a["total_s"], "seed_change_s": b["total_s"]}
 
         # photo size: a 10% mask on an N x N photo, edited in a 512 window
         photo = {}
         sizes = [512, *args.photo_sizes]
-        for r in range(args.reps):
+        for r in range(args.reps if "photo" in sections else 0):
             for n in sizes[r % len(sizes):] + sizes[: r % len(sizes)]:
                 res = ours("edit", size=512, photo=n, steps=args.photo_steps, seed=args.seed, cfg=args.cfg)
                 photo.setdefault(n, []).append(res)
                 log.info("photo %d rep %d: %.1f s", n, r, res["total_s"])
-        report["photo"] = {str(n): v for n, v in photo.items()}
+        if "photo" in sections:
+            report["photo"] = {str(n): v for n, v in photo.items()}
         for name, w in workers.items():
             report[f"final_{name}"] = w.last  # every answer carries the worker's peak RSS so far
     finally:
@@ -249,6 +258,10 @@ def summarise(report: dict) -> dict:
     fp = report["fast_path"]
     s["fast_path"] = {"size": fp["size"], "fast_s": med(fp["fast_s"]), "plain_s": med(fp["plain_s"])}
     s["fast_path"]["ratio"] = s["fast_path"]["fast_s"] / s["fast_path"]["plain_s"]
+    if "fast_s_ours_sdpa" in fp:
+        s["fast_path"]["sdpa"] = {"fast_s": med(fp["fast_s_ours_sdpa"]), "plain_s": med(fp["plain_s_ours_sdpa"])}
+        s["fast_path"]["sdpa"]["ratio"] = s["fast_path"]["sdpa"]["fast_s"] / s["fast_path"]["sdpa"]["plain_s"]
+    s["fast_path"]["reps"] = len(fp["fast_s"])
     if "edit_fast_s" in fp:
         s["fast_path"]["edit_ratio"] = med(fp["edit_fast_s"]) / med(fp["edit_plain_s"])
     photo = report["photo"]
@@ -364,13 +377,21 @@ def markdown(report: dict, s: dict, command: str) -> str:
         "",
     ]
     fp = s["fast_path"]
+    text = (
+        f"One UNet evaluation at {fp['size']}² (batch 2), alone, with and without the fast path, interleaved, median "
+        f"of {fp['reps']} each: ComfyUI defaults {fp['fast_s']:.2f} s vs {fp['plain_s']:.2f} s, "
+        f"**{fp['ratio']:.3f}×**"
+    )
+    if "sdpa" in fp:
+        sd = fp["sdpa"]
+        text += f"; with `--use-pytorch-cross-attention` {sd['fast_s']:.2f} s vs {sd['plain_s']:.2f} s, **{sd['ratio']:.3f}×**"
+    if "edit_ratio" in fp:
+        text += f"; whole edits {fp['edit_ratio']:.3f}×"
     lines += [
         "## Single-token cross-attention fast path",
         "",
-        f"UNet evaluation at {fp['size']}² (batch 2), median of {a['reps']} interleaved calls each: with the fast path "
-        f"{fp['fast_s']:.2f} s, without {fp['plain_s']:.2f} s: **{fp['ratio']:.3f}×**"
-        + (f"; whole edits {fp['edit_ratio']:.3f}×" if "edit_ratio" in fp else "")
-        + ". It is on by default (`PBE_LoadModel`'s `single_token_attention`).",
+        text + ". It is on by default (`PBE_LoadModel`'s `single_token_attention`); it is exact to fp32 rounding "
+        "(tests/host/test_inprocess_host.py).",
         "",
     ]
     ec = report["exemplar_cache"]
@@ -397,6 +418,7 @@ def markdown(report: dict, s: dict, command: str) -> str:
         "from the comparison: it is what the photo's size itself adds (reading, mask tools, crop, stitch).",
         "",
     ]
+    lines += analysis(report, s)
     ag = report.get("agreement")
     if ag:
         lines += [
@@ -409,6 +431,50 @@ def markdown(report: dict, s: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def analysis(report: dict, s: dict) -> list[str]:
+    """The targets (issue 6) against the numbers, where the time goes, and the floor."""
+    size = max(s["sizes"])
+    row = s["sizes"][size]
+    d = row["diffusers"]
+    lines = ["## Targets and the floor", ""]
+    rows = []
+    for n in s["ours_names"]:
+        r = row["ratio_total"][n]
+        m = s["ratio_peak_rss"][n]
+        rows.append([LABELS[n], f"{r:.2f}", "met" if r <= 0.85 else "**missed**", f"{m:.2f}",
+                     "met" if m <= 1.0 else "**missed**"])
+    lines.append(fmt_table([f"at {size}², {report['args']['steps']} steps", "end-to-end / diffusers",
+                            "target ≤ 0.85", "peak RSS / diffusers", "target ≤ 1.0"], rows))
+    lines += ["", f"Where an edit's time goes at {size}² (share of the total):", ""]
+    rows = []
+    for n in report["variants"]:
+        o = row[n]
+        t = o["total_s"]
+        nets = t - o["rest_s"]
+        rows.append([LABELS[n], f"{100 * o['unet_s'] / t:.0f}%",
+                     f"{100 * (o['vae_encode_s'] + o['vae_decode_s']) / t:.0f}%",
+                     f"{100 * o['exemplar_s'] / t:.1f}%", f"{100 * o['rest_s'] / t:.1f}%",
+                     f"{nets:.1f} s ({nets / d['total_s']:.2f}× diffusers)"])
+    lines.append(fmt_table(["", "UNet", "VAE", "exemplar encoder", "rest (host, pack, pipeline)",
+                            "floor: the networks alone"], rows))
+    fp = s["fast_path"]
+    lines += [
+        "",
+        "Reading it: both implementations run the same fp32 networks on the same weights with the same number of UNet "
+        "calls, so an edit is the networks' time plus a small rest. The rest (the pack's mask handling, paste-back, "
+        "the host's model management and sampler bookkeeping) is a fraction of a second, so the floor for this pack "
+        "is the last column: what the four networks take with the kernels the host picks. Beyond it only the "
+        f"kernels move the time: the single-token path already removes the cross-attention work "
+        f"({100 * (1 - fp['ratio']):.1f}% of a UNet call at {fp['size']}²); the host's attention kernel decides the "
+        "self-attention cost at 64² latents (4096 tokens): on a CPU ComfyUI picks sub-quadratic attention, which "
+        "materialises the score matrix in chunks, where diffusers uses torch's SDPA; `--use-pytorch-cross-attention` "
+        "gives the host SDPA too. The remaining levers are outside this comparison's rules (fewer steps, lower "
+        "precision, a GPU).",
+        "",
+    ]
+    return lines
+
+
 def ratios_text(s: dict) -> str:
     parts = []
     for n in s["ours_names"]:
@@ -417,6 +483,8 @@ def ratios_text(s: dict) -> str:
         parts += [f"UNet s/call {size}²{tag}: {row['ratio_unet_per_call'][n]:.2f}" for size, row in s["sizes"].items()]
         parts.append(f"peak RSS{tag}: {s['ratio_peak_rss'][n]:.2f}")
     parts.append(f"fast path (UNet, on/off): {s['fast_path']['ratio']:.3f}")
+    if "sdpa" in s["fast_path"]:
+        parts.append(f"fast path (UNet, on/off) [--use-pytorch-cross-attention]: {s['fast_path']['sdpa']['ratio']:.3f}")
     parts += [f"photo {n}² / 512²: {p['ratio']:.2f}" for n, p in s["photo"].items() if n != "512"]
     return "Ratios (ours / diffusers): " + "; ".join(parts) + "\n"
 
@@ -439,13 +507,15 @@ def main() -> None:
                     help="skip the pack's second run under ComfyUI's --use-pytorch-cross-attention")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
-    ap.add_argument("--render", type=Path, default=None,
-                    help="do not measure: rewrite --out from the raw measurements a run saved with --json")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="what to measure (default: all); the report needs all of them, see --render")
+    ap.add_argument("--render", type=Path, nargs="+", default=None,
+                    help="do not measure: rewrite --out from runs saved with --json; a later file's sections replace "
+                    "an earlier one's")
     args = ap.parse_args()
     if args.render:
-        saved = json.loads(args.render.read_text())
-        report, s = saved["report"], summarise(saved["report"])
-        write_report(args.out, report, s, report.get("command", "?"))
+        report = combine([json.loads(p.read_text())["report"] for p in args.render])
+        write_report(args.out, report, summarise(report), report["command"])
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if not args.comfyui or not (Path(args.comfyui) / "main.py").is_file():
@@ -455,10 +525,35 @@ def main() -> None:
     command = "COMFYUI_PATH=... " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv])
     report = run(args)
     report["command"] = command
-    s = summarise(report)
     if args.json:
-        args.json.write_text(json.dumps({"report": report, "summary": s}, indent=1, default=str))
-    write_report(args.out, report, s, command)
+        args.json.write_text(json.dumps({"report": report}, indent=1, default=str))
+    if set(args.sections) != set(SECTIONS):
+        log.info("partial run (%s): combine it with a full one: --render FULL.json THIS.json", ", ".join(args.sections))
+        return
+    write_report(args.out, report, summarise(report), command)
+
+
+SECTIONS = ("main", "fast_path", "cache", "photo")
+SECTION_KEYS = {
+    "main": ("edits", "peak_compared", "agreement", "variants", "load_ours", "load_ours_sdpa", "load_diffusers"),
+    "fast_path": ("fast_path",),
+    "cache": ("exemplar_cache",),
+    "photo": ("photo", "final_ours"),
+}
+
+
+def combine(reports: list[dict]) -> dict:
+    """One report from several runs: each section comes from the last run that measured it."""
+    out = dict(reports[0])
+    commands = [reports[0]["command"]]
+    for r in reports[1:]:
+        for section in r["args"]["sections"]:
+            for k in SECTION_KEYS[section]:
+                if k in r:
+                    out[k] = r[k]
+        commands.append(r["command"] + f"  (sections: {', '.join(r['args']['sections'])})")
+    out["command"] = "`; then `".join(commands)
+    return out
 
 
 def write_report(out: Path, report: dict, s: dict, command: str) -> None:
