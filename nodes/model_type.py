@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import comfy.latent_formats
+import comfy.ldm.models.autoencoder
 import comfy.model_base
 import comfy.model_detection
 import comfy.model_management
@@ -26,7 +27,7 @@ import comfy.utils
 import torch
 
 from ..pbe_core import edit_conditioning as ec
-from ..pbe_core.checkpoint import PbECheckpoint
+from ..pbe_core.checkpoint import CheckpointError, PbECheckpoint, check_fits
 from ..pbe_core.exemplar_encoder import ExemplarEncoder
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,18 @@ class PaintByExampleConfig(comfy.supported_models.SD15):
 def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -> comfy.model_patcher.ModelPatcher:
     """The UNet as a host MODEL, following ``comfy.sd.load_diffusion_model_state_dict``'s steps."""
     sd = dict(ckpt.unet)
-    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    try:
+        unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    except Exception as e:  # the host's detection indexes keys freely: a damaged file fails anywhere in it
+        raise CheckpointError(
+            f"{ckpt.source}: ComfyUI could not read the UNet's architecture from its tensors ({type(e).__name__}: "
+            f"{e}). The file is damaged or not Paint by Example; download it again."
+        ) from e
     if unet_config is None or unet_config.get("in_channels") != 9:
-        raise ValueError(f"{ckpt.source}: ComfyUI did not recognise the UNet as SD-1 with 9 input channels.")
+        raise CheckpointError(
+            f"{ckpt.source}: ComfyUI did not recognise the UNet as SD-1 with 9 input channels. The file is damaged or "
+            f"not Paint by Example; download it again."
+        )
     config = PaintByExampleConfig(unet_config)
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
@@ -101,6 +111,8 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
     config.set_inference_dtype(weight_dtype, manual_cast)
     model = config.get_model(sd, "")
+    # the host only warns about missing UNet weights (and leaves them uninitialised): refuse such a file instead
+    check_fits(model.diffusion_model.state_dict(), sd, "UNet", ckpt.source)
     model = model.to(offload_device)
     model.load_model_weights(sd, "")
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
@@ -122,6 +134,9 @@ def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
         "dropout": 0.0,
     }
     config = {"params": {"embed_dim": info.vae_embed_dim, "ddconfig": ddconfig}}
+    with torch.device("meta"):  # shapes only: the host only warns about missing VAE weights
+        expected = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"]).state_dict()
+    check_fits(expected, ckpt.vae, "VAE", ckpt.source)
     vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config)
     factor = 2 ** (len(info.vae_channel_mult) - 1)
     vae.downscale_ratio = vae.upscale_ratio = factor
