@@ -23,6 +23,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PREPROCESS_MODES = ("squash", "center_crop")
 
+#: center_crop resizes the whole exemplar before cutting the central square (as transformers does): beyond this aspect
+#: ratio that intermediate grows without bound (a 1x8000 strip would become 224 x 1.8 million pixels).
+MAX_CENTER_CROP_ASPECT = 64
+
 
 def _to_nchw_rgb(image: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) in [0, 1] with C in {1, 3, 4} -> (B, 3, H, W) float32 (grey repeated, alpha dropped)."""
@@ -73,6 +77,12 @@ def center_crop(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     """diffusers' preprocessing: shortest side to ``size``, central crop. (B,H,W,C) -> (B,3,size,size) in [0,1]."""
     x = _to_nchw_rgb(image)
     h, w = x.shape[-2:]
+    if max(h, w) > MAX_CENTER_CROP_ASPECT * min(h, w):
+        raise ValueError(
+            f"Exemplar is {w}x{h} pixels: center_crop would keep only a {min(h, w)}x{min(h, w)} square of it "
+            f"(aspect over {MAX_CENTER_CROP_ASPECT}:1). Use exemplar preprocessing 'squash', or crop the exemplar to "
+            f"the object first."
+        )
     # transformers' get_resize_output_image_size: the long side is truncated, not rounded
     if h <= w:
         nh, nw = size, int(size * w / h)
