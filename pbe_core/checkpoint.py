@@ -310,12 +310,16 @@ def _shape(part: Mapping[str, torch.Tensor], key: str, what: str, path: str, ndi
 _DAMAGED = "The file is damaged or mixes parts of different models; download it again (or convert it again)."
 
 
+_PART_NAMES = {"unet": "UNet", "vae": "VAE", "clip": "CLIP vision tower", "final_ln": "final LayerNorm"}
+
+
 def _check_floating(parts: dict, uncond: torch.Tensor, path: str) -> None:
     """Every weight of the model is a floating-point tensor; an integer or bool one means a damaged file."""
     for name, part in {**parts, "learned vector": {"learnable_vector": uncond}}.items():
         for k, v in part.items():
             if not v.is_floating_point():
-                raise CheckpointError(f"{path}: the {name} tensor {k!r} holds {v.dtype}, not floating-point weights. {_DAMAGED}")
+                what = _PART_NAMES.get(name, name)
+                raise CheckpointError(f"{path}: the {what} tensor {k!r} holds {v.dtype}, not floating-point weights. {_DAMAGED}")
 
 
 def check_fits(
@@ -395,6 +399,11 @@ def infer_info(parts: dict, uncond: torch.Tensor, path: str, clip_heads: int | N
     depth = _depth(clip, "vision_model.encoder.layers.", "CLIP vision tower", path)
     # Every OpenAI CLIP ViT uses 64-wide heads (ViT-L/14: 1024 / 64 = 16); the single file does not store the count.
     heads = clip_heads or max(1, width // 64)
+    if clip_heads and clip_heads != width // 64:
+        log.warning(
+            "%s: config.json gives the %d-wide CLIP %d attention heads; every OpenAI CLIP has width / 64 = %d. Using %d.",
+            path, width, clip_heads, width // 64, clip_heads,
+        )  # fmt: skip
     if heads < 1 or width % heads:
         raise CheckpointError(
             f"{path}: a CLIP width of {width} cannot be split into {heads} attention heads; fix num_attention_heads "
@@ -505,36 +514,50 @@ def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _config_heads(cfg: Path) -> int | None:
+    """``num_attention_heads`` from the image encoder's config.json, or None (then inferred from the width)."""
+    if not cfg.is_file():
+        return None
+    try:
+        value = json.loads(cfg.read_text()).get("num_attention_heads")
+    except (OSError, ValueError, AttributeError):
+        log.warning("Could not read %s; inferring the CLIP head count from its width.", cfg)
+        return None
+    if type(value) is int and value >= 1:
+        return value
+    if value is not None:
+        log.warning("%s: num_attention_heads is %r, not a positive whole number; inferring it from the width.", cfg, value)
+    return None
+
+
+def _convert(convert, state_dict: dict, path: Path) -> dict[str, torch.Tensor]:
+    """A ``layouts`` map from diffusers to original names; its failures on a damaged file become CheckpointError."""
+    try:
+        return convert(state_dict)
+    except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as e:
+        detail = e.args[0] if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: {detail}. {_DAMAGED}") from e
+
+
 def _load_diffusers_folder(folder: Path) -> PbECheckpoint:
     # model_index.json's class names are not trusted (REFERENCE.md section 7): read the components themselves.
     unet_sd, unet_file = _component_weights(folder, "unet")
     vae_sd, vae_file = _component_weights(folder, "vae")
     enc_sd, enc_file = _component_weights(folder, "image_encoder")
-    try:
-        unet = layouts.unet_from_diffusers(unet_sd)
-    except KeyError as e:
-        raise CheckpointError(f"{folder}/unet: {e.args[0]}") from e
-    try:
-        vae = layouts.vae_from_diffusers(vae_sd)
-    except KeyError as e:
-        raise CheckpointError(f"{folder}/vae: {e.args[0]}") from e
+    unet = _convert(layouts.unet_from_diffusers, unet_sd, folder / "unet" / unet_file)
+    vae = _convert(layouts.vae_from_diffusers, vae_sd, folder / "vae" / vae_file)
     if "uncond_vector" not in enc_sd or not any(k.startswith("mapper.") for k in enc_sd):
         raise CheckpointError(
             f"{folder}/image_encoder/{enc_file} is not a Paint-by-Example image encoder (no mapper / uncond_vector). "
             f"A plain CLIP vision model cannot condition this UNet; use the Paint-by-Example folder's image_encoder."
         )
-    heads = None
-    cfg = folder / "image_encoder" / "config.json"
-    if cfg.is_file():
-        try:
-            heads = int(json.loads(cfg.read_text()).get("num_attention_heads") or 0) or None
-        except (OSError, ValueError, TypeError, AttributeError):
-            log.warning("Could not read %s; inferring the CLIP head count from its width.", cfg)
+    enc_path = folder / "image_encoder" / enc_file
+    heads = _config_heads(folder / "image_encoder" / "config.json")
     parts = {
         "unet": unet,
         "vae": vae,
         "clip": layouts.clip_with_vision_model_level(layouts.split_prefix(enc_sd, "model.")),
-        "mapper": layouts.mapper_from_diffusers(layouts.split_prefix(enc_sd, "mapper.")),
+        "mapper": _convert(layouts.mapper_from_diffusers, layouts.split_prefix(enc_sd, "mapper."), enc_path),
         "final_ln": layouts.split_prefix(enc_sd, "final_layer_norm."),
         "proj_out": layouts.split_prefix(enc_sd, "proj_out."),
     }

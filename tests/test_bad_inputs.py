@@ -347,7 +347,7 @@ def _original_sd(fixture_paths):
     [
         ("stray_block", r"blocks resblocks\.N are not numbered 0\.\.2: it has a block numbered 999999999"),
         ("gap", r"CLIP vision tower blocks vision_model\.encoder\.layers\.N are not numbered .*block\(s\) \[3\] are missing"),
-        ("int_weight", r"tensor 'encoder\.conv_in\.weight' holds torch\.int16, not floating-point weights"),
+        ("int_weight", r"the VAE tensor 'encoder\.conv_in\.weight' holds torch\.int16, not floating-point weights"),
         ("flat_weight", r"'vision_model\.embeddings\.patch_embedding\.weight' has shape \(.*\); a 4-dimensional"),
         ("encoder_shape", r"the exemplar encoder does not match .*'mapper\.resblocks\.0\.ln_1\.bias' is \(1,\)"),
         ("vae_level", r"the VAE encoder blocks encoder\.down\.N"),
