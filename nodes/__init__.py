@@ -7,11 +7,12 @@ from typing_extensions import override
 
 from .conditioning import ExemplarEncode, InpaintConditioning
 from .loader import LoadModel, register_model_folder
+from .photo_tools import NODES as PHOTO_TOOLS
 from .sampler import Sampler
 
 register_model_folder()
 
-NODES: list[type[io.ComfyNode]] = [LoadModel, ExemplarEncode, InpaintConditioning, Sampler]
+NODES: list[type[io.ComfyNode]] = [LoadModel, ExemplarEncode, InpaintConditioning, Sampler, *PHOTO_TOOLS]
 
 
 class PaintByExampleExtension(ComfyExtension):

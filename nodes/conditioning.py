@@ -12,21 +12,22 @@ import torch
 from comfy_api.latest import io
 
 from ..pbe_core import edit_conditioning as ec
-from ..pbe_core import inputs
+from ..pbe_core import inputs, mask_ops
 from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES, prepare_exemplars
 from .loader import EncoderType
+from .validation import widget_errors
 
 log = logging.getLogger(__name__)
 
 MASK_TOOLTIP = "Region to replace: 1 (white) = paint the exemplar here, 0 = keep. As LoadImage's alpha / the mask editor."
 
 
-def encode_exemplars(encoder, image, mask=None, preprocess="squash"):
+def encode_exemplars(encoder, image, mask=None, preprocess="squash", crop_padding=10):
     """Exemplar IMAGE (B, H, W, C) (+ object MASK) -> (cond (B, 1, C), uncond (B, 1, C)), float32."""
     image = inputs.check_image(image, "Exemplar image")
-    if mask is not None and inputs.is_placeholder_mask(mask, tuple(image.shape[1:3])):
+    if mask is not None and mask_ops.is_placeholder_mask(mask, tuple(image.shape[1:3])):
         mask = None  # LoadImage's stand-in for "no alpha": use the whole exemplar
-    pixels = prepare_exemplars(image, mask, preprocess, encoder.info.clip_image_size)
+    pixels = prepare_exemplars(image, mask, preprocess, encoder.info.clip_image_size, crop_padding)
     cond = encoder.encode(pixels)
     return cond, encoder.unconditional(cond.shape[0])
 
@@ -86,13 +87,18 @@ class ExemplarEncode(io.ComfyNode):
                     default="squash",
                     tooltip=(
                         "squash: whole exemplar resized to 224x224 ignoring aspect (official, default). "
-                        "center_crop: short side to 224 then the central square (diffusers; may cut a wide object)."
+                        "center_crop: short side to 224 then the central square (diffusers; may cut a wide object). "
+                        "pad: long side to 224, short side padded (keeps the aspect ratio)."
                     ),
                 ),
                 io.Mask.Input(
                     "exemplar_mask",
                     optional=True,
                     tooltip="Optional: 1 = the object. Outside it the exemplar is filled neutrally, then cropped to it.",
+                ),
+                io.Int.Input(
+                    "crop_padding", default=10, min=0, max=512, optional=True,
+                    tooltip="With an exemplar mask: pixels kept around the object's box when cropping (paper: <= 10).",
                 ),
             ],
             outputs=[
@@ -103,13 +109,13 @@ class ExemplarEncode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, preprocess="squash", **kwargs):
-        if preprocess not in PREPROCESS_MODES:
-            return f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, not {preprocess!r}."
-        return True
+        # taking **kwargs turns off the host's own range and option checks for every input: redo them
+        errors = widget_errors(cls.define_schema(), dict(kwargs, preprocess=preprocess))
+        return " ".join(errors) if errors else True
 
     @classmethod
-    def execute(cls, encoder, exemplar, preprocess="squash", exemplar_mask=None) -> io.NodeOutput:
-        cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, preprocess)
+    def execute(cls, encoder, exemplar, preprocess="squash", exemplar_mask=None, crop_padding=10) -> io.NodeOutput:
+        cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, preprocess, crop_padding)
         return io.NodeOutput([[cond, {}]], [[uncond, {}]])
 
 

@@ -44,12 +44,6 @@ class PaintByExampleModel(comfy.model_base.BaseModel):
     (B, 1, H, W) at pixel or latent size, ComfyUI polarity (1 = replace).
     """
 
-    def __init__(self, model_config, model_type=comfy.model_base.ModelType.EPS, device=None):
-        super().__init__(model_config, model_type, device=device)
-        # marks the model as taking concat conditioning (memory estimates, host checks); the channels come from
-        # concat_cond below, not from these keys
-        self.concat_keys = ("masked_image", "mask_inverted")
-
     def concat_cond(self, **kwargs):
         noise = kwargs.get("noise")
         latent = kwargs.get("concat_latent_image")

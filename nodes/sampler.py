@@ -16,7 +16,8 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..pbe_core import crop_stitch, inputs, mask_ops, sampling
+from ..pbe_core import crop_stitch, exemplar_mixing, inputs, mask_ops, sampling
+from ..pbe_core.color_match import color_match as color_match_fn
 from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES
 from .conditioning import MASK_TOOLTIP, encode_exemplars, inpaint_conditioning
 from .loader import EncoderType
@@ -105,7 +106,7 @@ class Sampler(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "exemplar_preprocess", options=list(PREPROCESS_MODES), default="squash", optional=True,
-                    tooltip="squash (official): exemplar to 224x224 ignoring aspect; center_crop: diffusers' crop.",
+                    tooltip="squash (official): exemplar to 224x224 ignoring aspect; center_crop: diffusers' crop; pad: keep aspect.",
                 ),
                 io.Mask.Input(
                     "exemplar_mask", optional=True,
@@ -125,6 +126,19 @@ class Sampler(io.ComfyNode):
                 io.Combo.Input(
                     "window_shape", options=["square", "mask_aspect"], default="square", optional=True,
                     tooltip="square: windows like the model's square training crops; mask_aspect: the mask box's shape.",
+                ),
+                io.Float.Input(
+                    "exemplar_strength", default=1.0, min=-1.0, max=4.0, step=0.05, optional=True,
+                    tooltip="0 = no exemplar (learned unconditional vector), 1 = the exemplar, >1 = beyond it.",
+                ),
+                io.String.Input(
+                    "exemplar_weights", default="", optional=True,
+                    tooltip="Blend a batch of N exemplars into ONE: N comma-separated weights ('1, 3'). Empty = one "
+                    "result per exemplar.",
+                ),
+                io.Boolean.Input(
+                    "color_match", default=False, optional=True,
+                    tooltip="Correct the edit's colour shift against a ring of the photo around the mask (Lab mean/std).",
                 ),
             ],
             outputs=[
@@ -163,11 +177,15 @@ class Sampler(io.ComfyNode):
     def execute(
         cls, model, encoder, vae, image, mask, exemplar, seed, steps, cfg, sampler_name, scheduler, denoise,
         mask_grow, mask_feather, exemplar_preprocess="squash", exemplar_mask=None, working_size=512,
-        context_margin=0.25, window_shape="square",
+        context_margin=0.25, window_shape="square", exemplar_strength=1.0, exemplar_weights="", color_match=False,
     ) -> io.NodeOutput:
         image = inputs.check_image(image, "Source image")
         mask = inputs.check_mask(mask, image)
         cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, exemplar_preprocess)
+        if exemplar_weights.strip():
+            cond = exemplar_mixing.blend(cond, exemplar_mixing.parse_weights(exemplar_weights, cond.shape[0]))
+            uncond = uncond[:1]
+        cond = exemplar_mixing.strength(cond, uncond, float(exemplar_strength))
         n = inputs.batch_size(source=image.shape[0], mask=mask.shape[0], exemplar=cond.shape[0])
         image, mask = inputs.repeat_to(image, n), inputs.repeat_to(mask, n)
         cond, uncond = inputs.repeat_to(cond, n), inputs.repeat_to(uncond, n)
@@ -178,7 +196,10 @@ class Sampler(io.ComfyNode):
                 raise ValueError(f"mask_grow={mask_grow} shrinks the mask to nothing; use a smaller shrink.")
         paste = mask_ops.feather_mask(region, mask_feather) if mask_feather else region
 
-        settings = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise)
+        settings = dict(
+            seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
+            color_match=color_match,
+        )
         windows = edit_windows(tuple(image.shape[1:3]), paste, working_size, context_margin, window_shape)
         if windows is None:  # the source is at the working size (or working_size is 0): edit it whole
             samples, decoded = _edit(model, vae, image, region, cond, uncond, **settings)
@@ -215,7 +236,8 @@ def edit_windows(image_hw, paste, working_size, margin, shape):
     return crop_stitch.plan_windows(image_hw, boxes, margin=margin, shape=shape, working_size=working_size)
 
 
-def _edit(model, vae, image, region, cond, uncond, *, seed, steps, cfg, sampler_name, scheduler, denoise):
+def _edit(model, vae, image, region, cond, uncond, *, seed, steps, cfg, sampler_name, scheduler, denoise,
+          color_match=False):
     """Sample one edit of ``image`` (B, H, W, 3) in ``region`` (B, H, W, 0/1). Returns (latent, decoded (B,H,W,3))."""
     full = denoise >= 0.9999
     positive, negative, latent, (h, w) = inpaint_conditioning(
@@ -238,4 +260,6 @@ def _edit(model, vae, image, region, cond, uncond, *, seed, steps, cfg, sampler_
             denoise=denoise, callback=callback, disable_pbar=disable_pbar, seed=seed,
         )
     decoded = vae.decode(samples)[:, :h, :w, :3].float().to(image.device)
+    if color_match:
+        decoded = color_match_fn(decoded, image, region)
     return samples, decoded

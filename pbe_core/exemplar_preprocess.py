@@ -7,6 +7,9 @@ Two published conventions (REFERENCE.md section 3):
 * ``center_crop`` (diffusers' ``CLIPImageProcessor``): shortest side to 224 (bicubic), then the central 224x224;
   can cut off parts of a wide exemplar.
 
+And one of ours: ``pad`` keeps the aspect ratio: the long side goes to 224 and the short side is padded evenly with
+CLIP's mean colour (which normalises to zero), so a wide object is neither squashed nor cut.
+
 Then scale to [0, 1] and normalise with CLIP's mean and std. Both references resize a uint8 PIL image; we reproduce
 PIL's resampling in torch: the image is quantised to 8 bits, resized in two separable passes (in the order Pillow picks) with torch's
 antialiased bicubic filter (PIL's filter: a = -0.5, support scaled with the reduction factor), rounding to 8 bits
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-PREPROCESS_MODES = ("squash", "center_crop")
+PREPROCESS_MODES = ("squash", "center_crop", "pad")
 
 #: center_crop resizes the whole exemplar before cutting the central square (as transformers does): beyond this aspect
 #: ratio that intermediate grows without bound (a 1x8000 strip would become 224 x 1.8 million pixels).
@@ -93,12 +96,27 @@ def center_crop(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     return x[..., top : top + size, left : left + size]
 
 
+def pad(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """Aspect-preserving: long side to ``size``, short side padded with CLIP's mean. (B,H,W,C) -> (B,3,size,size)."""
+    x = _to_nchw_rgb(image)
+    h, w = x.shape[-2:]
+    nh, nw = (size, max(1, round(size * w / h))) if h >= w else (max(1, round(size * h / w)), size)
+    x = _resize(x, (nh, nw))
+    out = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1).expand(x.shape[0], 3, size, size)
+    out = out.clone()
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[..., top : top + nh, left : left + nw] = x
+    return out
+
+
 def preprocess(image: torch.Tensor, mode: str = "squash", size: int = 224) -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, C) in [0, 1] -> CLIP-normalised pixels (B, 3, size, size), float32."""
     if mode == "squash":
         x = squash(image, size)
     elif mode == "center_crop":
         x = center_crop(image, size)
+    elif mode == "pad":
+        x = pad(image, size)
     else:
         raise ValueError(f"Unknown exemplar preprocessing {mode!r}; choose one of {', '.join(PREPROCESS_MODES)}.")
     return normalize(x)
@@ -142,13 +160,14 @@ def apply_exemplar_mask(image: torch.Tensor, mask: torch.Tensor, pad: int = 10) 
 
 
 def prepare_exemplars(
-    image: torch.Tensor, mask: torch.Tensor | None = None, mode: str = "squash", size: int = 224
+    image: torch.Tensor, mask: torch.Tensor | None = None, mode: str = "squash", size: int = 224, crop_padding: int = 10
 ) -> torch.Tensor:
     """Everything between a ComfyUI exemplar IMAGE (and optional object MASK, 1 = object) and the encoder.
 
-    image (B, H, W, C) in [0, 1]; mask (1 or B, H, W) or None. Returns CLIP-normalised pixels (B, 3, size, size).
+    image (B, H, W, C) in [0, 1]; mask (1 or B, H, W) or None; ``crop_padding``: pixels kept around the object's box.
+    Returns CLIP-normalised pixels (B, 3, size, size).
     """
     if mask is None:
         return preprocess(image, mode, size)
-    crops = apply_exemplar_mask(_to_nchw_rgb(image).movedim(1, -1), mask)
+    crops = apply_exemplar_mask(_to_nchw_rgb(image).movedim(1, -1), mask, pad=crop_padding)
     return torch.cat([preprocess(c, mode, size) for c in crops])

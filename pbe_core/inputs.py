@@ -12,8 +12,7 @@ import math
 
 import torch
 
-#: ComfyUI's LoadImage emits a 64x64 all-zero MASK for an image without alpha (nodes.py, LoadImage.load_image)
-PLACEHOLDER_MASK_SIDE = 64
+from .mask_ops import is_placeholder_mask
 
 #: IMAGE values are 0..1. Resampling (bicubic, Lanczos) overshoots by a few percent and is accepted as it is; values
 #: beyond this margin mean another convention (0..255, -1..1, linear HDR) and are refused with the fix.
@@ -49,12 +48,6 @@ def check_image(image: torch.Tensor, what: str = "Image") -> torch.Tensor:
     if image.shape[-1] == 1:
         image = image.expand(-1, -1, -1, 3)
     return image[..., :3]
-
-
-def is_placeholder_mask(mask: torch.Tensor, image_hw: tuple[int, int]) -> bool:
-    """True for LoadImage's 64x64 all-zero stand-in mask on an image that is not 64x64 ("no mask given")."""
-    side = PLACEHOLDER_MASK_SIDE
-    return tuple(mask.shape[-2:]) == (side, side) and tuple(image_hw) != (side, side) and not bool(mask.any())
 
 
 def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

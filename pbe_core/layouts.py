@@ -269,3 +269,116 @@ def _rename(rest: str, renames: tuple[tuple[str, str], ...]) -> str:
         if rest.startswith(a + "."):
             return b + rest[len(a) :]
     return rest
+
+
+# --- the inverse maps: LDM names -> diffusers names (used by training, which runs diffusers' modules) ----------------
+# Written from the two naming schemes, like the maps above; tests check them both ways against diffusers' own
+# converters (``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, Apache-2.0), whose code is not used here.
+def unet_ldm_structure(keys: Iterable[str]) -> tuple[int, int]:
+    """``(levels, res blocks per level)`` of an LDM ``UNetModel`` state dict, read from its key names.
+
+    ``input_blocks.0`` is the input conv; each level then has ``per_level`` res blocks and (except the last level) a
+    downsampler, so the first downsampler is ``input_blocks.{per_level + 1}.0.op``.
+    """
+    keys = list(keys)
+    n_in = _count(keys, r"input_blocks\.(\d+)\.")
+    if n_in == 0:
+        raise KeyError("no 'input_blocks.*' keys: this is not an LDM UNetModel state dict")
+    ops = sorted({int(m[1]) for k in keys if (m := re.match(r"input_blocks\.(\d+)\.0\.op\.", k))})
+    per_level = ops[0] - 1 if ops else n_in - 1
+    return n_in // (per_level + 1), per_level
+
+
+def unet_ldm_to_diffusers_names(keys: Iterable[str]) -> dict[str, str]:
+    """Inverse of :func:`unet_diffusers_to_ldm_names`: every LDM ``UNetModel`` key -> its diffusers name.
+
+    The structure is read from the keys (:func:`unet_ldm_structure`). Unknown keys raise ``KeyError``.
+    """
+    keys = list(keys)
+    _, per_level = unet_ldm_structure(keys)
+    stride = per_level + 1
+    back = {b: a for a, b in _RESNET_RENAMES}
+
+    def resnet(key: str, dst: str, rest: str) -> str:
+        for a, b in back.items():
+            if rest.startswith(a + "."):
+                return dst + b + rest[len(a) :]
+        raise KeyError(f"LDM UNet key {key!r} has no diffusers counterpart")
+
+    names: dict[str, str] = {}
+    for k in keys:
+        if k.startswith("time_embed.0."):
+            names[k] = "time_embedding.linear_1." + k[len("time_embed.0.") :]
+        elif k.startswith("time_embed.2."):
+            names[k] = "time_embedding.linear_2." + k[len("time_embed.2.") :]
+        elif k.startswith("input_blocks.0.0."):
+            names[k] = "conv_in." + k[len("input_blocks.0.0.") :]
+        elif k.startswith("out.0."):
+            names[k] = "conv_norm_out." + k[len("out.0.") :]
+        elif k.startswith("out.2."):
+            names[k] = "conv_out." + k[len("out.2.") :]
+        elif m := re.match(r"input_blocks\.(\d+)\.0\.op\.(.*)", k):
+            names[k] = f"down_blocks.{(int(m[1]) - 1) // stride}.downsamplers.0.conv.{m[2]}"
+        elif m := re.match(r"input_blocks\.(\d+)\.([01])\.(.*)", k):
+            i, j = divmod(int(m[1]) - 1, stride)
+            if m[2] == "0":
+                names[k] = resnet(k, f"down_blocks.{i}.resnets.{j}.", m[3])
+            else:
+                names[k] = f"down_blocks.{i}.attentions.{j}.{m[3]}"
+        elif m := re.match(r"middle_block\.([02])\.(.*)", k):
+            names[k] = resnet(k, f"mid_block.resnets.{int(m[1]) // 2}.", m[2])
+        elif m := re.match(r"middle_block\.1\.(.*)", k):
+            names[k] = "mid_block.attentions.0." + m[1]
+        elif m := re.match(r"output_blocks\.(\d+)\.([12])\.conv\.(.*)", k):
+            names[k] = f"up_blocks.{int(m[1]) // stride}.upsamplers.0.conv.{m[3]}"
+        elif m := re.match(r"output_blocks\.(\d+)\.([01])\.(.*)", k):
+            i, j = divmod(int(m[1]), stride)
+            if m[2] == "0":
+                names[k] = resnet(k, f"up_blocks.{i}.resnets.{j}.", m[3])
+            else:
+                names[k] = f"up_blocks.{i}.attentions.{j}.{m[3]}"
+        else:
+            raise KeyError(f"LDM UNet key {k!r} has no diffusers counterpart (is this an SD-1 UNet?)")
+    return names
+
+
+def unet_to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LDM ``UNetModel`` state dict -> diffusers ``UNet2DConditionModel`` state dict (same tensors, no copies)."""
+    names = unet_ldm_to_diffusers_names(state_dict.keys())
+    return {names[k]: v for k, v in state_dict.items()}
+
+
+def vae_to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`vae_from_diffusers`: LDM ``AutoencoderKL`` -> diffusers ``AutoencoderKL`` state dict.
+
+    The mid-block attention projections go back from 1x1 ``Conv2d`` (C, C, 1, 1) to ``Linear`` (C, C) (a view).
+    """
+    keys = list(state_dict)
+    up_levels = _count(keys, r"decoder\.up\.(\d+)\.")
+    resnet_back = tuple((b, a) for a, b in _VAE_RESNET_RENAMES)
+    attn_back = (("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0"))
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        new = None
+        if re.match(r"(encoder|decoder)\.(conv_in|conv_out)\.", k) or k.startswith(("quant_conv.", "post_quant_conv.")):
+            new = k
+        elif m := re.match(r"(encoder|decoder)\.norm_out\.(.*)", k):
+            new = f"{m[1]}.conv_norm_out.{m[2]}"
+        elif m := re.match(r"encoder\.down\.(\d+)\.block\.(\d+)\.(.*)", k):
+            new = f"encoder.down_blocks.{m[1]}.resnets.{m[2]}.{_rename(m[3], resnet_back)}"
+        elif m := re.match(r"encoder\.down\.(\d+)\.downsample\.conv\.(.*)", k):
+            new = f"encoder.down_blocks.{m[1]}.downsamplers.0.conv.{m[2]}"
+        elif m := re.match(r"decoder\.up\.(\d+)\.block\.(\d+)\.(.*)", k):
+            new = f"decoder.up_blocks.{up_levels - 1 - int(m[1])}.resnets.{m[2]}.{_rename(m[3], resnet_back)}"
+        elif m := re.match(r"decoder\.up\.(\d+)\.upsample\.conv\.(.*)", k):
+            new = f"decoder.up_blocks.{up_levels - 1 - int(m[1])}.upsamplers.0.conv.{m[2]}"
+        elif m := re.match(r"(encoder|decoder)\.mid\.block_(\d+)\.(.*)", k):
+            new = f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.{_rename(m[3], resnet_back)}"
+        elif m := re.match(r"(encoder|decoder)\.mid\.attn_1\.(.*)", k):
+            new = f"{m[1]}.mid_block.attentions.0.{_rename(m[2], attn_back)}"
+            if v.ndim == 4:
+                v = v.reshape(v.shape[0], v.shape[1])
+        if new is None:
+            raise KeyError(f"LDM VAE key {k!r} has no diffusers counterpart (is this an SD-1 AutoencoderKL?)")
+        out[new] = v
+    return out

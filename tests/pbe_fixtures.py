@@ -90,7 +90,10 @@ VAE_LOGVAR = -60.0
 def build_modules(spec: Spec = TINY, seed: int = 0):
     """Return ``(unet, vae, image_encoder)``: diffusers/transformers modules with seeded random weights (fp32)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.pipelines.deprecated.paint_by_example.image_encoder import PaintByExampleImageEncoder
+    try:  # diffusers >= 0.33 keeps it under deprecated/; older releases (transformers-4 era) at the top level
+        from diffusers.pipelines.deprecated.paint_by_example.image_encoder import PaintByExampleImageEncoder
+    except ImportError:
+        from diffusers.pipelines.paint_by_example.image_encoder import PaintByExampleImageEncoder
     from transformers import CLIPVisionConfig
 
     torch.manual_seed(seed)
@@ -265,11 +268,8 @@ def write_diffusers_folder(
         else:
             module.save_config(d)
         sd = {k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()}
-        if name == "image_encoder":
-            sd = {
-                (("model.vision_model." + k[len("model.") :]) if vision_model_level and k.startswith("model.") else k): v
-                for k, v in sd.items()
-            }
+        if name == "image_encoder":  # transformers 4 nests CLIP under "vision_model.", 5 does not: write either
+            sd = {_clip_key(k, vision_model_level): v for k, v in sd.items()}
         ext = "safetensors" if fmt == "safetensors" else "bin"
         fname = f"{stem}.{variant}.{ext}" if variant else f"{stem}.{ext}"
         if fmt == "safetensors":
@@ -277,6 +277,14 @@ def write_diffusers_folder(
         else:
             torch.save(sd, d / fname)
     return root
+
+
+def _clip_key(key: str, vision_model_level: bool) -> str:
+    if not key.startswith("model."):
+        return key
+    rest = key[len("model.") :]
+    rest = rest[len("vision_model.") :] if rest.startswith("vision_model.") else rest
+    return "model." + ("vision_model." if vision_model_level else "") + rest
 
 
 # --- everything ------------------------------------------------------------------------------------------------------
@@ -327,3 +335,86 @@ def write_all_layouts(root: Path, spec: Spec = TINY, seed: int = 0) -> dict[str,
 def fixture_root() -> Path:
     """Where the tests keep the tiny fixtures (git-ignored); override with ``PBE_FIXTURE_DIR``."""
     return Path(os.environ.get("PBE_FIXTURE_DIR", Path(__file__).parent / ".fixtures"))
+
+
+# --- Stable Diffusion 1.x (for fine-tuning from SD) and a CLIP vision file ---------------------------------------------
+#: sizes of the text-encoder stub an SD-1.x checkpoint carries (its width must be the UNet's context width)
+TINY_TEXT = dict(intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, vocab_size=1000, max_position_embeddings=77)
+
+
+def build_sd1_modules(spec: Spec = TINY, seed: int = 1):
+    """``(unet, vae, text_encoder)`` of a tiny SD-1.x model: the same sizes as ``spec`` but a 4-channel UNet."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        **spec.unet,
+    )
+    nv = len(spec.vae["block_out_channels"])
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * nv,
+        up_block_types=("UpDecoderBlock2D",) * nv,
+        **spec.vae,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(hidden_size=spec.unet["cross_attention_dim"], bos_token_id=0, eos_token_id=2, pad_token_id=1,
+                       **TINY_TEXT)
+    )
+    gen = torch.Generator().manual_seed(seed)
+    for module in (unet, vae, text):
+        _randomise(module, gen)
+        module.eval().requires_grad_(False)
+    return unet, vae, text
+
+
+def sd1_state_dict(unet, vae, text) -> OrderedDict:
+    """An SD-1.x single-file state dict (LDM naming): 4-channel UNet, VAE, text encoder, schedule buffers."""
+    sd: OrderedDict[str, torch.Tensor] = OrderedDict()
+    sd.update(layouts.add_prefix(layouts.unet_from_diffusers(unet.state_dict()), layouts.UNET_PREFIX))
+    sd.update(layouts.add_prefix(layouts.vae_from_diffusers(vae.state_dict()), layouts.VAE_PREFIX))
+    tsd = text.state_dict()
+    sd.update({"cond_stage_model.transformer.text_model." + k.removeprefix("text_model."): v for k, v in tsd.items()})
+    sd.update(schedule_buffers())
+    return OrderedDict((k, v.detach().clone().contiguous()) for k, v in sd.items())
+
+
+def write_sd1_checkpoint(path: Path, spec: Spec = TINY, seed: int = 1) -> Path:
+    """Write a tiny SD-1.x checkpoint: ``.safetensors``, or a Lightning ``.ckpt`` for any other suffix."""
+    from lightning_pickle import save_lightning_checkpoint
+
+    path = Path(path)
+    sd = sd1_state_dict(*build_sd1_modules(spec, seed))
+    if path.suffix == ".safetensors":
+        save_file(dict(sd), str(path))
+    else:
+        save_lightning_checkpoint(path, sd, training=False)
+    return path
+
+
+def build_clip_vision(spec: Spec = TINY, seed: int = 2):
+    """A transformers ``CLIPVisionModel`` of ``spec``'s CLIP sizes with seeded random weights."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    model = CLIPVisionModel(CLIPVisionConfig(hidden_act="quick_gelu", **spec.clip))
+    _randomise(model, torch.Generator().manual_seed(seed))
+    return model.eval().requires_grad_(False)
+
+
+def write_clip_vision(path: Path, spec: Spec = TINY, seed: int = 2, vision_model_level: bool = False) -> Path:
+    """Write the CLIP vision weights a user gives for an SD-1.x start, in transformers naming (.safetensors).
+
+    ``vision_model_level``: keys as transformers 4 saves them (``vision_model.*``) instead of transformers 5 (none).
+    """
+    sd = build_clip_vision(spec, seed).state_dict()  # transformers 4 or 5: either naming, made explicit here
+    sd = {("vision_model." if vision_model_level else "") + k.removeprefix("vision_model."): v for k, v in sd.items()}
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return Path(path)

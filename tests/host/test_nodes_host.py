@@ -101,8 +101,11 @@ def test_object_info_lists_the_four_nodes_with_inputs(comfy_server):
     assert "reference" in req["sampler_name"][1]["options"] and "dpmpp_2m" in req["sampler_name"][1]["options"]
     assert info["PBE_LoadModel"]["output"] == ["MODEL", "PBE_ENCODER", "VAE"]
     assert info["PBE_InpaintConditioning"]["output"] == ["CONDITIONING", "CONDITIONING", "LATENT"]
-    # every input and output has a tooltip
-    for n in NODES:
+    # every node of the pack has a description and a tooltip on every input and output
+    ours = [n for n in info if n.startswith("PBE_")]
+    assert len(ours) >= 10
+    for n in ours:
+        assert info[n]["description"], n
         for group in ("required", "optional"):
             for name, spec in info[n]["input"].get(group, {}).items():
                 assert spec[1].get("tooltip"), (n, name)
@@ -288,24 +291,15 @@ def test_validation_error_names_the_problem(comfy_server, images):
     assert "missing.safetensors" in str(e.value.body)
 
 
-def test_large_photo_goes_through_crop_and_stitch(comfy_server):
+def test_large_photo_goes_through_crop_and_stitch(comfy_server, images):
     """A 3000x2000 photo with a small mask: edited in a window at the working size, output the input's size, every
     pixel outside the feathered region unchanged."""
-    from host_util import png_bytes
+    from host_util import assert_edited_only_near, upload_photo_with_box
 
-    h, w = 2000, 3000
-    yy, xx = np.mgrid[0:h, 0:w]
-    photo = (np.stack([xx / w, yy / h, (xx * yy) / (w * h)], -1) * 255).astype(np.uint8)
-    alpha = np.full((h, w), 255, np.uint8)
-    alpha[1200:1320, 2100:2260] = 0  # 160x120 region: 0.3% of the photo
-    comfy_server.upload("big.png", png_bytes(np.dstack([photo, alpha])))
+    box = (1200, 1320, 2100, 2260)  # 160x120 region: 0.3% of the photo
+    photo = upload_photo_with_box(comfy_server, "big.png", 2000, 3000, box)
     p = one_node_prompt("original-fp16.safetensors", steps=3, feather=8, working_size=512)
     p["src"]["inputs"]["image"] = "big.png"
     out = fetch_tensor(comfy_server, run_ok(comfy_server, p), "save")[0]
-    assert out.shape == (h, w, 3)
-    src = torch.from_numpy(photo).float() / 255
-    near = torch.zeros(h, w, dtype=torch.bool)
-    near[1200 - 9:1320 + 9, 2100 - 9:2260 + 9] = True
-    assert torch.equal(out[~near], src[~near])
-    assert (out[1200:1320, 2100:2260] - src[1200:1320, 2100:2260]).abs().mean() > 1e-3
+    assert_edited_only_near(out, photo, box, reach=9)
     assert "editing the" in comfy_server.log()

@@ -1,0 +1,241 @@
+"""Nodes for real photos: mask tools, crop-and-stitch around any sampler, exemplar blend and strength, colour match.
+
+Thin glue over ``pbe_core.mask_ops``, ``pbe_core.crop_stitch``, ``pbe_core.exemplar_mixing`` and
+``pbe_core.color_match``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..pbe_core import color_match, crop_stitch, exemplar_mixing, inputs, mask_ops
+from .conditioning import MASK_TOOLTIP
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "paint_by_example/tools"
+
+StitchType = io.Custom("PBE_STITCH")
+
+
+@dataclass
+class StitchInfo:
+    """What ``PBE_StitchEdit`` needs to put a cropped edit back: the source, the window and the paste mask."""
+
+    source: torch.Tensor  # (B, H, W, 3)
+    window: crop_stitch.CropWindow
+    paste: torch.Tensor  # (B, H, W) in [0, 1]
+
+
+class MaskTools(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_MaskTools",
+            display_name="Paint-by-Example Mask Tools",
+            category=CATEGORY,
+            description=(
+                "Prepares a mask for Paint by Example: fill holes, turn it into its bounding box (the model was "
+                "trained on boxes and rough shapes), grow or shrink it, feather its edge outward."
+            ),
+            inputs=[
+                io.Mask.Input("mask", tooltip=MASK_TOOLTIP),
+                io.Int.Input("grow", default=0, min=-256, max=256, tooltip="Pixels to grow (negative: shrink)."),
+                io.Int.Input("feather", default=0, min=0, max=256, tooltip="Width in pixels of an outward soft edge."),
+                io.Boolean.Input("fill_holes", default=False, tooltip="Fill holes not connected to the border."),
+                io.Combo.Input(
+                    "shape", options=["as_is", "box"], default="as_is",
+                    tooltip="box: replace each mask by its bounding box (the model's training shape).",
+                ),
+            ],
+            outputs=[io.Mask.Output(display_name="MASK", tooltip="The processed mask (1 = region to replace).")],
+        )
+
+    @classmethod
+    def execute(cls, mask, grow, feather, fill_holes, shape) -> io.NodeOutput:
+        m = mask.float()
+        if m.ndim == 2:
+            m = m.unsqueeze(0)
+        if fill_holes:
+            m = mask_ops.fill_holes(m)
+        if shape == "box":
+            m = mask_ops.box_mask(m)
+        if grow:
+            m = mask_ops.grow_mask(m, grow)
+        if feather:
+            m = mask_ops.feather_mask(m, feather)
+        return io.NodeOutput(m)
+
+
+class CropForEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_CropForEdit",
+            display_name="Paint-by-Example Crop for Edit",
+            category=CATEGORY,
+            description=(
+                "Cuts a context window around the mask (all mask regions together) and scales it to the model's "
+                "working size, so any sampler can edit a photo of any size; 'Stitch Edit' puts the result back. "
+                "Pixels outside the feathered mask stay exactly the source's."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="Source photo, any size."),
+                io.Mask.Input("mask", tooltip=MASK_TOOLTIP),
+                io.Int.Input("working_size", default=512, min=64, max=4096, step=8,
+                             tooltip="Long side of the crop in pixels (a multiple of 8)."),
+                io.Float.Input("context_margin", default=0.25, min=0.0, max=4.0, step=0.05,
+                               tooltip="Context around the mask, as a fraction of the mask box's long side."),
+                io.Combo.Input("window_shape", options=["square", "mask_aspect"], default="square",
+                               tooltip="square: like the model's training crops; mask_aspect: the mask box's shape."),
+                io.Int.Input("feather", default=8, min=0, max=256,
+                             tooltip="Width in pixels of the soft seam outside the mask when stitching back."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="IMAGE", tooltip="The crop at the working size."),
+                io.Mask.Output(display_name="MASK", tooltip="The mask of the crop (1 = region to replace)."),
+                StitchType.Output(display_name="STITCH", tooltip="Where the crop came from, for 'Stitch Edit'."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, mask, working_size, context_margin, window_shape, feather) -> io.NodeOutput:
+        image = inputs.check_image(image, "Source image")
+        mask = inputs.check_mask(mask, image)
+        n = inputs.batch_size(source=image.shape[0], mask=mask.shape[0])
+        image, region = inputs.repeat_to(image, n), mask_ops.binarize(inputs.repeat_to(mask, n))
+        paste = mask_ops.feather_mask(region, feather) if feather else region
+        box = mask_ops.mask_bbox(paste)
+        window = crop_stitch.plan_window(
+            tuple(image.shape[1:3]), box, margin=context_margin, shape=window_shape, working_size=working_size
+        )
+        crop = crop_stitch.crop_to_window(image, window)
+        crop_mask = mask_ops.binarize(crop_stitch.crop_to_window(region, window))
+        return io.NodeOutput(crop, crop_mask, StitchInfo(image, window, paste))
+
+
+class StitchEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_StitchEdit",
+            display_name="Paint-by-Example Stitch Edit",
+            category=CATEGORY,
+            description="Scales an edited crop back and pastes it into the source through the feathered mask.",
+            inputs=[
+                StitchType.Input("stitch", tooltip="From 'Crop for Edit'."),
+                io.Image.Input("edited", tooltip="The edited crop (same size as the crop 'Crop for Edit' gave)."),
+            ],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The source with the edit pasted in.")],
+        )
+
+    @classmethod
+    def execute(cls, stitch, edited) -> io.NodeOutput:
+        th, tw = stitch.window.target
+        if tuple(edited.shape[1:3]) != (th, tw):
+            raise ValueError(
+                f"The edited image is {edited.shape[2]}x{edited.shape[1]} but the crop was {tw}x{th}; connect the "
+                f"decoded result of the crop from 'Crop for Edit' (a VAE Decode of its latent gives that size)."
+            )
+        return io.NodeOutput(crop_stitch.stitch(stitch.source, edited[..., :3].float(), stitch.window, stitch.paste))
+
+
+class ExemplarStrength(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_ExemplarStrength",
+            display_name="Paint-by-Example Exemplar Strength",
+            category=CATEGORY,
+            description=(
+                "Scales how much the exemplar drives the edit: positive = negative + strength x (positive - negative). "
+                "0 = no exemplar (the learned unconditional vector), 1 = the exemplar, above 1 = exaggerated."
+            ),
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="From 'Exemplar Encode' (or 'Exemplar Blend')."),
+                io.Conditioning.Input("negative", tooltip="The matching negative from 'Exemplar Encode'."),
+                io.Float.Input("strength", default=1.0, min=-1.0, max=4.0, step=0.05,
+                               tooltip="0 = unconditional, 1 = exemplar, >1 = beyond it."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="positive", tooltip="The rescaled exemplar context.")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, strength) -> io.NodeOutput:
+        uncond = negative[0][0]
+        out = []
+        for t, d in positive:
+            u = uncond if uncond.shape[0] in (1, t.shape[0]) else uncond[:1]
+            out.append([exemplar_mixing.strength(t, u.to(t), float(strength)), d.copy()])
+        return io.NodeOutput(out)
+
+
+class ExemplarBlend(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_ExemplarBlend",
+            display_name="Paint-by-Example Exemplar Blend",
+            category=CATEGORY,
+            description="Blends a batch of N encoded exemplars into one, with weights (normalised to sum 1).",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="From 'Exemplar Encode' with a batch of N exemplars."),
+                io.Conditioning.Input("negative", tooltip="The matching negative."),
+                io.String.Input("weights", default="", tooltip="N comma-separated weights, e.g. '1, 3'; empty = equal."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="One blended exemplar context."),
+                io.Conditioning.Output(display_name="negative", tooltip="One unconditional context."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, weights) -> io.NodeOutput:
+        cond = positive[0][0]
+        mixed = exemplar_mixing.blend(cond, exemplar_mixing.parse_weights(weights, cond.shape[0]))
+        return io.NodeOutput([[mixed, positive[0][1].copy()]], [[negative[0][0][:1], negative[0][1].copy()]])
+
+
+class ColorMatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_ColorMatch",
+            display_name="Paint-by-Example Color Match",
+            category=CATEGORY,
+            description=(
+                "Removes the colour shift of an edit: matches the edit's colour statistics (CIE Lab mean and std) on "
+                "a ring just outside the mask to the source's there, and applies the correction inside the mask."
+            ),
+            inputs=[
+                io.Image.Input("edited", tooltip="The edited image (same size as the source)."),
+                io.Image.Input("source", tooltip="The original photo."),
+                io.Mask.Input("mask", tooltip=MASK_TOOLTIP),
+                io.Int.Input("ring_width", default=16, min=2, max=256, tooltip="Width in pixels of the measuring ring."),
+            ],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The edit, colour-corrected inside the mask.")],
+        )
+
+    @classmethod
+    def execute(cls, edited, source, mask, ring_width) -> io.NodeOutput:
+        source = inputs.check_image(source, "Source image")
+        edited = inputs.check_image(edited, "Edited image")
+        if edited.shape[1:3] != source.shape[1:3]:
+            raise ValueError(
+                f"The edited image is {inputs.wxh(edited)} but the source is {inputs.wxh(source)}; connect images of "
+                f"the same size."
+            )
+        mask = inputs.check_mask(mask, source)
+        region = mask_ops.binarize(mask)
+        n = inputs.batch_size(edited=edited.shape[0], source=source.shape[0], mask=region.shape[0])
+        region = inputs.repeat_to(region, n)
+        matched = color_match.color_match(inputs.repeat_to(edited, n), source, region, ring_width)
+        m = region[..., None]
+        return io.NodeOutput(torch.where(m > 0, matched, inputs.repeat_to(edited, n)))
+
+
+NODES = [MaskTools, CropForEdit, StitchEdit, ExemplarStrength, ExemplarBlend, ColorMatch]

@@ -1,0 +1,80 @@
+"""Issue 5's tools on a real headless ComfyUI: crop/stitch around a host sampler, blend and strength, colour match."""
+
+import pytest
+import torch
+from host_util import BOX, SIZE, assert_edited_only_near, fetch_tensor, upload_photo_with_box
+from test_nodes_host import modular_prompt, one_node_prompt, run_ok
+
+pytestmark = pytest.mark.host
+
+
+def _region_values(comfy_server, prompt):
+    out = fetch_tensor(comfy_server, run_ok(comfy_server, prompt), "save")[0]
+    y0, y1, x0, x1 = BOX
+    return out[y0:y1, x0:x1]
+
+
+def _position(results):
+    """Where each result lies between the first and the last: its projection on the line joining them (0 .. 1)."""
+    a, b = results[0].flatten(), results[-1].flatten()
+    d = b - a
+    return [float((r.flatten() - a) @ d / (d @ d)) for r in results]
+
+
+def _blend_prompt(w, **kw):
+    p = one_node_prompt("original.ckpt", steps=4, exemplar_link=("batch", 0), exemplar_weights=f"{1 - w}, {w}", **kw)
+    p["ex2"] = {"class_type": "LoadImage", "inputs": {"image": "exemplar2.png"}}
+    p["batch"] = {"class_type": "ImageBatch", "inputs": {"image1": ["ex", 0], "image2": ["ex2", 0]}}
+    return p
+
+
+def test_blend_moves_monotonically_between_the_two_exemplars(comfy_server, images):
+    ws = [0.0, 0.25, 0.5, 0.75, 1.0]
+    results = [_region_values(comfy_server, _blend_prompt(w)) for w in ws]
+    from_a = [float((r - results[0]).abs().mean()) for r in results]
+    from_b = [float((r - results[-1]).abs().mean()) for r in results]
+    pos = _position(results)
+    print("blend: distance from exemplar A's result", [f"{d:.4f}" for d in from_a])  # noqa: T201
+    print("blend: distance from exemplar B's result", [f"{d:.4f}" for d in from_b])  # noqa: T201
+    print("blend: position between A's and B's result", [f"{p:.3f}" for p in pos])  # noqa: T201
+    assert all(a < b for a, b in zip(pos, pos[1:], strict=False))
+    assert all(a < b for a, b in zip(from_a, from_a[1:], strict=False))
+    assert all(a > b for a, b in zip(from_b, from_b[1:], strict=False))
+
+
+def test_strength_moves_monotonically_from_unconditional_to_exemplar(comfy_server, images):
+    """Strength 0 (the learned unconditional vector) -> 1 (the exemplar): the result moves monotonically from one
+    to the other. (Beyond 1 the random test model saturates; no claim is made there.)"""
+    ss = [0.0, 0.25, 0.5, 0.75, 1.0]
+    results = [_region_values(comfy_server, one_node_prompt("original.ckpt", steps=4, exemplar_strength=s)) for s in ss]
+    from_0 = [float((r - results[0]).abs().mean()) for r in results]
+    from_1 = [float((r - results[-1]).abs().mean()) for r in results]
+    pos = _position(results)
+    print("strength: distance from the strength-0 result", [f"{d:.4f}" for d in from_0])  # noqa: T201
+    print("strength: distance from the strength-1 result", [f"{d:.4f}" for d in from_1])  # noqa: T201
+    print("strength: position between the two results", [f"{p:.3f}" for p in pos])  # noqa: T201
+    assert all(a < b for a, b in zip(pos, pos[1:], strict=False))
+    assert all(a > b for a, b in zip(from_1, from_1[1:], strict=False))
+
+
+def test_crop_and_stitch_nodes_around_a_host_ksampler(comfy_server, images):
+    box = (300, 380, 600, 700)
+    photo = upload_photo_with_box(comfy_server, "wide.png", 700, 1100, box)
+    p = modular_prompt("original.ckpt")
+    p["src"]["inputs"]["image"] = "wide.png"
+    p["crop"] = {"class_type": "PBE_CropForEdit", "inputs": {"image": ["src", 0], "mask": ["src", 1], "working_size": 128,
+                                                           "context_margin": 0.25, "window_shape": "square", "feather": 4}}
+    p["cond"]["inputs"].update({"image": ["crop", 0], "mask": ["crop", 1]})
+    p["stitch"] = {"class_type": "PBE_StitchEdit", "inputs": {"stitch": ["crop", 2], "edited": ["decode", 0]}}
+    p["save"]["inputs"]["value"] = ["stitch", 0]
+    out = fetch_tensor(comfy_server, run_ok(comfy_server, p), "save")[0]
+    assert_edited_only_near(out, photo, box, reach=5)
+
+
+def test_mask_tools_and_color_match_run(comfy_server, images):
+    p = one_node_prompt("original.ckpt", steps=3, color_match=True, feather=4)
+    p["tools"] = {"class_type": "PBE_MaskTools", "inputs": {"mask": ["src", 1], "grow": 2, "feather": 0,
+                                                         "fill_holes": True, "shape": "box"}}
+    p["pbe"]["inputs"]["mask"] = ["tools", 0]
+    out = fetch_tensor(comfy_server, run_ok(comfy_server, p), "save")[0]
+    assert out.shape == (SIZE, SIZE, 3) and torch.isfinite(out).all()

@@ -1,0 +1,223 @@
+"""The four shared workflows as data: nodes, widget values, links, layout and the note each one carries.
+
+``tools/build_workflows.py`` turns every spec into both files: the UI workflow (``workflows/NAME.json``, built and
+serialised by the real ComfyUI frontend) and the API prompt (``workflows/api/NAME.json``, built here from the spec and
+the live ``/object_info``'s defaults). The offline test converts each UI file back to API form and compares, so the
+two cannot drift apart.
+
+Node titles are the contract with the headless client (``pbe_core.client``): it puts the uploaded files into the
+``LoadImage`` nodes titled ``Source`` and ``Exemplar`` (``Exemplar 2``, ``Exemplar 3``, ... for more), and downloads
+what ``SaveImage`` nodes write. The mask travels in the source's alpha, as ComfyUI's mask editor leaves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: the official checkpoint's file name (Fantasy-Studio/Paint-by-Example on Hugging Face)
+MODEL_FILE = "model.ckpt"
+#: ships with every ComfyUI (input/example.png), so a template opens without a missing-file error
+PLACEHOLDER_IMAGE = "example.png"
+
+MODEL_NOTE = (
+    "Model: put Paint-by-Example's model.ckpt (Hugging Face: Fantasy-Studio/Paint-by-Example), a .safetensors "
+    "conversion of it (python -m pbe_core.convert) or the diffusers folder "
+    "into ComfyUI/models/paint_by_example/, refresh, and pick it in 'Load Paint-by-Example Model'."
+)
+MASK_NOTE = (
+    "Mask: right-click the Source image -> 'Open in MaskEditor' and paint the region to replace (white = replace). "
+    "Without a painted mask the edit stops with an explanation."
+)
+
+
+@dataclass
+class Node:
+    key: str
+    type: str
+    pos: tuple[int, int]
+    widgets: dict = field(default_factory=dict)
+    title: str | None = None
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class Workflow:
+    name: str
+    summary: str
+    nodes: list[Node]
+    #: (from node key, output slot, to node key, input name)
+    links: list[tuple[str, int, str, str]]
+    note: str
+    note_pos: tuple[int, int]
+    note_size: tuple[int, int] = (420, 330)
+
+
+def _loader(pos):
+    return Node("load", "PBE_LoadModel", pos, {"model_name": MODEL_FILE})
+
+
+def _image(key, title, pos):
+    return Node(key, "LoadImage", pos, {"image": PLACEHOLDER_IMAGE}, title=title)
+
+
+def _save(pos, prefix):
+    return Node("save", "SaveImage", pos, {"filename_prefix": prefix}, title="Save")
+
+
+def _sampler_links(exemplar=("ex", 0)):
+    return [
+        ("load", 0, "pbe", "model"),
+        ("load", 1, "pbe", "encoder"),
+        ("load", 2, "pbe", "vae"),
+        ("src", 0, "pbe", "image"),
+        ("src", 1, "pbe", "mask"),
+        (exemplar[0], exemplar[1], "pbe", "exemplar"),
+        ("pbe", 0, "save", "images"),
+    ]
+
+
+ONE_NODE = Workflow(
+    name="pbe_one_node_edit",
+    summary="The whole edit in one node",
+    nodes=[
+        _loader((20, 20)),
+        _image("src", "Source", (20, 200)),
+        _image("ex", "Exemplar", (20, 560)),
+        Node("pbe", "PBE_Sampler", (380, 20), {"seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "reference"}),
+        _save((720, 20), "paint_by_example/edit"),
+    ],
+    links=_sampler_links(),
+    note=(
+        "Paint by Example, one node.\n\n"
+        "Paints the object of the Exemplar image into the masked region of the Source photo. 'Paint by Example' does "
+        "it all: encodes the exemplar, samples with the official PLMS ('reference', 50 steps, cfg 5) and pastes the "
+        "result back, so every pixel outside the (grown, feathered) mask is exactly the source's.\n\n"
+        f"{MASK_NOTE}\n\n{MODEL_NOTE}\n\n"
+        "working_size 512: the model edits a window around the mask at 512 px, so a photo of any size works."
+    ),
+    note_pos=(720, 330),
+)
+
+MODULAR = Workflow(
+    name="pbe_modular_graph",
+    summary="The modular graph with KSampler, masked in the mask editor",
+    nodes=[
+        _loader((20, 20)),
+        _image("src", "Source", (20, 200)),
+        _image("ex", "Exemplar", (20, 560)),
+        Node("enc", "PBE_ExemplarEncode", (380, 20), {"preprocess": "squash"}),
+        Node("cond", "PBE_InpaintConditioning", (380, 200)),
+        Node(
+            "sample",
+            "KSampler",
+            (720, 20),
+            {"seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "ddim", "scheduler": "ddim_uniform", "denoise": 1.0},
+        ),
+        Node("decode", "VAEDecode", (1060, 20)),
+        Node("paste", "ImageCompositeMasked", (1060, 140), {"x": 0, "y": 0, "resize_source": False}, title="Paste back"),
+        _save((1400, 20), "paint_by_example/modular"),
+    ],
+    links=[
+        ("load", 1, "enc", "encoder"),
+        ("ex", 0, "enc", "exemplar"),
+        ("enc", 0, "cond", "positive"),
+        ("enc", 1, "cond", "negative"),
+        ("load", 2, "cond", "vae"),
+        ("src", 0, "cond", "image"),
+        ("src", 1, "cond", "mask"),
+        ("load", 0, "sample", "model"),
+        ("cond", 0, "sample", "positive"),
+        ("cond", 1, "sample", "negative"),
+        ("cond", 2, "sample", "latent_image"),
+        ("sample", 0, "decode", "samples"),
+        ("load", 2, "decode", "vae"),
+        ("src", 0, "paste", "destination"),
+        ("decode", 0, "paste", "source"),
+        ("src", 1, "paste", "mask"),
+        ("paste", 0, "save", "images"),
+    ],
+    note=(
+        "Paint by Example, modular.\n\n"
+        "Load Paint-by-Example Model gives a ComfyUI MODEL, the exemplar encoder and the VAE. Exemplar Encode turns "
+        "the exemplar into the positive/negative conditioning; Inpaint Conditioning adds the masked source and the "
+        "mask and gives the LATENT. Any ComfyUI sampler works: ddim + ddim_uniform is closest to the official "
+        "sampler. 'Paste back' puts the decoded edit into the source through the mask, so the rest of the photo "
+        "stays as it was.\n\n"
+        f"{MASK_NOTE}\n\n{MODEL_NOTE}\n\n"
+        "The source is edited at its own size: keep it near 512 px (or use the one-node graph's working_size)."
+    ),
+    note_pos=(720, 360),
+    note_size=(620, 300),
+)
+
+HIGH_RES = Workflow(
+    name="pbe_high_resolution",
+    summary="A high-resolution photo, edited through crop-and-stitch",
+    nodes=[
+        _loader((20, 20)),
+        _image("src", "Source", (20, 200)),
+        _image("ex", "Exemplar", (20, 560)),
+        Node(
+            "pbe",
+            "PBE_Sampler",
+            (380, 20),
+            {
+                "seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "reference", "mask_grow": 8, "mask_feather": 16,
+                "working_size": 512, "context_margin": 0.5, "window_shape": "square",
+            },
+        ),
+        _save((720, 20), "paint_by_example/high_res"),
+    ],
+    links=_sampler_links(),
+    note=(
+        "Paint by Example on a large photo (crop-and-stitch).\n\n"
+        "The model was trained on 512 px crops. With working_size 512 the node cuts a square window around each "
+        "masked region (context_margin 0.5: context around the mask of half the mask box's long side), scales it to 512 px, "
+        "edits it, scales it back and stitches it in through the feathered mask (mask_grow 8, mask_feather 16). "
+        "A 6000 x 4000 photo keeps its size, and every pixel away from the mask stays untouched.\n\n"
+        f"{MASK_NOTE}\n\n{MODEL_NOTE}"
+    ),
+    note_pos=(720, 330),
+)
+
+SEVERAL_EXEMPLARS = Workflow(
+    name="pbe_several_exemplars",
+    summary="Several exemplars into one scene, one result each (batch)",
+    nodes=[
+        _loader((20, 20)),
+        _image("src", "Source", (20, 200)),
+        _image("ex", "Exemplar", (380, 20)),
+        _image("ex2", "Exemplar 2", (380, 400)),
+        _image("ex3", "Exemplar 3", (380, 780)),
+        Node("scale1", "ImageScale", (720, 20), {"upscale_method": "bicubic", "width": 224, "height": 224, "crop": "disabled"}),
+        Node("scale2", "ImageScale", (720, 400), {"upscale_method": "bicubic", "width": 224, "height": 224, "crop": "disabled"}),
+        Node("scale3", "ImageScale", (720, 780), {"upscale_method": "bicubic", "width": 224, "height": 224, "crop": "disabled"}),
+        Node("batch12", "ImageBatch", (1060, 640)),
+        Node("batch123", "ImageBatch", (1060, 780)),
+        Node("pbe", "PBE_Sampler", (1060, 20), {"seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "reference"}),
+        _save((1400, 20), "paint_by_example/exemplars"),
+    ],
+    links=[
+        ("ex", 0, "scale1", "image"),
+        ("ex2", 0, "scale2", "image"),
+        ("ex3", 0, "scale3", "image"),
+        ("scale1", 0, "batch12", "image1"),
+        ("scale2", 0, "batch12", "image2"),
+        ("batch12", 0, "batch123", "image1"),
+        ("scale3", 0, "batch123", "image2"),
+        *_sampler_links(exemplar=("batch123", 0)),
+    ],
+    note=(
+        "Paint by Example: several exemplars into one scene.\n\n"
+        "Three exemplars are tried in the same masked region of one photo, in one run: the node takes a batch of "
+        "exemplars and gives one result per exemplar (3 images), all with the same seed, so they differ only by "
+        "the object.\n\n"
+        "Each exemplar is first squashed to 224 x 224, the size the model sees anyway, because Batch Images would "
+        "otherwise crop the 2nd and 3rd to the first one's shape. For more exemplars, chain more Batch Images.\n\n"
+        f"{MASK_NOTE}\n\n{MODEL_NOTE}"
+    ),
+    note_pos=(1400, 200),
+    note_size=(440, 560),
+)
+
+WORKFLOWS = [ONE_NODE, MODULAR, HIGH_RES, SEVERAL_EXEMPLARS]
