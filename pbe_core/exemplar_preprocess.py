@@ -141,6 +141,8 @@ def apply_exemplar_mask(image: torch.Tensor, mask: torch.Tensor, pad: int = 10) 
         raise ValueError(
             f"{mask.shape[0]} exemplar masks for {image.shape[0]} exemplar images; give one mask or one per image."
         )
+    if not bool(torch.isfinite(mask).all()):  # else NaN would read as "empty", the wrong diagnosis
+        raise ValueError("Exemplar mask contains NaN or infinite values; fix or replace the node that produced it.")
     rgb = image[..., :3] if image.shape[-1] >= 3 else image.expand(*image.shape[:-1], 3)
     fill = torch.tensor(CLIP_MEAN, dtype=rgb.dtype, device=rgb.device)
     out = []

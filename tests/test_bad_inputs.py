@@ -228,6 +228,8 @@ def test_nan_or_inf_pixels_are_refused(bad):
     mask[0, 0, 0] = bad
     with pytest.raises(ValueError, match="Mask contains NaN or infinite values"):
         inputs.check_mask(mask, _image(16, 16))
+    with pytest.raises(ValueError, match="Exemplar mask contains NaN or infinite values"):
+        pre.prepare_exemplars(_image(16, 16), mask)
 
 
 @pytest.mark.parametrize(

@@ -342,6 +342,15 @@ def test_sloppy_widget_values_are_refused_before_running(comfy_server, uploads, 
     expect_refusal(comfy_server, p, problem, r"within that range|finite|multiple of 8|one of", at_validation=True)
 
 
+def test_exemplar_encode_rechecks_its_widgets(comfy_server, uploads):
+    p = graph()
+    p["enc"] = {"class_type": "PBE_ExemplarEncode", "inputs": {"encoder": ["load", 1], "exemplar": ["ex", 0], "preprocess": "squash", "crop_padding": -5}}  # fmt: skip
+    p["cond"] = {"class_type": "PBE_InpaintConditioning", "inputs": {"positive": ["enc", 0], "negative": ["enc", 1], "vae": ["load", 2], "image": ["src", 0], "mask": ["src", 1]}}  # fmt: skip
+    p["dec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["cond", 2], "vae": ["load", 2]}}
+    p["save"] = {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": "bad_widget"}}
+    expect_refusal(comfy_server, p, r"crop_padding=-5 is outside 0\.\.512", r"within that range", at_validation=True)
+
+
 # --- the model matrix ----------------------------------------------------------------------------------------------
 MODEL_CASES = [c for c in bad_models.MATRIX if c.name != "unreadable_folder"]
 
