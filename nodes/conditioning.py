@@ -15,6 +15,7 @@ from ..pbe_core import edit_conditioning as ec
 from ..pbe_core import inputs, mask_ops
 from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES, prepare_exemplars
 from .loader import EncoderType
+from .validation import widget_errors
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,9 @@ class ExemplarEncode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, preprocess="squash", **kwargs):
-        if preprocess not in PREPROCESS_MODES:
-            return f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, not {preprocess!r}."
-        return True
+        # taking **kwargs turns off the host's own range and option checks for every input: redo them
+        errors = widget_errors(cls.define_schema(), dict(kwargs, preprocess=preprocess))
+        return " ".join(errors) if errors else True
 
     @classmethod
     def execute(cls, encoder, exemplar, preprocess="squash", exemplar_mask=None, crop_padding=10) -> io.NodeOutput:

@@ -8,7 +8,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint
+from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint, precheck
 from .model_type import WEIGHT_DTYPES, build_all
 from .single_token_attention import with_single_token_attention
 
@@ -115,10 +115,16 @@ class LoadModel(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name, weight_dtype="default", single_token_attention=True):
+        if not isinstance(model_name, str):
+            return f"model_name must be the name of a file or folder in models/{FOLDER}/, not {model_name!r}."
+        if not isinstance(single_token_attention, bool):
+            return f"single_token_attention must be true or false, not {single_token_attention!r}."
         if weight_dtype not in WEIGHT_DTYPES:
             return f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, not {weight_dtype!r}."
         try:
-            resolve_model(model_name)
+            # cheap (a few KB read): an HTML page, an empty or unreadable file, a half folder fail here, before the
+            # prompt is queued; the rest is checked when the model loads
+            precheck(resolve_model(model_name))
         except ValueError as e:
             return str(e)
         return True

@@ -18,6 +18,7 @@ import logging
 from collections import OrderedDict
 
 import comfy.latent_formats
+import comfy.ldm.models.autoencoder
 import comfy.model_base
 import comfy.model_detection
 import comfy.model_management
@@ -28,7 +29,7 @@ import comfy.utils
 import torch
 
 from ..pbe_core import edit_conditioning as ec
-from ..pbe_core.checkpoint import PbECheckpoint
+from ..pbe_core.checkpoint import CheckpointError, PbECheckpoint, check_fits
 from ..pbe_core.exemplar_encoder import ExemplarEncoder
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,18 @@ class PaintByExampleConfig(comfy.supported_models.SD15):
 def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -> comfy.model_patcher.ModelPatcher:
     """The UNet as a host MODEL, following ``comfy.sd.load_diffusion_model_state_dict``'s steps."""
     sd = dict(ckpt.unet)
-    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    try:
+        unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    except Exception as e:  # the host's detection indexes keys freely: a damaged file fails anywhere in it
+        raise CheckpointError(
+            f"{ckpt.source}: ComfyUI could not read the UNet's architecture from its tensors ({type(e).__name__}: "
+            f"{e}). The file is damaged or not Paint by Example; download it again."
+        ) from e
     if unet_config is None or unet_config.get("in_channels") != 9:
-        raise ValueError(f"{ckpt.source}: ComfyUI did not recognise the UNet as SD-1 with 9 input channels.")
+        raise CheckpointError(
+            f"{ckpt.source}: ComfyUI did not recognise the UNet as SD-1 with 9 input channels. The file is damaged or "
+            f"not Paint by Example; download it again."
+        )
     config = PaintByExampleConfig(unet_config)
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
@@ -97,6 +107,8 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
     config.set_inference_dtype(weight_dtype, manual_cast)
     model = config.get_model(sd, "")
+    # the host only warns about missing UNet weights (and leaves them uninitialised): refuse such a file instead
+    check_fits(model.diffusion_model.state_dict(), sd, "UNet", ckpt.source)
     # Instead of BaseModel.load_model_weights (which copies every tensor into the freshly allocated weights), the
     # checkpoint's tensors become the weights: the fresh ones are never touched, so they never take memory.
     adopt_weights(model.diffusion_model, config.process_unet_state_dict(sd), ckpt.source, "UNet")
@@ -140,6 +152,9 @@ def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
         "dropout": 0.0,
     }
     config = {"params": {"embed_dim": info.vae_embed_dim, "ddconfig": ddconfig}}
+    with torch.device("meta"):  # shapes only: the host only warns about missing VAE weights
+        expected = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"]).state_dict()
+    check_fits(expected, ckpt.vae, "VAE", ckpt.source)
     vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config)
     # the host copied the weights in; share the checkpoint's instead so that one copy stays in memory
     adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE")

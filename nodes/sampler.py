@@ -21,6 +21,7 @@ from ..pbe_core.color_match import color_match as color_match_fn
 from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES
 from .conditioning import MASK_TOOLTIP, encode_exemplars, inpaint_conditioning
 from .loader import EncoderType
+from .validation import widget_errors
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,18 @@ class Sampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sampler_name=REFERENCE, scheduler="normal", steps=50, denoise=1.0, **kwargs):
-        if sampler_name not in sampler_names():
-            return f"Unknown sampler {sampler_name!r}."
-        if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
-            return f"Unknown scheduler {scheduler!r}."
+        # taking **kwargs turns off the host's own range and option checks for every input: redo them
+        errors = widget_errors(
+            cls.define_schema(), dict(kwargs, sampler_name=sampler_name, scheduler=scheduler, steps=steps, denoise=denoise)
+        )
+        working_size = kwargs.get("working_size")
+        if isinstance(working_size, int) and working_size % 8:
+            errors.append(
+                f"working_size={working_size} must be 0 (edit the whole image) or a multiple of 8; "
+                f"use {max(8, round(working_size / 8) * 8)}."
+            )
+        if errors:
+            return " ".join(errors)
         if sampler_name == REFERENCE and isinstance(steps, int) and isinstance(denoise, (int, float)) and denoise < 1:
             total = int(steps / max(denoise, 1e-6))
             if total > 999:

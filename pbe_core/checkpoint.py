@@ -30,7 +30,7 @@ from .safe_torch_load import load_state_dict as _load_torch_zip
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "ModelInfo", "PbECheckpoint", "load_checkpoint", "read_state_dict"]
+__all__ = ["CheckpointError", "ModelInfo", "PbECheckpoint", "check_fits", "load_checkpoint", "precheck", "read_state_dict"]
 
 #: file suffixes the loader opens (the model folder is registered with exactly these)
 CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
@@ -127,9 +127,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     ``.safetensors`` files are memory-mapped by safetensors; torch zip files (``.ckpt``, ``.bin``, ``.pt``) go
     through the restricted unpickler, which returns the Lightning ``state_dict`` (or the top-level dict of tensors)
-    and never materialises optimizer state. Raises :class:`CheckpointError` naming the problem and the fix.
+    and never materialises optimizer state; a pickle that names code (``os.system``, ``builtins.exec``, ...) is
+    refused. Raises :class:`CheckpointError` naming the problem and the fix.
     """
     path = Path(path)
+    if _file_kind(path) == "safetensors":
+        return _read_safetensors(path)
+    return _load_torch_zip(path, refuse_code=True)
+
+
+def _file_kind(path: Path) -> str:
+    """"safetensors" or "torch zip", from the file's first bytes; else :class:`CheckpointError` saying what it is."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -144,10 +152,35 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; get the file again.")
     if _looks_like_safetensors(head, size):
-        return _read_safetensors(path)
+        n = int.from_bytes(head[:8], "little")
+        if n > _SAFETENSORS_MAX_HEADER or n + 8 > size:
+            raise CheckpointError(
+                f"{path} is not a valid .safetensors file: its header claims {n} bytes but the file has {size}. "
+                f"The file is truncated or corrupt; download it again."
+            )
+        return "safetensors"
     if is_torch_zip(path):
-        return _load_torch_zip(path)
+        return "torch zip"
     raise CheckpointError(_not_a_checkpoint_message(path, head))
+
+
+def precheck(path: str | os.PathLike) -> None:
+    """Cheap checks before loading, for a node's input validation: reads directory entries and at most a few KB.
+
+    Refuses (:class:`CheckpointError`) what can be told without reading tensors: a missing or unreadable file or
+    folder, an empty file, one that is neither .safetensors nor a PyTorch zip (an HTML page, a Git LFS pointer,
+    random bytes, a legacy pickle), a safetensors header larger than the file, a folder that is not a diffusers
+    folder or lacks a component. Passing it does not mean the file loads: :func:`load_checkpoint` checks the rest.
+    """
+    p = Path(path)
+    if p.is_dir():
+        _check_folder(p)
+        for name in _COMPONENT_STEMS:
+            _component_file(p, name)
+        return
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist. Put the checkpoint into ComfyUI/models/paint_by_example/.")
+    _file_kind(p)
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -160,14 +193,6 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-    if n > _SAFETENSORS_MAX_HEADER or n + 8 > size:
-        raise CheckpointError(
-            f"{path} is not a valid .safetensors file: its header claims {n} bytes but the file has {size}. "
-            f"The file is truncated or corrupt; download it again."
-        )
     try:
         out = {}
         with safe_open(str(path), framework="pt") as f:
@@ -270,15 +295,85 @@ def _assemble(parts: dict, uncond: torch.Tensor, path: str, layout: str, clip_he
     )
 
 
-def _shape(part: Mapping[str, torch.Tensor], key: str, what: str, path: str) -> torch.Size:
+def _shape(part: Mapping[str, torch.Tensor], key: str, what: str, path: str, ndim: int | None = None) -> torch.Size:
     if key not in part:
         raise CheckpointError(f"{path}: the {what} lacks the tensor {key!r}; the file is incomplete or not Paint by Example.")
-    return part[key].shape
+    shape = part[key].shape
+    if ndim is not None and len(shape) != ndim:
+        raise CheckpointError(
+            f"{path}: the {what} tensor {key!r} has shape {tuple(shape)}; a {ndim}-dimensional weight was expected. "
+            f"{_DAMAGED}"
+        )
+    return shape
+
+
+_DAMAGED = "The file is damaged or mixes parts of different models; download it again (or convert it again)."
+
+
+_PART_NAMES = {"unet": "UNet", "vae": "VAE", "clip": "CLIP vision tower", "final_ln": "final LayerNorm"}
+
+
+def _check_floating(parts: dict, uncond: torch.Tensor, path: str) -> None:
+    """Every weight of the model is a floating-point tensor; an integer or bool one means a damaged file."""
+    for name, part in {**parts, "learned vector": {"learnable_vector": uncond}}.items():
+        for k, v in part.items():
+            if not v.is_floating_point():
+                what = _PART_NAMES.get(name, name)
+                raise CheckpointError(f"{path}: the {what} tensor {k!r} holds {v.dtype}, not floating-point weights. {_DAMAGED}")
+
+
+def check_fits(
+    expected: Mapping[str, torch.Tensor | torch.Size | tuple[int, ...]],
+    got: Mapping[str, torch.Tensor],
+    what: str,
+    path: str,
+) -> None:
+    """Raise :class:`CheckpointError` unless ``got`` has exactly the tensors ``expected`` names, in its shapes.
+
+    ``expected``: the state dict (or the shapes) of the network built from the inferred sizes; ``got``: the file's
+    tensors for it. A missing tensor would leave a weight uninitialised (garbage or black images), a surplus one
+    means a renamed or foreign tensor, a different shape a damaged file: all three are refused, naming examples.
+    """
+
+    def shape(v):
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    wrong = [(k, shape(got[k]), shape(expected[k])) for k in expected if k in got and shape(got[k]) != shape(expected[k])]
+    if not (missing or unexpected or wrong):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing (e.g. {', '.join(repr(k) for k in missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} it does not use (e.g. {', '.join(repr(k) for k in unexpected[:3])})")
+    if wrong:
+        problems.append(
+            f"{len(wrong)} of the wrong shape (e.g. {', '.join(f'{k!r} is {g}, expected {e}' for k, g, e in wrong[:3])})"
+        )
+    raise CheckpointError(
+        f"{path}: the {what} does not match the architecture its own tensors describe: {'; '.join(problems)}. {_DAMAGED}"
+    )
+
+
+def _depth(part: Mapping[str, torch.Tensor], prefix: str, what: str, path: str) -> int:
+    """Number of numbered blocks ``{prefix}{i}.``; the numbers must run 0, 1, ..., n-1 (a gap or a stray huge index
+    would otherwise build a network of the wrong depth, or try to build billions of blocks)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in part if (m := pattern.match(k))}
+    n = len(found)
+    if found != set(range(n)):
+        gaps = sorted(set(range(max(found) + 1)) - found) if max(found) < 10_000 else []
+        detail = f"block(s) {gaps[:5]} are missing" if gaps else f"it has a block numbered {max(found)}"
+        raise CheckpointError(f"{path}: the {what} blocks {prefix}N are not numbered 0..{n - 1}: {detail}. {_DAMAGED}")
+    return n
 
 
 def infer_info(parts: dict, uncond: torch.Tensor, path: str, clip_heads: int | None = None) -> ModelInfo:
     """Read every size from tensor shapes; check the parts fit together. Raises :class:`CheckpointError`."""
     unet, vae, clip, mapper = parts["unet"], parts["vae"], parts["clip"], parts["mapper"]
+    _check_floating(parts, uncond, path)
     w_in = _shape(unet, "input_blocks.0.0.weight", "UNet", path)
     if len(w_in) != 4 or w_in[1] != 9:
         raise CheckpointError(
@@ -289,25 +384,38 @@ def infer_info(parts: dict, uncond: torch.Tensor, path: str, clip_heads: int | N
     ctx_keys = [k for k in unet if k.endswith("attn2.to_k.weight")]
     if not ctx_keys:
         raise CheckpointError(f"{path}: the UNet has no cross-attention (attn2) layers; it is not an SD-1 UNet.")
-    unet_ctx = unet[ctx_keys[0]].shape[1]
+    unet_ctx = _shape(unet, ctx_keys[0], "UNet", path, ndim=2)[1]
 
-    pe = _shape(clip, "vision_model.embeddings.patch_embedding.weight", "CLIP vision tower", path)
-    pos = _shape(clip, "vision_model.embeddings.position_embedding.weight", "CLIP vision tower", path)
-    fc1 = _shape(clip, "vision_model.encoder.layers.0.mlp.fc1.weight", "CLIP vision tower", path)
+    pe = _shape(clip, "vision_model.embeddings.patch_embedding.weight", "CLIP vision tower", path, ndim=4)
+    pos = _shape(clip, "vision_model.embeddings.position_embedding.weight", "CLIP vision tower", path, ndim=2)
+    fc1 = _shape(clip, "vision_model.encoder.layers.0.mlp.fc1.weight", "CLIP vision tower", path, ndim=2)
     width, patch = pe[0], pe[2]
-    grid = round((pos[0] - 1) ** 0.5)
-    if grid * grid != pos[0] - 1:
-        raise CheckpointError(f"{path}: CLIP has {pos[0]} position embeddings, not a square grid plus a class token.")
-    depth = layouts.mapper_depth(clip, "vision_model.encoder.layers.")
+    grid = round(max(pos[0] - 1, 0) ** 0.5)
+    if grid < 1 or grid * grid != pos[0] - 1 or patch < 1:
+        raise CheckpointError(
+            f"{path}: CLIP has {pos[0]} position embeddings and {patch}-pixel patches, not a square grid of patches "
+            f"plus a class token. {_DAMAGED}"
+        )
+    depth = _depth(clip, "vision_model.encoder.layers.", "CLIP vision tower", path)
     # Every OpenAI CLIP ViT uses 64-wide heads (ViT-L/14: 1024 / 64 = 16); the single file does not store the count.
     heads = clip_heads or max(1, width // 64)
-    mdepth = layouts.mapper_depth(mapper, "resblocks.")
+    if clip_heads and clip_heads != width // 64:
+        log.warning(
+            "%s: config.json gives the %d-wide CLIP %d attention heads; every OpenAI CLIP has width / 64 = %d. Using %d.",
+            path, width, clip_heads, width // 64, clip_heads,
+        )  # fmt: skip
+    if heads < 1 or width % heads:
+        raise CheckpointError(
+            f"{path}: a CLIP width of {width} cannot be split into {heads} attention heads; fix num_attention_heads "
+            f"in image_encoder/config.json (ViT-L/14: 16) or download the folder again."
+        )
+    mdepth = _depth(mapper, "resblocks.", "mapper", path)
     if mdepth == 0:
         raise CheckpointError(f"{path}: the exemplar mapper has no blocks (cond_stage_model.mapper.resblocks.*).")
-    qkv = _shape(mapper, "resblocks.0.attn.c_qkv.weight", "mapper", path)
+    qkv = _shape(mapper, "resblocks.0.attn.c_qkv.weight", "mapper", path, ndim=2)
     if qkv != (3 * width, width):
         raise CheckpointError(f"{path}: mapper c_qkv is {tuple(qkv)}, expected ({3 * width}, {width}) for CLIP width {width}.")
-    proj = _shape(parts["proj_out"], "weight", "proj_out", path)
+    proj = _shape(parts["proj_out"], "weight", "proj_out", path, ndim=2)
     ctx = proj[0]
     if proj[1] != width or tuple(uncond.shape) != (1, 1, ctx):
         raise CheckpointError(
@@ -318,12 +426,16 @@ def infer_info(parts: dict, uncond: torch.Tensor, path: str, clip_heads: int | N
         raise CheckpointError(
             f"{path}: the exemplar encoder gives {ctx}-wide context but the UNet's cross-attention takes {unet_ctx}."
         )
-    ch = _shape(vae, "encoder.conv_in.weight", "VAE", path)[0]
-    levels = layouts.mapper_depth(vae, "encoder.down.")
-    mult = tuple(vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in range(levels))
-    nres = layouts.mapper_depth(vae, "encoder.down.0.block.")
-    z = _shape(vae, "decoder.conv_in.weight", "VAE", path)[1]
-    embed = _shape(vae, "post_quant_conv.weight", "VAE", path)[1]
+    ch = _shape(vae, "encoder.conv_in.weight", "VAE", path, ndim=4)[0]
+    levels = _depth(vae, "encoder.down.", "VAE encoder", path)
+    if levels < 1 or ch < 1:
+        raise CheckpointError(f"{path}: the VAE encoder has no down-sampling levels (encoder.down.*). {_DAMAGED}")
+    mult = tuple(_shape(vae, f"encoder.down.{i}.block.0.conv2.weight", "VAE", path, ndim=4)[0] // ch for i in range(levels))
+    if 0 in mult:
+        raise CheckpointError(f"{path}: the VAE's channel counts ({ch} and {mult}) do not fit together. {_DAMAGED}")
+    nres = _depth(vae, "encoder.down.0.block.", "VAE encoder", path)
+    z = _shape(vae, "decoder.conv_in.weight", "VAE", path, ndim=4)[1]
+    embed = _shape(vae, "post_quant_conv.weight", "VAE", path, ndim=4)[1]
     return ModelInfo(
         clip_width=width,
         clip_depth=depth,
@@ -352,12 +464,17 @@ _COMPONENT_STEMS = {
 }
 
 
-def _component_weights(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], str]:
+def _component_file(folder: Path, name: str) -> Path:
+    """The weight file (or shard index) of one component of a diffusers folder; CheckpointError if there is none."""
     d = folder / name
     if not d.is_dir():
         raise CheckpointError(
             f"The diffusers folder {folder} has no '{name}/' sub-folder; a Paint-by-Example folder needs unet/, vae/ "
             f"and image_encoder/. Download the missing '{name}' component (keep the folder structure)."
+        )
+    if not os.access(d, os.R_OK | os.X_OK):
+        raise CheckpointError(
+            f"Cannot read the folder {d}: permission denied. Give the user running ComfyUI read access to it."
         )
     candidates = []
     for stem in _COMPONENT_STEMS[name]:
@@ -366,27 +483,60 @@ def _component_weights(folder: Path, name: str) -> tuple[dict[str, torch.Tensor]
             candidates += sorted(d.glob(f"{stem}.*.{ext}"))  # variants: fp16, ...
     for c in candidates:
         if c.is_file():
-            return read_state_dict(c), c.name
+            return c
     index = sorted(d.glob("*.index.json"))
     if index:
-        return _read_sharded(index[0]), index[0].name
+        return index[0]
     raise CheckpointError(
         f"The diffusers folder {folder} has a '{name}/' sub-folder but no weights in it "
         f"(looked for {', '.join(sorted({c.name for c in candidates}))}). Download the missing weight file."
     )
 
 
+def _component_weights(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], str]:
+    f = _component_file(folder, name)
+    return (_read_sharded(f) if f.name.endswith(".index.json") else read_state_dict(f)), f.name
+
+
 def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index_file.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index_file} is not a valid shard index ({e}).") from e
+        shards = sorted(set(weight_map.values()))
+        if not all(type(v) is str for v in shards):
+            raise TypeError("shard names must be strings")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index_file} is not a valid shard index ({e}); download it again.") from e
     out: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in shards:
         if "/" in shard or "\\" in shard or shard.startswith("."):
             raise CheckpointError(f"{index_file} names a shard outside its folder: {shard!r}.")
         out.update(read_state_dict(index_file.parent / shard))
     return out
+
+
+def _config_heads(cfg: Path) -> int | None:
+    """``num_attention_heads`` from the image encoder's config.json, or None (then inferred from the width)."""
+    if not cfg.is_file():
+        return None
+    try:
+        value = json.loads(cfg.read_text()).get("num_attention_heads")
+    except (OSError, ValueError, AttributeError):
+        log.warning("Could not read %s; inferring the CLIP head count from its width.", cfg)
+        return None
+    if type(value) is int and value >= 1:
+        return value
+    if value is not None:
+        log.warning("%s: num_attention_heads is %r, not a positive whole number; inferring it from the width.", cfg, value)
+    return None
+
+
+def _convert(convert, state_dict: dict, path: Path) -> dict[str, torch.Tensor]:
+    """A ``layouts`` map from diffusers to original names; its failures on a damaged file become CheckpointError."""
+    try:
+        return convert(state_dict)
+    except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as e:
+        detail = e.args[0] if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: {detail}. {_DAMAGED}") from e
 
 
 def _load_diffusers_folder(folder: Path) -> PbECheckpoint:
@@ -394,36 +544,38 @@ def _load_diffusers_folder(folder: Path) -> PbECheckpoint:
     unet_sd, unet_file = _component_weights(folder, "unet")
     vae_sd, vae_file = _component_weights(folder, "vae")
     enc_sd, enc_file = _component_weights(folder, "image_encoder")
-    try:
-        unet = layouts.unet_from_diffusers(unet_sd)
-    except KeyError as e:
-        raise CheckpointError(f"{folder}/unet: {e.args[0]}") from e
-    try:
-        vae = layouts.vae_from_diffusers(vae_sd)
-    except KeyError as e:
-        raise CheckpointError(f"{folder}/vae: {e.args[0]}") from e
+    unet = _convert(layouts.unet_from_diffusers, unet_sd, folder / "unet" / unet_file)
+    vae = _convert(layouts.vae_from_diffusers, vae_sd, folder / "vae" / vae_file)
     if "uncond_vector" not in enc_sd or not any(k.startswith("mapper.") for k in enc_sd):
         raise CheckpointError(
             f"{folder}/image_encoder/{enc_file} is not a Paint-by-Example image encoder (no mapper / uncond_vector). "
             f"A plain CLIP vision model cannot condition this UNet; use the Paint-by-Example folder's image_encoder."
         )
-    heads = None
-    cfg = folder / "image_encoder" / "config.json"
-    if cfg.is_file():
-        try:
-            heads = int(json.loads(cfg.read_text()).get("num_attention_heads") or 0) or None
-        except (OSError, ValueError, TypeError):
-            log.warning("Could not read %s; inferring the CLIP head count from its width.", cfg)
+    enc_path = folder / "image_encoder" / enc_file
+    heads = _config_heads(folder / "image_encoder" / "config.json")
     parts = {
         "unet": unet,
         "vae": vae,
         "clip": layouts.clip_with_vision_model_level(layouts.split_prefix(enc_sd, "model.")),
-        "mapper": layouts.mapper_from_diffusers(layouts.split_prefix(enc_sd, "mapper.")),
+        "mapper": _convert(layouts.mapper_from_diffusers, layouts.split_prefix(enc_sd, "mapper."), enc_path),
         "final_ln": layouts.split_prefix(enc_sd, "final_layer_norm."),
         "proj_out": layouts.split_prefix(enc_sd, "proj_out."),
     }
     layout = f"diffusers folder (unet/{unet_file}, vae/{vae_file}, image_encoder/{enc_file})"
     return _assemble(parts, enc_sd["uncond_vector"], str(folder), layout, clip_heads=heads)
+
+
+def _check_folder(p: Path) -> None:
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise CheckpointError(
+            f"Cannot read the folder {p}: permission denied. Give the user running ComfyUI read access to it "
+            f"(e.g. chmod -R a+rX on the folder)."
+        )
+    if not (p / "unet").is_dir() and not (p / "model_index.json").is_file():
+        raise CheckpointError(
+            f"{p} is a folder but not a diffusers Paint-by-Example folder (no model_index.json, no unet/). "
+            f"Select the folder that contains unet/, vae/ and image_encoder/, or a single .ckpt/.safetensors file."
+        )
 
 
 # --- entry point ---------------------------------------------------------------------------------------------------
@@ -436,15 +588,7 @@ def load_checkpoint(path: str | os.PathLike) -> PbECheckpoint:
     """
     p = Path(path)
     if p.is_dir():
-        if not os.access(p, os.R_OK | os.X_OK):
-            raise CheckpointError(
-                f"Cannot read the folder {p}: permission denied. Give the user running ComfyUI read access to it."
-            )
-        if not (p / "unet").is_dir() and not (p / "model_index.json").is_file():
-            raise CheckpointError(
-                f"{p} is a folder but not a diffusers Paint-by-Example folder (no model_index.json, no unet/). "
-                f"Select the folder that contains unet/, vae/ and image_encoder/, or a single .ckpt/.safetensors file."
-            )
+        _check_folder(p)
         return _load_diffusers_folder(p)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist. Put the checkpoint into ComfyUI/models/paint_by_example/.")

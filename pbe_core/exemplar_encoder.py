@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import ModelInfo, PbECheckpoint
+from .checkpoint import ModelInfo, PbECheckpoint, check_fits
 
 
 class MapperAttention(nn.Module):
@@ -115,24 +115,19 @@ class ExemplarEncoder(nn.Module):
         return any(k.startswith("vision_model.") for k in self.transformer.state_dict())
 
     def _checkpoint_state_dict(self, ckpt: PbECheckpoint) -> dict[str, torch.Tensor]:
-        """The checkpoint's encoder tensors under this module's names; raises if they do not fit exactly."""
+        """The checkpoint's encoder tensors under this module's names (strict: every tensor must be used and every
+        weight set, in its own shape; :class:`~pbe_core.checkpoint.CheckpointError` otherwise)."""
         sd = ckpt.encoder_state_dict()
         if not self._clip_has_vision_model_level():
             sd = {k.replace("transformer.vision_model.", "transformer.", 1): v for k, v in sd.items()}
         own = self.state_dict()
-        missing = sorted(k for k in own if k not in sd)
         # position_ids is a non-persistent buffer in recent transformers, a persistent one in old ones
-        missing = [k for k in missing if not k.endswith("position_ids")]
-        unexpected = sorted(k for k in sd if k not in own)
-        if missing or unexpected:
-            raise ValueError(
-                f"Exemplar encoder weights do not fit the inferred architecture: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}."
-            )
+        expected = {k: v for k, v in own.items() if not k.endswith("position_ids")}
+        check_fits(expected, sd, "exemplar encoder", ckpt.source)
         return sd
 
     def load_checkpoint(self, ckpt: PbECheckpoint) -> ExemplarEncoder:
-        """Copy the checkpoint's encoder weights in (strict: every tensor must be used and every weight set)."""
+        """Copy the checkpoint's encoder weights in (checked as :meth:`_checkpoint_state_dict` says)."""
         own = self.state_dict()
         with torch.no_grad():
             for k, v in self._checkpoint_state_dict(ckpt).items():

@@ -26,6 +26,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PREPROCESS_MODES = ("squash", "center_crop", "pad")
 
+#: center_crop resizes the whole exemplar before cutting the central square (as transformers does): beyond this aspect
+#: ratio that intermediate grows without bound (a 1x8000 strip would become 224 x 1.8 million pixels).
+MAX_CENTER_CROP_ASPECT = 64
+
 
 def _to_nchw_rgb(image: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) in [0, 1] with C in {1, 3, 4} -> (B, 3, H, W) float32 (grey repeated, alpha dropped)."""
@@ -76,6 +80,12 @@ def center_crop(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     """diffusers' preprocessing: shortest side to ``size``, central crop. (B,H,W,C) -> (B,3,size,size) in [0,1]."""
     x = _to_nchw_rgb(image)
     h, w = x.shape[-2:]
+    if max(h, w) > MAX_CENTER_CROP_ASPECT * min(h, w):
+        raise ValueError(
+            f"Exemplar is {w}x{h} pixels: center_crop would keep only a {min(h, w)}x{min(h, w)} square of it "
+            f"(aspect over {MAX_CENTER_CROP_ASPECT}:1). Use exemplar preprocessing 'squash', or crop the exemplar to "
+            f"the object first."
+        )
     # transformers' get_resize_output_image_size: the long side is truncated, not rounded
     if h <= w:
         nh, nw = size, int(size * w / h)
@@ -131,6 +141,8 @@ def apply_exemplar_mask(image: torch.Tensor, mask: torch.Tensor, pad: int = 10) 
         raise ValueError(
             f"{mask.shape[0]} exemplar masks for {image.shape[0]} exemplar images; give one mask or one per image."
         )
+    if not bool(torch.isfinite(mask).all()):  # else NaN would read as "empty", the wrong diagnosis
+        raise ValueError("Exemplar mask contains NaN or infinite values; fix or replace the node that produced it.")
     rgb = image[..., :3] if image.shape[-1] >= 3 else image.expand(*image.shape[:-1], 3)
     fill = torch.tensor(CLIP_MEAN, dtype=rgb.dtype, device=rgb.device)
     out = []

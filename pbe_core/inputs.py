@@ -8,9 +8,15 @@ number N as the others; a single item is used for all N results. Anything else i
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .mask_ops import is_placeholder_mask
+
+#: IMAGE values are 0..1. Resampling (bicubic, Lanczos) overshoots by a few percent and is accepted as it is; values
+#: beyond this margin mean another convention (0..255, -1..1, linear HDR) and are refused with the fix.
+IMAGE_RANGE_MARGIN = 0.25
 
 
 def wxh(t: torch.Tensor) -> str:
@@ -31,8 +37,14 @@ def check_image(image: torch.Tensor, what: str = "Image") -> torch.Tensor:
     if image.shape[0] == 0 or image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"{what} is empty (shape {tuple(image.shape)}).")
     image = image.float()
-    if not torch.isfinite(image).all():
+    lo, hi = (float(v) for v in torch.aminmax(image))  # one pass; NaN propagates into both, inf shows as inf
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{what} contains NaN or infinite pixels; fix or replace the node that produced it.")
+    if lo < -IMAGE_RANGE_MARGIN or hi > 1 + IMAGE_RANGE_MARGIN:
+        hint = "divide 8-bit values by 255" if hi > 2 else "map -1..1 values with (x + 1) / 2" if lo < 0 else "clamp it"
+        raise ValueError(
+            f"{what} has values from {lo:g} to {hi:g}, but a ComfyUI IMAGE holds 0..1; {hint} before this node."
+        )
     if image.shape[-1] == 1:
         image = image.expand(-1, -1, -1, 3)
     return image[..., :3]

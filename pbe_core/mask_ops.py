@@ -84,6 +84,62 @@ def _support_crop(m: torch.Tensor, pad: int) -> tuple[slice, slice] | None:
     return slice(y0, y1), slice(x0, x1)
 
 
+#: side of the tiles :func:`_support_crops` clusters the mask on
+_CLUSTER_TILE = 64
+
+
+def _support_crops(m: torch.Tensor, pad: int) -> list[tuple[slice, slice]]:
+    """Disjoint crops around the non-zero pixels of the batch, one per cluster: like :func:`_support_crop`, but two
+    small regions at opposite corners of an 8000-px photo give two small crops, not the whole photo.
+
+    Each crop is the bounding box of a cluster's non-zero pixels widened by ``pad`` (clipped to the image), and
+    every non-zero pixel within ``pad`` rows and ``pad`` columns of a pixel of a crop lies in that same crop. So an
+    operation that changes only pixels within ``pad`` of a non-zero pixel, looking no further than ``pad``, gives
+    the same result run crop by crop as on the whole image. Clusters: the connected groups of ``_CLUSTER_TILE``-px
+    tiles within ``pad`` of a non-zero pixel; crops that still overlap are merged until none does.
+    """
+    nz = (m > 0).any(dim=0)
+    h, w = nz.shape
+    t = _CLUSTER_TILE
+    gh, gw = -(-h // t), -(-w // t)
+    tiles = torch.zeros(gh * t, gw * t, dtype=torch.bool, device=nz.device)
+    tiles[:h, :w] = nz
+    occupied = tiles.view(gh, t, gw, t).any(dim=3).any(dim=1)
+    if not bool(occupied.any()):
+        return []
+    k = -(-pad // t)  # tiles a pixel within `pad` of an occupied tile can be in
+    if k:
+        occupied = F.max_pool2d(occupied[None, None].float(), 2 * k + 1, stride=1, padding=k)[0, 0] > 0
+    run_y, run_x0, run_x1, labels = _label_runs(occupied.cpu().numpy(), diagonal=True)
+    boxes = []
+    for label in np.unique(labels):
+        sel = labels == label
+        boxes.append(
+            (int(run_y[sel].min()) * t, int(run_x0[sel].min()) * t, min(int(run_y[sel].max() + 1) * t, h),
+             min(int(run_x1[sel].max()) * t, w))
+        )  # fmt: skip
+    merged = True
+    while merged:  # concave clusters can have overlapping boxes
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    crops = []
+    for y0, x0, y1, x1 in boxes:
+        tight = _support_crop(m[:, y0:y1, x0:x1], pad)
+        if tight is not None:  # the non-zero pixels of this box, widened by pad, clipped to the box (= the image)
+            ys, xs = tight
+            crops.append((slice(y0 + ys.start, y0 + ys.stop), slice(x0 + xs.start, x0 + xs.stop)))
+    return crops
+
+
 # --- thresholds and boxes --------------------------------------------------------------------------------------------
 def binarize(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """``1.0`` where ``mask >= threshold``, else ``0.0``; same shape and float dtype as ``mask``.
@@ -297,20 +353,19 @@ def grow_mask(mask: torch.Tensor, pixels: int, *, shape: str = "disc") -> torch.
     if pixels == 0 or m.numel() == 0:
         return _restore(out, was_2d)
     radius = abs(pixels)
-    crop = _support_crop(m, radius)
-    if crop is None:  # all zero: nothing to grow, nothing to shrink
-        return _restore(out, was_2d)
-    ys, xs = crop
-    sub = m[:, ys, xs]
-    if shape == "disc" and radius > _DISC_BY_DISTANCE_FROM and bool(((sub == 0) | (sub == 1)).all()):
-        # A binary mask (the usual case) grows by a large disc faster through distances than through a
-        # max filter, whose cost is proportional to the radius; same pixels either way. Erosion grows the
-        # complement; off the image counts as "no complement", i.e. the region continues past the edge.
-        res = _grow_binary_disc(sub, radius) if pixels > 0 else 1.0 - _grow_binary_disc(1.0 - sub, radius)
-    else:
-        # Erosion = -dilation(-m): with -inf as the off-image value, off-image pixels stay neutral in both.
-        res = _dilate(sub, radius, shape) if pixels > 0 else -_dilate(-sub, radius, shape)
-    out[:, ys, xs] = res
+    for ys, xs in _support_crops(m, radius):  # none if all zero: nothing to grow, nothing to shrink
+        sub = m[:, ys, xs]
+        if bool((sub == 1).all()):
+            continue  # all ones up to the image's edges (the crop holds the zero ring otherwise): stays all ones
+        if shape == "disc" and radius > _DISC_BY_DISTANCE_FROM and bool(((sub == 0) | (sub == 1)).all()):
+            # A binary mask (the usual case) grows by a large disc faster through distances than through a
+            # max filter, whose cost is proportional to the radius; same pixels either way. Erosion grows the
+            # complement; off the image counts as "no complement", i.e. the region continues past the edge.
+            res = _grow_binary_disc(sub, radius) if pixels > 0 else 1.0 - _grow_binary_disc(1.0 - sub, radius)
+        else:
+            # Erosion = -dilation(-m): with -inf as the off-image value, off-image pixels stay neutral in both.
+            res = _dilate(sub, radius, shape) if pixels > 0 else -_dilate(-sub, radius, shape)
+        out[:, ys, xs] = res
     return _restore(out, was_2d)
 
 
@@ -341,17 +396,16 @@ def feather_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     out = m.clone()
     if pixels == 0 or m.numel() == 0:
         return _restore(out, was_2d)
-    crop = _support_crop(m, pixels)
-    if crop is None:
-        return _restore(out, was_2d)
-    ys, xs = crop
-    sub = m[:, ys, xs]
-    index, d2, v = _nearest_support(sub, pixels)
-    t = (1.0 - torch.sqrt(d2.to(torch.float64)) / pixels).clamp(0.0, 1.0)
-    ramp = (t * t * (3.0 - 2.0 * t)).to(m.dtype)
-    feathered = sub.flatten().clone()  # pixels of the region, and those far from it, keep their values
-    feathered[index] = v * ramp  # these lie outside the region (value 0), so this is max(mask, v * ramp)
-    out[:, ys, xs] = feathered.view_as(sub)
+    for ys, xs in _support_crops(m, pixels):
+        sub = m[:, ys, xs]
+        if bool((sub > 0).all()):
+            continue  # the region fills the crop up to the image's edges: no pixel outside it to feather
+        index, d2, v = _nearest_support(sub, pixels)
+        t = (1.0 - torch.sqrt(d2.to(torch.float64)) / pixels).clamp(0.0, 1.0)
+        ramp = (t * t * (3.0 - 2.0 * t)).to(m.dtype)
+        feathered = sub.flatten().clone()  # pixels of the region, and those far from it, keep their values
+        feathered[index] = v * ramp  # these lie outside the region (value 0), so this is max(mask, v * ramp)
+        out[:, ys, xs] = feathered.view_as(sub)
     return _restore(out, was_2d)
 
 

@@ -334,6 +334,38 @@ _FUNCTIONS.update(
 
 _INPLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
 
+#: Modules (and their submodules) whose names a weights file has no reason to mention: under ``torch.load`` calling
+#: them runs code, starts processes or reaches files and the network. Used only to *report* a file that names them
+#: (this reader never calls anything a pickle names, so this list is not what keeps it safe).
+CODE_MODULES = frozenset(
+    "os posix nt subprocess sys runpy importlib pkgutil imp shutil socket pty code codeop ctypes pickle _pickle "
+    "marshal types operator functools webbrowser multiprocessing asyncio threading _thread signal urllib http "
+    "requests ftplib smtplib telnetlib tempfile io _io commands popen2 timeit pdb bdb cProfile profile trace "
+    "inspect gc shelve dbm torch.hub torch.package".split()
+)
+#: builtins that run code or reach the system (``builtins.list`` and friends are harmless data constructors)
+_CODE_BUILTINS = frozenset(
+    "eval exec compile open __import__ getattr setattr delattr globals locals vars breakpoint input exit quit help "
+    "execfile reload file apply".split()
+)
+#: single names outside those modules that load or run code
+CODE_NAMES = frozenset(
+    {f"{m}.{n}" for m in ("builtins", "__builtin__") for n in _CODE_BUILTINS}
+    | {"torch.load", "torch.jit.load", "torch.serialization.load", "numpy.load", "joblib.load"}
+)
+_HARMLESS = frozenset({"types.SimpleNamespace"})  # Lightning hyper-parameters
+
+
+def code_names(names) -> list[str]:
+    """The pickled global names among ``names`` that would run code or reach the system when called."""
+    out = []
+    for name in names:
+        parts = name.split(".")
+        in_module = any(".".join(parts[:i]) in CODE_MODULES for i in range(1, len(parts)))
+        if name in CODE_NAMES or (in_module and name not in _HARMLESS):
+            out.append(name)
+    return sorted(out)
+
 
 def _check_pickle(data: bytes) -> None:
     """Dry-run the pickle's stack with ``pickletools.genops`` before the C unpickler sees it.
@@ -542,6 +574,7 @@ class _Archive:
             raise
         except Exception as e:  # UnpicklingError, TypeError, MemoryError, ...: the pickle is malformed
             raise self.error(f"data.pkl could not be unpickled ({type(e).__name__}: {_short(str(e))})") from None
+        self.pickled_names = tuple(sorted(unpickler.placeholders))
         if unpickler.placeholders:
             log.info(
                 "%s names %d globals outside the allow-list, kept as inert placeholders: %s",
@@ -581,7 +614,9 @@ def read_torch_zip(path: str | os.PathLike) -> object:
     return _Archive(path).load()
 
 
-def load_state_dict(path: str | os.PathLike, *, key: str | None = "auto") -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | os.PathLike, *, key: str | None = "auto", refuse_code: bool = False
+) -> dict[str, torch.Tensor]:
     """Load only the state dict of a torch zip checkpoint, as CPU tensors on a copy-on-write mmap.
 
     ``key="auto"`` takes the top-level ``"state_dict"`` entry if there is one (Lightning checkpoints),
@@ -589,9 +624,21 @@ def load_state_dict(path: str | os.PathLike, *, key: str | None = "auto") -> dic
     the top-level dict; any other string takes that top-level entry. Only that dict's tensors are
     materialised (dtype, shape, stride and storage sharing as saved); optimizer state, callbacks etc.
     stay unread. Returns ``{name: tensor}`` in file order; raises :class:`CheckpointError`.
+
+    ``refuse_code``: also refuse a file whose pickle names anything that would run code under ``torch.load``
+    (:func:`code_names`), wherever in the file: nothing was run here, but such a file is malicious or tampered with,
+    and its tensors are not to be trusted either.
     """
     archive = _Archive(path)
     top = archive.load()
+    bad = code_names(archive.pickled_names) if refuse_code else []
+    if bad:
+        raise CheckpointError(
+            f"{archive.path} is unsafe: its pickle names {', '.join(bad[:5])}"
+            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}, which would run code on your machine if the file "
+            f"were opened with torch.load. Nothing in it was run. Delete the file and get the model from a source "
+            f"you trust (a .safetensors file cannot carry code)"
+        )
     keys = _short(list(top)) if isinstance(top, dict) else _kind(top)
     if key == "auto":
         if isinstance(top, dict) and isinstance(dict.get(top, "state_dict"), dict):

@@ -40,7 +40,8 @@ class PromptRejected(Exception):
 
 class ComfyServer:
     def __init__(self, comfy_path: str | os.PathLike, workdir: Path, models: dict[str, Path] | None = None,
-                 extra_packs: dict[str, Path] | None = None, python: str | None = None, extra_args=()):
+                 extra_packs: dict[str, Path] | None = None, python: str | None = None, extra_args=(),
+                 env: dict[str, str] | None = None, popen_kwargs: dict | None = None):
         self.comfy_path = Path(comfy_path)
         self.workdir = Path(workdir)
         self.python = python or sys.executable
@@ -50,6 +51,8 @@ class ComfyServer:
         self.log_path = self.workdir / "comfyui.log"
         self.proc: subprocess.Popen | None = None
         self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})  # e.g. TMPDIR
+        self.popen_kwargs = dict(popen_kwargs or {})  # e.g. unprivileged.popen_kwargs()
         base = self.workdir / "base"
         for sub in ("models", "input", "output", "temp", "user", "custom_nodes"):
             (base / sub).mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,7 @@ class ComfyServer:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env.setdefault("OMP_NUM_THREADS", "2")
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         cmd = [
             self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--base-directory", str(self.base_dir),
@@ -91,7 +95,9 @@ class ComfyServer:
             "--preview-method", "latent2rgb", *self.extra_args,
         ]
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=self.comfy_path, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.comfy_path, stdout=self._log, stderr=subprocess.STDOUT, env=env, **self.popen_kwargs
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -27,6 +27,7 @@ from lightning_pickle import (
     save_malicious_checkpoint,
     save_with_fakes,
 )
+from mutations import apply_byte_damage
 
 from pbe_core import safe_torch_load as stl
 from pbe_core.safe_torch_load import CheckpointError, LazyTensor, Placeholder, load_state_dict, read_torch_zip
@@ -461,18 +462,11 @@ def _mutations(max_pos: int):
 
 
 def _mutate(data: bytes, mutations) -> bytes:
-    b = bytearray(data)
-    for kind, at, arg in mutations:
-        at = min(at, max(len(b) - 1, 0))
-        if kind == "flip" and b:
-            b[at] ^= arg
-        elif kind == "insert":
-            b[at:at] = arg
-        elif kind == "delete":
-            del b[at : at + arg]
-        elif kind == "truncate":
-            del b[at:]
-    return bytes(b)
+    """(kind, position, arg) edits, arg being the flip mask, the inserted bytes or the deleted length."""
+    return apply_byte_damage(
+        data,
+        [(k, at, arg if k in ("flip", "delete") else 0, arg if k == "insert" else b"") for k, at, arg in mutations],
+    )
 
 
 def _load_or_refuse(path) -> None:

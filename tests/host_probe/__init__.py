@@ -3,14 +3,17 @@
 Loaded next to the pack by the host tests only. ``PBETest_CaptureUNetInput`` returns a clone of the MODEL with a
 diffusion-model wrapper (the host's own patching API, ``comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL``) that
 saves every call's 9-channel input, timestep and context to a safetensors file, then calls the UNet unchanged.
+``PBETest_LoadTensor`` feeds tensors no image file can hold (NaN pixels, one channel, values 0..255);
+``PBETest_ImageDiff`` summarises where two big images differ, so a test need not download 768 MB.
 """
 
 import os
 
 import comfy.patcher_extension
 import folder_paths
+import torch
 from comfy_api.latest import ComfyExtension, io
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 
 class CaptureUNetInput(io.ComfyNode):
@@ -65,9 +68,57 @@ class SaveTensor(io.ComfyNode):
         return io.NodeOutput(ui={"tensors": [{"filename": filename, "subfolder": "", "type": "output"}]})
 
 
+class LoadTensor(io.ComfyNode):
+    """Loads ``image`` and ``mask`` from a safetensors file in the input folder, as they are."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBETest_LoadTensor",
+            category="testing",
+            description="Test probe: loads an IMAGE and a MASK tensor from input/<filename>.",
+            inputs=[io.String.Input("filename")],
+            outputs=[io.Image.Output(), io.Mask.Output()],
+        )
+
+    @classmethod
+    def execute(cls, filename):
+        tensors = load_file(os.path.join(folder_paths.get_input_directory(), filename))
+        return io.NodeOutput(tensors.get("image"), tensors.get("mask"))
+
+
+class ImageDiff(io.ComfyNode):
+    """Saves the shapes of two IMAGEs and the box (y0, x0, y1, x1) of the pixels where their RGB differs (-1s if none;
+    a grey image counts as RGB, alpha is ignored)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBETest_ImageDiff",
+            category="testing",
+            description="Test probe: where do two images differ?",
+            inputs=[io.Image.Input("a"), io.Image.Input("b"), io.String.Input("filename")],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, a, b, filename):
+        out = {"shape_a": torch.tensor(a.shape), "shape_b": torch.tensor(b.shape), "box": torch.full((4,), -1)}
+        if a.shape[:3] == b.shape[:3]:
+            a3, b3 = (x.expand(*x.shape[:3], 3) if x.shape[-1] == 1 else x[..., :3] for x in (a, b))
+            differs = (a3 != b3).any(dim=-1).any(dim=0)
+            rows, cols = torch.nonzero(differs.any(dim=1)).flatten(), torch.nonzero(differs.any(dim=0)).flatten()
+            if rows.numel():
+                out["box"] = torch.tensor([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1])
+            out["finite"] = torch.tensor(bool(torch.isfinite(a).all()))
+        save_file(out, os.path.join(folder_paths.get_output_directory(), filename))
+        return io.NodeOutput(ui={"tensors": [{"filename": filename, "subfolder": "", "type": "output"}]})
+
+
 class ProbeExtension(ComfyExtension):
     async def get_node_list(self):
-        return [CaptureUNetInput, SaveTensor]
+        return [CaptureUNetInput, SaveTensor, LoadTensor, ImageDiff]
 
 
 async def comfy_entrypoint():
