@@ -457,6 +457,12 @@ def analysis(report: dict, s: dict) -> list[str]:
                      f"{nets:.1f} s ({nets / d['total_s']:.2f}× diffusers)"])
     lines.append(fmt_table(["", "UNet", "VAE", "exemplar encoder", "rest (host, pack, pipeline)",
                             "floor: the networks alone"], rows))
+    peak = s["peak_rss_mib"]
+    lines += ["", "Peak RSS, split into what the process held after loading and what the edits added on top:", ""]
+    lines.append(fmt_table(["", "after loading (MiB)", "added by the edits (MiB)", "peak (MiB)"], [
+        [LABELS[n], f"{report[f'load_{n}']['rss_mib']:.0f}", f"{peak[n] - report[f'load_{n}']['rss_mib']:.0f}",
+         f"{peak[n]:.0f}"] for n in report["variants"]
+    ]))
     fp = s["fast_path"]
     lines += [
         "",
