@@ -376,7 +376,10 @@ def markdown(report: dict, s: dict, command: str) -> str:
         f"The pack's worker (ComfyUI defaults) also ran the sections below; its peak over the whole run, photo "
         f"sizes up to {max([512, *a['photo_sizes']])}² included, was {report['final_ours']['peak_rss_mib']:.0f} MiB.",
         "",
-        "Peak RSS is each worker process's `ru_maxrss` (loading included; memory-mapped file pages count once touched).",
+        "Peak RSS is each worker process's `ru_maxrss` (loading included; memory-mapped file pages count once touched). "
+        "The pack's models are host objects (the UNet a `ModelPatcher`, the exemplar encoder behind its own "
+        "`ModelPatcher`, the VAE a host `VAE`), so ComfyUI's model management loads and offloads them; `--lowvram` "
+        "only changes anything with a GPU and could not be exercised on this CPU-only machine.",
         "",
     ]
     fp = s["fast_path"]
