@@ -203,6 +203,7 @@ class PbEEncoder:
         key = _pixels_key(pixels)
         out = self._cache.get(key)
         if out is None:
+            log.info("Paint by Example: encoding %d exemplar(s)", pixels.shape[0])
             comfy.model_management.load_model_gpu(self.patcher)
             out = self.model(pixels.to(self.load_device, self.dtype)).float()
             out = out.to(comfy.model_management.intermediate_device())
@@ -210,6 +211,7 @@ class PbEEncoder:
             while len(self._cache) > ENCODE_CACHE_SIZE:
                 self._cache.popitem(last=False)
         else:
+            log.debug("Paint by Example: %d exemplar(s) already encoded", pixels.shape[0])
             self._cache.move_to_end(key)
         return out.clone()
 
