@@ -9,6 +9,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint, precheck
+from .attention_choice import with_sdpa_on_cpu
 from .model_type import WEIGHT_DTYPES, build_all
 from .single_token_attention import with_single_token_attention
 
@@ -138,4 +139,5 @@ class LoadModel(io.ComfyNode):
         del ckpt  # the models hold what they need; the rest of the file's tensors can go
         if single_token_attention:
             model = with_single_token_attention(model)
+        model = with_sdpa_on_cpu(model)
         return io.NodeOutput(model, encoder, vae)

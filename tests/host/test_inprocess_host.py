@@ -31,6 +31,7 @@ def host():
         loader = pack_module("nodes.loader")
         conditioning = pack_module("nodes.conditioning")
         sta = pack_module("nodes.single_token_attention")
+        attention_choice = pack_module("nodes.attention_choice")
         checkpoint = pack_module("pbe_core.checkpoint")
 
     return Host
@@ -181,6 +182,36 @@ def test_load_model_applies_the_fast_path_by_default_with_an_off_switch(host, fi
     off = host.loader.LoadModel.execute("original-fp32.safetensors", "default", False).args[0]
     assert host.sta.has_single_token_attention(on)
     assert not host.sta.has_single_token_attention(off)
+
+
+# --- attention on the CPU ---------------------------------------------------------------------------------------------
+def test_cpu_attention_is_sdpa_and_exact(host, tiny, fixture_paths, monkeypatch):
+    import comfy.ldm.modules.attention as attention
+
+    model, _, _ = tiny
+    assert attention.optimized_attention.__name__ == "attention_sub_quad"  # the host's CPU default here
+    sdpa = host.attention_choice.with_sdpa_on_cpu(model)
+    assert sdpa is not model and "optimized_attention_override" not in model.model_options["transformer_options"]
+    calls = []
+    real = attention.attention_pytorch
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "attention_pytorch", counting)
+    plain_out = _unet(host, model)
+    assert not calls
+    sdpa_out = _unet(host, sdpa)
+    assert calls  # every attention of the patched model went through torch's SDPA
+    assert close(sdpa_out, plain_out), (sdpa_out - plain_out).abs().max()
+    import folder_paths
+
+    folder = str(next(iter(fixture_paths.values())).parent)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "paint_by_example", ([folder], {".safetensors"}))
+    loaded = host.loader.LoadModel.execute("original-fp32.safetensors").args[0]
+    assert loaded.model_options["transformer_options"]["optimized_attention_override"] is host.attention_choice._sdpa
+    assert host.sta.has_single_token_attention(loaded)  # both: the fast path and SDPA
 
 
 # --- exemplar encoded once ---------------------------------------------------------------------------------------------
