@@ -472,6 +472,7 @@ def analysis(report: dict, s: dict) -> list[str]:
     ]))
     fp = s["fast_path"]
     rest = max(row[n]["rest_s"] for n in s["ours_names"])
+    n0 = s["ours_names"][0]
     lines += [
         "",
         "Reading it:",
@@ -480,28 +481,29 @@ def analysis(report: dict, s: dict) -> list[str]:
         f"Outside the four networks the pack and the host spend at most {rest:.2f} s per edit (mask tools, "
         "conditioning, paste-back, model management, the sampler's own maths), so the floor for this pack is the last "
         "column above: the networks' time with the kernels the host runs. Everything above that floor is kernel time.",
-        "- The kernels are where the two differ. On a CPU, ComfyUI enables torch's SDPA attention only when asked "
-        "(`--use-pytorch-cross-attention`); by default it uses its sub-quadratic attention, which computes the "
-        "score matrix of the 4096-token self-attention at 64² latents chunk by chunk in memory. That costs time "
-        "(UNet call ratio above) and memory (peak RSS). With SDPA, as diffusers uses, the UNet calls cost the same as "
-        "diffusers' within this machine's noise, and so does the VAE.",
+        "- Attention. On a CPU, ComfyUI's default attention is its sub-quadratic one, which computes the score "
+        "matrix of the 4096-token self-attention at 64² latents chunk by chunk; for PbE that costs about a third more "
+        "time per UNet call and a gigabyte more memory than torch's SDPA (the pack measured 1.34× diffusers' time and "
+        "1.17× its peak RSS at 512² that way: docs/benchmarks-raw/full-run.json). So the pack runs its own UNet's "
+        "attention with torch's SDPA, the kernel diffusers uses, through the host's per-model "
+        "`optimized_attention_override` (nodes/attention_choice.py; other models are untouched, and nothing changes "
+        "where the host already uses SDPA or runs on a GPU).",
         f"- The single-token path removes the cross-attention work from every UNet call ({100 * (1 - fp['ratio']):.1f}% "
         f"of a call at {fp['size']}² with the host's default attention"
         + (f", {100 * (1 - fp['sdpa']['ratio']):.1f}% with SDPA" if "sdpa" in fp else "")
         + "). It is exact, and it is the only part of the UNet's work the single-token context makes redundant: "
         "self-attention, the ResNet blocks and the feed-forward layers are the same maths in both implementations.",
-        "- So an end-to-end ratio of 0.85 at 512² is not reachable by exact means on this setup: with the same kernels "
-        "the floor is about 1.0× diffusers minus the fast path's share of the UNet time. Reaching it would take "
-        "changes outside these rules: fewer steps, half precision, decoding only the window around the mask (the "
-        "VAE decoder sees the whole latent, so that is not exact), or faster kernels than diffusers uses (in a one-off "
-        "probe outside this benchmark, the VAE decoder ran about 7% faster on channels-last tensors; the UNet did "
-        "not).",
-        "- At 256² the pack is at or below 0.85× with either attention (its UNet calls, and with SDPA its VAE decode, "
-        "are faster there); this run does not tell why the small size favours the host's kernels.",
+        f"- Per network at {size}² (ours / diffusers): UNet {row[n0]['unet_s'] / d['unet_s']:.2f}, VAE encode "
+        f"{row[n0]['vae_encode_s'] / max(d['vae_encode_s'], 1e-9):.2f}, VAE decode "
+        f"{row[n0]['vae_decode_s'] / max(d['vae_decode_s'], 1e-9):.2f}, exemplar encoder "
+        f"{row[n0]['exemplar_s'] / max(d['exemplar_s'], 1e-9):.2f}. Both sides run the same fp32 maths; where a "
+        "ratio other than the UNet's is far from 1, it is the host's and diffusers' kernels and memory layouts on "
+        "this machine (an earlier run measured the VAE equal), not anything the pack computes differently. Going "
+        "further exactly would need faster kernels; inexact routes (fewer steps, half precision, decoding only the "
+        "window around the mask) are outside these rules.",
         "- Memory: the pack holds one copy of the weights (the checkpoint's tensors are the model's). With SDPA its "
-        "edits add less memory than diffusers' do; the difference in peak is the ComfyUI process itself, which "
-        "holds more after import and loading (first column). With the host's default attention the chunked score "
-        "matrices add about a gigabyte.",
+        "edits add less memory than diffusers' do; the ComfyUI process itself holds more after import and loading "
+        "(first column).",
         "",
     ]
     return lines
