@@ -2,6 +2,7 @@
 fixture checkpoint layout; test images uploaded through the API."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,9 +20,12 @@ def comfy_server():
     paths = pbe_fixtures.write_all_layouts(pbe_fixtures.fixture_root())
     work = Path(tempfile.mkdtemp(prefix="pbe-host-"))
     server = ComfyServer(comfy, work, models=paths, extra_packs={"pbe_test_probe": HERE.parent / "host_probe"})
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ a user who trains in one environment and paints in another.
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,9 +63,12 @@ def finetuned(tmp_path_factory):
 def server(finetuned):
     work = Path(tempfile.mkdtemp(prefix="pbe-host-train-"))
     srv = ComfyServer(os.environ["COMFYUI_PATH"], work, models={MODEL_NAME: finetuned})
-    srv.start()
-    yield srv
-    srv.stop()
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_finetuned_model_paints_through_pbe_sampler(server):
