@@ -8,11 +8,14 @@ adds the pack (custom_nodes) and the fixture checkpoints (paint_by_example), as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -200,6 +203,19 @@ class ComfyServer:
     def view(self, filename: str, subfolder: str = "", folder_type: str = "output") -> bytes:
         q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
         return self._request(f"/view?{q}")
+
+
+@contextlib.contextmanager
+def temporary_server(prefix: str = "pbe-host-", **kwargs):
+    """A ComfyServer (``COMFYUI_PATH``) in a fresh temporary folder: started, then stopped and the folder removed."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    server = ComfyServer(os.environ["COMFYUI_PATH"], work, **kwargs)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def status_messages(entry: dict) -> dict[str, dict]:

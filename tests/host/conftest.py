@@ -1,31 +1,21 @@
 """Fixtures for the host tests: one headless ComfyUI for the session, with the pack, the probe pack and every tiny
 fixture checkpoint layout; test images uploaded through the API."""
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pbe_fixtures
 import pytest
-from comfy_host import ComfyServer
+from comfy_host import temporary_server
 from host_util import BOX, SIZE, make_photo, png_bytes
 
 HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="session")
 def comfy_server():
-    comfy = os.environ["COMFYUI_PATH"]
     paths = pbe_fixtures.write_all_layouts(pbe_fixtures.fixture_root())
-    work = Path(tempfile.mkdtemp(prefix="pbe-host-"))
-    server = ComfyServer(comfy, work, models=paths, extra_packs={"pbe_test_probe": HERE.parent / "host_probe"})
-    try:
-        server.start()
+    with temporary_server(models=paths, extra_packs={"pbe_test_probe": HERE.parent / "host_probe"}) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

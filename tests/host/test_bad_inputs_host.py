@@ -10,8 +10,6 @@ Host-free counterparts: ``tests/test_bad_inputs.py``; the model cases are built 
 import os
 import random
 import re
-import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pbe_fixtures
 import pytest
 import torch
 import unprivileged
-from comfy_host import ComfyServer, PromptRejected, execution_error
+from comfy_host import PromptRejected, execution_error, temporary_server
 from host_util import SIZE, make_photo, png_bytes
 from safetensors.torch import load, save_file
 
@@ -394,20 +392,14 @@ def restricted_server(images, fixture_paths):
     reason = unprivileged.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    work = Path(tempfile.mkdtemp(prefix="pbe-host-restricted-"))
-    server = ComfyServer(
-        os.environ["COMFYUI_PATH"], work, models={MODEL: fixture_paths[MODEL]},
+    with temporary_server(
+        "pbe-host-restricted-", models={MODEL: fixture_paths[MODEL]},
         extra_packs={"pbe_test_probe": HERE.parent / "host_probe"}, popen_kwargs=unprivileged.popen_kwargs(),
-    )  # fmt: skip
-    try:
-        server.start()
+    ) as server:  # fmt: skip
         alpha = np.where(images["region"] > 0, 0, 255).astype(np.uint8)
         server.upload("source.png", png_bytes(np.dstack([images["source"], alpha])))
         server.upload("exemplar.png", png_bytes(images["exemplar"]))
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_model_folder_and_file_without_read_permission(restricted_server, fixture_paths, tmp_path):

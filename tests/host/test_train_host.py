@@ -8,16 +8,14 @@ a user who trains in one environment and paints in another.
 
 import io
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pbe_fixtures
 import pytest
-from comfy_host import ComfyServer, execution_error
+from comfy_host import execution_error, temporary_server
 from host_util import BOX, SIZE, make_photo, png_bytes
 from train_toy import write_toy_dataset
 
@@ -61,14 +59,8 @@ def finetuned(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(finetuned):
-    work = Path(tempfile.mkdtemp(prefix="pbe-host-train-"))
-    srv = ComfyServer(os.environ["COMFYUI_PATH"], work, models={MODEL_NAME: finetuned})
-    try:
-        srv.start()
+    with temporary_server("pbe-host-train-", models={MODEL_NAME: finetuned}) as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_finetuned_model_paints_through_pbe_sampler(server):
