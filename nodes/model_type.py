@@ -108,7 +108,6 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
     config.set_inference_dtype(weight_dtype, manual_cast)
     model = config.get_model(sd, "")
-    channels_last_on_cpu(ckpt, sd, load_device, "UNet")
     # the host only warns about missing UNet weights (and leaves them uninitialised): refuse such a file instead
     check_fits(model.diffusion_model.state_dict(), sd, "UNet", ckpt.source)
     # Instead of BaseModel.load_model_weights (which copies every tensor into the freshly allocated weights), the
@@ -121,9 +120,10 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
 def channels_last_on_cpu(ckpt: PbECheckpoint, part: dict[str, torch.Tensor], device: torch.device, what: str) -> None:
     """Where ``device`` (the part's load device) is the CPU, re-order ``part``'s convolution kernels channels-last.
 
-    Measured on this pack's benchmark (docs/benchmarks.md): the CPU runs the VAE's and the UNet's convolutions faster
-    on channels-last activations, which the kernels' order selects. The bytes are re-ordered in place, so memory does
-    not grow (``pbe_core.memory_format``); on an accelerator nothing changes (not measured there).
+    Used for the VAE: on the CPU its convolutions run faster on channels-last activations, which the kernels' order
+    selects (benchmark, docs/benchmarks.md: decoding 0.84x, encoding 0.95x the NCHW time at 512^2). The UNet gained
+    nothing that way (0.98x-1.04x) and stays as loaded. The bytes are re-ordered in place, so memory does not grow
+    (``pbe_core.memory_format``); on an accelerator nothing changes (not measured there).
     """
     if torch.device(device).type != "cpu":
         return
