@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint, precheck
 from .attention_choice import with_sdpa_on_cpu
 from .model_type import WEIGHT_DTYPES, build_all
+from .shared_cfg_prefix import with_shared_cfg_prefix
 from .single_token_attention import with_single_token_attention
 
 log = logging.getLogger(__name__)
@@ -139,5 +140,6 @@ class LoadModel(io.ComfyNode):
         del ckpt  # the models hold what they need; the rest of the file's tensors can go
         if single_token_attention:
             model = with_single_token_attention(model)
+        model = with_shared_cfg_prefix(model)  # exact, and it checks every call: always on
         model = with_sdpa_on_cpu(model)
         return io.NodeOutput(model, encoder, vae)

@@ -1,0 +1,102 @@
+"""The two halves of a classifier-free-guidance batch share the UNet's layers before the first cross-attention.
+
+ComfyUI evaluates the conditional and the unconditional prediction in one UNet call, as a batch of two halves
+(``comfy/samplers.py`` ``calc_cond_batch``). For Paint by Example the halves differ only in the cross-attention
+context (the exemplar token vs the learned unconditional vector): the noisy latent, the concat conditioning (masked
+image and keep-mask) and the timestep are the same. So every layer the input passes through before the first
+cross-attention computes the same values twice. In the SD-1 UNet those are, at the highest resolution, the first
+ResBlock (``input_blocks.1.0``: two 3x3 convolutions) and the first transformer block's self-attention
+(``input_blocks.1.1.transformer_blocks.0.attn1``: one of the five 4096-token self-attentions at 512^2, the UNet's most
+expensive kind), plus cheap norms and projections around them.
+
+:class:`SharedHalves` replaces the ``forward`` of those two modules on a clone of the MODEL (the host's
+``ModelPatcher.add_object_patch``, as the single-token path does; no host function is touched). At every call it
+checks that the two halves of every tensor argument are equal (``torch.equal``; about a millisecond) and then runs the
+layer on one half and repeats the result; anything else (an odd batch, halves that differ, e.g. two different
+latents, or a batch of one when cfg is 1) goes to the forward it replaced, unchanged. The result is exact up to fp32
+rounding (the kernels may sum in another order for a batch of one than of two).
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class SharedHalves:
+    """Drop-in ``forward`` that runs a layer once for a batch whose two halves are the same input."""
+
+    def __init__(self, fallback):
+        self.fallback = fallback
+
+    @staticmethod
+    def _halves_equal(args) -> int:
+        """The half batch size if every tensor in ``args`` has the same even batch made of two equal halves, else 0."""
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if not tensors:
+            return 0
+        b = tensors[0].shape[0] if tensors[0].ndim else 0
+        if b < 2 or b % 2 or any(t.ndim == 0 or t.shape[0] != b for t in tensors):
+            return 0
+        h = b // 2
+        return h if all(torch.equal(t[:h], t[h:]) for t in tensors) else 0
+
+    def __call__(self, *args, **kwargs):
+        h = self._halves_equal([*args, *kwargs.values()])
+        if not h:
+            return self.fallback(*args, **kwargs)
+
+        def half(a):
+            return a[:h] if isinstance(a, torch.Tensor) else a
+
+        out = self.fallback(*(half(a) for a in args), **{k: half(v) for k, v in kwargs.items()})
+        return torch.cat([out, out])
+
+
+def shared_prefix_paths(diffusion_model: torch.nn.Module) -> list[str]:
+    """Names (relative to ``diffusion_model``) of the costly layers before the first cross-attention.
+
+    The ResBlocks of the input blocks up to the first transformer, and that transformer's first self-attention.
+    Empty if the UNet is not laid out that way (then nothing is patched).
+    """
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    paths = []
+    for i, block in enumerate(getattr(diffusion_model, "input_blocks", [])):
+        for j, layer in enumerate(block):
+            if isinstance(layer, ResBlock):
+                paths.append(f"input_blocks.{i}.{j}")
+            elif isinstance(layer, SpatialTransformer):
+                first = layer.transformer_blocks[0] if len(layer.transformer_blocks) else None
+                if first is None or not hasattr(first, "attn1"):
+                    return []
+                return [*paths, f"input_blocks.{i}.{j}.transformer_blocks.0.attn1"]
+    return []
+
+
+def has_shared_cfg_prefix(model) -> bool:
+    return any(isinstance(p, SharedHalves) for p in model.object_patches.values())
+
+
+def with_shared_cfg_prefix(model):
+    """A clone of the host MODEL whose layers before the first cross-attention run once for two equal halves.
+
+    A MODEL that already has it is returned as it is. As in ``single_token_attention``, the forward each patch falls
+    back to is the clone's own object patch for that key if another pack set one, else the module's class forward.
+    """
+    if has_shared_cfg_prefix(model):
+        return model
+    m = model.clone()
+    paths = shared_prefix_paths(m.get_model_object("diffusion_model"))
+    for path in paths:
+        key = f"diffusion_model.{path}.forward"
+        module = m.get_model_object(f"diffusion_model.{path}")
+        fallback = m.object_patches.get(key) or types.MethodType(type(module).forward, module)
+        m.add_object_patch(key, SharedHalves(fallback))
+    log.debug("Paint by Example: CFG halves share %s", paths)
+    return m
