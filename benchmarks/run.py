@@ -9,6 +9,7 @@
    same seed, steps, cfg 5, fp32 on the CPU; per edit the end-to-end time and, from forward hooks, the time in the
    UNet, the VAE encoder and decoder and the exemplar encoder;
 4. the single-token fast path's gain: UNet evaluations alone with and without it, interleaved;
+   and the channels-last kernels' gain: a UNet call and a VAE encode + decode in each memory order, interleaved;
 5. photo size: the pack's edit of 512, 1024, 2048 and 4096-pixel-square photos whose mask covers 10%;
 6. prints the ratios (ours / diffusers) last and writes everything, with the command, machine and versions, to
    ``docs/benchmarks.md``.
@@ -127,8 +128,10 @@ def run(args) -> dict:
     logdir = args.weights / "logs"
     logdir.mkdir(exist_ok=True)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
     report: dict = {"args": vars(args) | {"weights": str(args.weights), "comfyui": str(args.comfyui)},
-                    "commit": commit.stdout.strip() or "?",
+                    "commit": (commit.stdout.strip() or "?") + (" with uncommitted changes" if dirty else ""),
                     "machine": machine(), "versions": versions(env), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     sections = set(args.sections)
     names = [n for n in VARIANTS if (n != "ours_sdpa" or args.sdpa_variant) and (n != "diffusers" or "main" in sections)]
@@ -169,14 +172,17 @@ def run(args) -> dict:
             report["fast_path"] = {"size": size}
             for name in [n for n in workers if n != "diffusers"]:
                 w = workers[name]
-                w("unet", size=size, calls=1, fast=True)
-                w("unet", size=size, calls=1, fast=False)
-                fast, plain = [], []
+                variants = ("all", "no_single_token", "no_shared_prefix")
+                for v in variants:
+                    w("unet", size=size, calls=1, variant=v)
+                times: dict = {v: [] for v in variants}
                 for r in range(args.reps):
-                    for f in (True, False) if r % 2 == 0 else (False, True):
-                        (fast if f else plain).extend(w("unet", size=size, calls=1, fast=f)["times"])
+                    k = r % len(variants)
+                    for v in variants[k:] + variants[:k]:
+                        times[v].extend(w("unet", size=size, calls=1, variant=v)["times"])
                 key = "" if name == "ours" else f"_{name}"
-                report["fast_path"].update({f"fast_s{key}": fast, f"plain_s{key}": plain})
+                report["fast_path"].update({f"fast_s{key}": times["all"], f"plain_s{key}": times["no_single_token"],
+                                            f"unshared_s{key}": times["no_shared_prefix"]})
 
         # the fast path's gain on whole edits
         if args.fast_path_edits and "fast_path" in sections:
@@ -186,6 +192,16 @@ def run(args) -> dict:
                 for f in (True, False) if r % 2 == 0 else (False, True):
                     (fe if f else pe).append(ours("edit", fast=f, **common)["total_s"])
             report["fast_path"].update(edit_fast_s=fe, edit_plain_s=pe)
+
+        # channels-last convolution kernels (as the pack loads them on the CPU) against the same kernels in NCHW order
+        if "layout" in sections:
+            for cl in (True, False):  # warm-up: oneDNN builds its primitives for each order once
+                ours("layout", size=size, channels_last=cl)
+            lay: dict = {"size": size, "channels_last": [], "nchw": []}
+            for r in range(args.reps):
+                for cl in (True, False) if r % 2 == 0 else (False, True):
+                    lay["channels_last" if cl else "nchw"].append(ours("layout", size=size, channels_last=cl))
+            report["layout"] = lay
 
         # exemplar encoding once: a second edit with only the seed changed does not run the encoder again
         if "cache" in sections:
@@ -264,8 +280,17 @@ def summarise(report: dict) -> dict:
         s["fast_path"]["sdpa"] = {"fast_s": med(fp["fast_s_ours_sdpa"]), "plain_s": med(fp["plain_s_ours_sdpa"])}
         s["fast_path"]["sdpa"]["ratio"] = s["fast_path"]["sdpa"]["fast_s"] / s["fast_path"]["sdpa"]["plain_s"]
     s["fast_path"]["reps"] = len(fp["fast_s"])
+    if "unshared_s" in fp:
+        s["fast_path"]["unshared_s"] = med(fp["unshared_s"])
+        s["fast_path"]["shared_ratio"] = s["fast_path"]["fast_s"] / s["fast_path"]["unshared_s"]
     if "edit_fast_s" in fp:
         s["fast_path"]["edit_ratio"] = med(fp["edit_fast_s"]) / med(fp["edit_plain_s"])
+    if "layout" in report:
+        lay = report["layout"]
+        s["layout"] = {"size": lay["size"], "reps": len(lay["nchw"])}
+        for k in ("unet_s", "vae_encode_s", "vae_decode_s"):
+            cl, nchw = med([r[k] for r in lay["channels_last"]]), med([r[k] for r in lay["nchw"]])
+            s["layout"][k] = {"channels_last": cl, "nchw": nchw, "ratio": cl / nchw}
     photo = report["photo"]
     base = med([r["total_s"] for r in photo["512"]])
     model_part = ("unet_s", "vae_encode_s", "vae_decode_s", "exemplar_s")
@@ -374,7 +399,9 @@ def markdown(report: dict, s: dict, command: str) -> str:
         ]),
         "",
         f"The pack's worker (ComfyUI defaults) also ran the sections below; its peak over the whole run, photo "
-        f"sizes up to {max([512, *a['photo_sizes']])}² included, was {report['final_ours']['peak_rss_mib']:.0f} MiB.",
+        f"sizes up to {max([512, *a['photo_sizes']])}² included"
+        + (" (and the channels-last section's extra copy of the UNet and VAE)" if "layout" in report else "")
+        + f", was {report['final_ours']['peak_rss_mib']:.0f} MiB.",
         "",
         "Peak RSS is each worker process's `ru_maxrss` (loading included; memory-mapped file pages count once touched). "
         "The pack's models are host objects (the UNet a `ModelPatcher`, the exemplar encoder behind its own "
@@ -384,7 +411,8 @@ def markdown(report: dict, s: dict, command: str) -> str:
     ]
     fp = s["fast_path"]
     text = (
-        f"One UNet evaluation at {fp['size']}² (batch 2), alone, with and without the fast path, interleaved, median "
+        f"One UNet evaluation at {fp['size']}² (batch 2: the same latent and timestep with the exemplar and the "
+        "unconditional token, as CFG makes it), alone, with and without the fast path, interleaved, median "
         f"of {fp['reps']} each: ComfyUI defaults {fp['fast_s']:.2f} s vs {fp['plain_s']:.2f} s, "
         f"**{fp['ratio']:.3f}×**"
     )
@@ -400,6 +428,37 @@ def markdown(report: dict, s: dict, command: str) -> str:
         "(tests/host/test_inprocess_host.py).",
         "",
     ]
+    if "shared_ratio" in fp:
+        lines += [
+            "## CFG halves share the layers before the first cross-attention",
+            "",
+            "The two halves of a CFG batch (exemplar, unconditional vector) have the same latent, concat and "
+            "timestep, so the UNet's first ResBlock and first self-attention compute the same values twice; the pack "
+            "runs them once when the halves are equal (checked every call) and repeats the result "
+            f"(`nodes/shared_cfg_prefix.py`). The same UNet evaluations as above: {fp['fast_s']:.2f} s vs "
+            f"{fp['unshared_s']:.2f} s without it, **{fp['shared_ratio']:.3f}×**. Always on; exact to fp32 rounding "
+            "(tests/host/test_inprocess_host.py).",
+            "",
+        ]
+    if "layout" in s:
+        lay = s["layout"]
+        names = {"unet_s": "UNet call (batch 2)", "vae_encode_s": "VAE encode", "vae_decode_s": "VAE decode"}
+        lines += [
+            "## Channels-last convolution kernels",
+            "",
+            f"At {lay['size']}², the same weights with their convolution kernels in each memory order (one copy of the "
+            f"modules per order, so no conversion is timed), interleaved, median of {lay['reps']} each. On the CPU "
+            "the pack loads the VAE's kernels channels-last, re-ordered in place so the weights stay one copy "
+            "(`pbe_core/memory_format.py`; exact: tests/test_memory_format.py), and leaves the UNet's as the file "
+            "has them: its gain is small here and turned into a loss at 256² in a separate probe (1.04×), while "
+            "re-ordering its 2 GB of kernels adds seconds to every load (3.4 s alone in a probe):",
+            "",
+            fmt_table(["", "channels-last s", "NCHW s", "channels-last / NCHW"], [
+                [names[k], f"{lay[k]['channels_last']:.2f}", f"{lay[k]['nchw']:.2f}", f"**{lay[k]['ratio']:.3f}**"]
+                for k in names
+            ]),
+            "",
+        ]
     ec = report["exemplar_cache"]
     lines += [
         "## Exemplar encoded once",
@@ -491,16 +550,24 @@ def analysis(report: dict, s: dict) -> list[str]:
         f"- The single-token path removes the cross-attention work from every UNet call ({100 * (1 - fp['ratio']):.1f}% "
         f"of a call at {fp['size']}² with the host's default attention"
         + (f", {100 * (1 - fp['sdpa']['ratio']):.1f}% with SDPA" if "sdpa" in fp else "")
-        + "). It is exact, and it is the only part of the UNet's work the single-token context makes redundant: "
-        "self-attention, the ResNet blocks and the feed-forward layers are the same maths in both implementations.",
+        + ")"
+        + (f"; the shared CFG prefix runs the first ResBlock and self-attention once for both halves "
+           f"({100 * (1 - fp['shared_ratio']):.1f}% of a call)" if "shared_ratio" in fp else "")
+        + ". Both are exact and remove work that PbE's inputs make redundant; the rest of the UNet (self-attention, "
+        "ResNet blocks and feed-forward layers once the halves differ) is the same maths in both implementations.",
         f"- Per network at {size}² (ours / diffusers): UNet {row[n0]['unet_s'] / d['unet_s']:.2f}, VAE encode "
         f"{row[n0]['vae_encode_s'] / max(d['vae_encode_s'], 1e-9):.2f}, VAE decode "
         f"{row[n0]['vae_decode_s'] / max(d['vae_decode_s'], 1e-9):.2f}, exemplar encoder "
-        f"{row[n0]['exemplar_s'] / max(d['exemplar_s'], 1e-9):.2f}. Both sides run the same fp32 maths; where a "
-        "ratio other than the UNet's is far from 1, it is the host's and diffusers' kernels and memory layouts on "
-        "this machine (an earlier run measured the VAE equal), not anything the pack computes differently. Going "
-        "further exactly would need faster kernels; inexact routes (fewer steps, half precision, decoding only the "
-        "window around the mask) are outside these rules.",
+        f"{row[n0]['exemplar_s'] / max(d['exemplar_s'], 1e-9):.2f}. Both sides run the same fp32 maths with the "
+        "same kinds of kernels (oneDNN convolutions, BLAS linear layers, torch's flash-attention SDPA). For the VAE the memory order differs: the pack loads the VAE's convolution kernels "
+        "channels-last on the CPU, so oneDNN runs its convolutions on NHWC activations"
+        + (f" (measured alone, channels-last / NCHW: VAE encode {s['layout']['vae_encode_s']['ratio']:.2f}×, VAE "
+           f"decode {s['layout']['vae_decode_s']['ratio']:.2f}×; the UNet is left NCHW, see above)"
+           if "layout" in s else "")
+        + "; diffusers' pipeline, as the existing packs run it, keeps PyTorch's default NCHW (converting its VAE "
+        "with `.to(memory_format=torch.channels_last)` would copy those weights). Going further exactly would need "
+        "faster kernels; inexact routes (fewer steps, half precision, decoding only the window around the mask) are "
+        "outside these rules.",
         "- Memory: the pack holds one copy of the weights (the checkpoint's tensors are the model's). With SDPA its "
         "edits add less memory than diffusers' do; the ComfyUI process itself holds more after import and loading "
         "(first column).",
@@ -517,8 +584,13 @@ def ratios_text(s: dict) -> str:
         parts += [f"UNet s/call {size}²{tag}: {row['ratio_unet_per_call'][n]:.2f}" for size, row in s["sizes"].items()]
         parts.append(f"peak RSS{tag}: {s['ratio_peak_rss'][n]:.2f}")
     parts.append(f"fast path (UNet, on/off): {s['fast_path']['ratio']:.3f}")
+    if "shared_ratio" in s["fast_path"]:
+        parts.append(f"shared CFG prefix (UNet, on/off): {s['fast_path']['shared_ratio']:.3f}")
     if "sdpa" in s["fast_path"]:
         parts.append(f"fast path (UNet, on/off) [--use-pytorch-cross-attention]: {s['fast_path']['sdpa']['ratio']:.3f}")
+    if "layout" in s:
+        parts += [f"channels-last / NCHW, {k[:-2].replace('_', ' ')}: {s['layout'][k]['ratio']:.3f}"
+                  for k in ("unet_s", "vae_encode_s", "vae_decode_s")]
     parts += [f"photo {n}² / 512²: {p['ratio']:.2f}" for n, p in s["photo"].items() if n != "512"]
     return "Ratios (ours / diffusers): " + "; ".join(parts) + "\n"
 
@@ -569,10 +641,11 @@ def main() -> None:
     write_report(args.out, report, summarise(report), command)
 
 
-SECTIONS = ("main", "fast_path", "cache", "photo")
+SECTIONS = ("main", "fast_path", "layout", "cache", "photo")
 SECTION_KEYS = {
     "main": ("edits", "peak_compared", "agreement", "variants", "load_ours", "load_ours_sdpa", "load_diffusers"),
     "fast_path": ("fast_path",),
+    "layout": ("layout",),
     "cache": ("exemplar_cache",),
     "photo": ("photo", "final_ours"),
 }

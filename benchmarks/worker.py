@@ -108,6 +108,7 @@ class Ours:
         self.loader = pack_module("nodes.loader")
         self.sampler = pack_module("nodes.sampler")
         self.sta = pack_module("nodes.single_token_attention")
+        self.shared = pack_module("nodes.shared_cfg_prefix")
         self.mm = sys.modules["comfy.model_management"]
         import comfy.ldm.modules.attention as attention
 
@@ -119,11 +120,9 @@ class Ours:
             out = self.loader.LoadModel.execute(name, "default", fast).args
         self.model, self.encoder, self.vae = out
         seconds = time.perf_counter() - t0
-        # the same MODEL without the fast path, for its gain (a clone without those object patches)
-        self.plain = self.model.clone()
-        self.plain.object_patches = {
-            k: v for k, v in self.plain.object_patches.items() if not isinstance(v, self.sta.SingleTokenCrossAttention)
-        }
+        # the same MODEL without one of the pack's UNet shortcuts, for its gain (clones without those object patches)
+        self.plain = self._without(self.sta.SingleTokenCrossAttention)
+        self.unshared = self._without(self.shared.SharedHalves)
         first = self.vae.first_stage_model
         self.timers = {
             "unet": Timer(self.model.model.diffusion_model),
@@ -132,6 +131,12 @@ class Ours:
             "exemplar": Timer(self.encoder.model),
         }
         return {"load_s": seconds, "attention": self.attention, "threads": self.torch.get_num_threads()}
+
+    def _without(self, patch_type):
+        m = self.model.clone()
+        m.object_patches = {k: v for k, v in m.object_patches.items() if not isinstance(v, patch_type)}
+        assert len(m.object_patches) < len(self.model.object_patches), f"the MODEL has no {patch_type.__name__}"
+        return m
 
     def edit(self, size: int, steps: int, seed: int, cfg: float, photo: int | None = None, fast: bool = True,
              cold_exemplar: bool = True) -> dict:
@@ -159,14 +164,16 @@ class Ours:
         self.last = out[0]
         return res
 
-    def unet(self, size: int, calls: int, fast: bool) -> dict:
-        """Time UNet evaluations alone (batch 2 = cond + uncond, as CFG runs them), with or without the fast path."""
+    def unet(self, size: int, calls: int, variant: str = "all") -> dict:
+        """Time UNet evaluations alone, as CFG makes them: a batch of two halves with the same latent, concat and
+        timestep and two different context tokens (exemplar, unconditional). ``variant``: ``all`` (the MODEL as
+        loaded), ``no_single_token`` or ``no_shared_prefix`` (without that shortcut)."""
         torch = self.torch
-        model = self.model if fast else self.plain
+        model = {"all": self.model, "no_single_token": self.plain, "no_shared_prefix": self.unshared}[variant]
         self.mm.load_models_gpu([model])
         g = torch.Generator().manual_seed(0)
         h = size // 8
-        x = torch.randn(2, 9, h, h, generator=g)
+        x = torch.randn(1, 9, h, h, generator=g).repeat(2, 1, 1, 1)
         ctx = torch.randn(2, 1, 768, generator=g)
         ts = torch.tensor([500.0, 500.0])
         dm = model.model.diffusion_model
@@ -178,6 +185,47 @@ class Ours:
                 times.append(time.perf_counter() - t0)
         self.timers["unet"].take()
         return {"times": times, "checksum": out.double().sum().item(), "out": out}
+
+
+    def layout(self, size: int, channels_last: bool) -> dict:
+        """One UNet call and one VAE encode + decode at ``size``, with the convolution kernels in either memory order.
+
+        The pack loads the VAE's kernels channels-last on the CPU (``pbe_core.memory_format``, in place) and the
+        UNet's as the file has them (NCHW). For the comparison the first call makes a copy of each in the other
+        order (``Module.to(memory_format=...)``; the copies stay for the rest of the run, so this worker's whole-run
+        peak memory includes them) and every call then runs the modules of one order: no conversion is timed.
+        """
+        import copy
+
+        torch = self.torch
+        if not hasattr(self, "_orders"):
+            self.mm.load_models_gpu([self.model])  # the copies take the MODEL's patches as they are applied
+            dm, first = self.model.model.diffusion_model, self.vae.first_stage_model
+            with torch.inference_mode():
+                dm_cl = copy.deepcopy(dm).to(memory_format=torch.channels_last)
+                first_nchw = copy.deepcopy(first).to(memory_format=torch.contiguous_format)
+            self._orders = {True: (dm_cl, first), False: (dm, first_nchw)}
+            for cl, mods in self._orders.items():
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                kernels = [p for m in mods for p in m.parameters() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1]
+                assert all(p.is_contiguous(memory_format=fmt) for p in kernels), f"kernels not in {fmt}"
+        dm, first = self._orders[channels_last]
+        g = torch.Generator().manual_seed(0)
+        h = size // 8
+        x, ctx = torch.randn(2, 9, h, h, generator=g), torch.randn(2, 1, 768, generator=g)
+        pixels = torch.rand(1, 3, size, size, generator=g) * 2 - 1
+        options = self.model.model_options["transformer_options"]
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            dm(x, torch.tensor([500.0, 500.0]), context=ctx, transformer_options=options.copy())
+            t1 = time.perf_counter()
+            latent = first.encode(pixels)
+            t2 = time.perf_counter()
+            image = first.decode(latent)
+            t3 = time.perf_counter()
+        for t in self.timers.values():
+            t.take()
+        return {"unet_s": t1 - t0, "vae_encode_s": t2 - t1, "vae_decode_s": t3 - t2, "checksum": image.double().sum().item()}
 
 
 class Diffusers:
@@ -260,6 +308,8 @@ def main() -> None:
                 res = impl.load(**cmd)
             elif op == "edit":
                 res = impl.edit(**cmd)
+            elif op == "layout":
+                res = impl.layout(**cmd)
             elif op == "unet":
                 res = impl.unet(**cmd)
                 res.pop("out")
