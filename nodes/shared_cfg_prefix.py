@@ -20,6 +20,7 @@ rounding (the kernels may sum in another order for a batch of one than of two).
 from __future__ import annotations
 
 import logging
+import math
 import types
 
 import torch
@@ -39,8 +40,14 @@ class SharedHalves:
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if not tensors:
             return 0
-        b = tensors[0].shape[0] if tensors[0].ndim else 0
+        first = tensors[0]
+        b = first.shape[0] if first.ndim else 0
         if b < 2 or b % 2 or any(t.ndim == 0 or t.shape[0] != b for t in tensors):
+            return 0
+        # One half is a batch of one: with a single position per channel (a 1x1 latent, from an image of 8x8 pixels
+        # or less) torch's group norm refuses that where it took the batch of two. Such inputs cost nothing anyway.
+        positions = first.shape[1] if first.ndim == 3 else math.prod(first.shape[2:]) if first.ndim >= 4 else 0
+        if positions < 2:
             return 0
         h = b // 2
         return h if all(torch.equal(t[:h], t[h:]) for t in tensors) else 0

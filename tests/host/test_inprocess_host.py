@@ -390,6 +390,12 @@ def test_shared_prefix_falls_back_when_the_halves_differ(host, tiny):
         dm(torch.randn(1, 9, 8, 8), torch.tensor([500.0]), context=torch.randn(1, 1, width),
            transformer_options=dict(shared.model_options["transformer_options"]))
     assert seen == [2, 2, 1, 1]
+    # equal halves of a 1x1 latent (an 8x8-pixel image): torch's group norm refuses a batch of one there, so the
+    # normal path runs
+    with torch.inference_mode():
+        tiny_out = dm(torch.randn(1, 9, 1, 1).repeat(2, 1, 1, 1), torch.tensor([500.0, 500.0]),
+                      context=torch.randn(2, 1, width), transformer_options=dict(shared.model_options["transformer_options"]))
+    assert seen == [2, 2, 1, 1, 2, 2] and torch.isfinite(tiny_out).all()
 
 
 def test_shared_prefix_whole_edit_matches_and_the_loader_applies_it(host, tiny, fixture_paths, monkeypatch):
