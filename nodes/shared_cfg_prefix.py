@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
-import types
 
 import torch
+
+from .forward_patches import clone_with_forward_patches
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,11 @@ def has_shared_cfg_prefix(model) -> bool:
 def with_shared_cfg_prefix(model):
     """A clone of the host MODEL whose layers before the first cross-attention run once for two equal halves.
 
-    A MODEL that already has it is returned as it is. As in ``single_token_attention``, the forward each patch falls
-    back to is the clone's own object patch for that key if another pack set one, else the module's class forward.
+    A MODEL that already has it is returned as it is. Each patch falls back to the forward it replaces
+    (``forward_patches.clone_with_forward_patches``).
     """
     if has_shared_cfg_prefix(model):
         return model
-    m = model.clone()
-    paths = shared_prefix_paths(m.get_model_object("diffusion_model"))
-    for path in paths:
-        key = f"diffusion_model.{path}.forward"
-        module = m.get_model_object(f"diffusion_model.{path}")
-        fallback = m.object_patches.get(key) or types.MethodType(type(module).forward, module)
-        m.add_object_patch(key, SharedHalves(fallback))
+    m, paths = clone_with_forward_patches(model, shared_prefix_paths, lambda module, fallback: SharedHalves(fallback))
     log.debug("Paint by Example: CFG halves share %s", paths)
     return m

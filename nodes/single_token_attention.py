@@ -27,9 +27,10 @@ the host's ``BasicTransformerBlock.forward`` call ``to_q``/``to_k``/``to_v``/``t
 from __future__ import annotations
 
 import logging
-import types
 
 import torch
+
+from .forward_patches import clone_with_forward_patches
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +84,11 @@ def has_single_token_attention(model) -> bool:
 def with_single_token_attention(model):
     """A clone of the host MODEL (``ModelPatcher``) whose cross-attention takes the single-token fast path.
 
-    A MODEL that already has it is returned as it is. The forward each patch falls back to is the clone's own object
-    patch for that key if another pack set one, else the module's class forward (never whatever happens to be
-    installed on the shared module at this moment, which may belong to another clone).
+    A MODEL that already has it is returned as it is. Each patch falls back to the forward it replaces
+    (``forward_patches.clone_with_forward_patches``).
     """
     if has_single_token_attention(model):
         return model
-    m = model.clone()
-    paths = cross_attention_paths(m.get_model_object("diffusion_model"))
-    for path in paths:
-        key = f"diffusion_model.{path}.forward"
-        module = m.get_model_object(f"diffusion_model.{path}")
-        fallback = m.object_patches.get(key) or types.MethodType(type(module).forward, module)
-        m.add_object_patch(key, SingleTokenCrossAttention(module, fallback))
+    m, paths = clone_with_forward_patches(model, cross_attention_paths, SingleTokenCrossAttention)
     log.debug("Paint by Example: single-token cross-attention on %d blocks", len(paths))
     return m
