@@ -420,3 +420,46 @@ def test_shared_prefix_whole_edit_matches_and_the_loader_applies_it(host, tiny, 
     for fast in (True, False):
         loaded = host.loader.LoadModel.execute("original-fp32.safetensors", "default", fast).args[0]
         assert host.shared.has_shared_cfg_prefix(loaded)
+
+
+# --- partial loading (the mechanism behind --lowvram) ------------------------------------------------------------------
+def test_partially_loaded_models_give_the_same_results(host, fixture_paths, monkeypatch):
+    """The host's partial load (``ModelPatcher.patch_model(lowvram_model_memory=...)``, what ``--lowvram`` does when a
+    model does not fit) with a budget of one byte: every weighted layer runs through the host's per-layer weight
+    casting (``comfy_cast_weights``). On this CPU-only machine the weights cannot move to another device, so this
+    checks that the pack's patches (single-token path, shared CFG prefix, SDPA override) and the channels-last VAE go
+    through that code path and give the same numbers as a full load (REL); not the memory saving itself."""
+    import folder_paths
+
+    folder = str(next(iter(fixture_paths.values())).parent)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "paint_by_example", ([folder], {".safetensors"}))
+    with torch.inference_mode():
+        model, _, vae = host.loader.LoadModel.execute("original-fp32.safetensors").args
+    x = torch.randn(1, 9, 8, 8, generator=torch.Generator().manual_seed(6))
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    full_unet = _cfg_call(host, model, x, 400.0)
+    first = vae.first_stage_model
+    with torch.inference_mode():
+        full_latent = first.encode(pixels)
+        full_image = first.decode(full_latent)
+    host.model_management.unload_all_models()
+    dm = model.model.diffusion_model
+    width = dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features
+    ctx = torch.randn(2, 1, width, generator=torch.Generator().manual_seed(0))  # as _cfg_call draws it
+    cpu = torch.device("cpu")
+    try:
+        model.patch_model(device_to=cpu, lowvram_model_memory=1)
+        vae.patcher.patch_model(device_to=cpu, lowvram_model_memory=1)
+        assert model.model.model_lowvram and vae.patcher.model.model_lowvram  # loaded partially, layer by layer
+        cast = [m for m in dm.modules() if getattr(m, "comfy_cast_weights", False)]
+        assert len(cast) > 20
+        with torch.inference_mode():
+            low_unet = dm(x.repeat(2, 1, 1, 1), torch.tensor([400.0, 400.0]), context=ctx,
+                          transformer_options=dict(model.model_options["transformer_options"])).float()
+            low_latent = first.encode(pixels)
+            low_image = first.decode(low_latent)
+    finally:
+        model.unpatch_model(cpu)
+        vae.patcher.unpatch_model(cpu)
+    assert close(low_unet, full_unet), (low_unet - full_unet).abs().max()
+    assert close(low_latent, full_latent) and close(low_image, full_image)
