@@ -405,8 +405,10 @@ def markdown(report: dict, s: dict, command: str) -> str:
         "",
         "Peak RSS is each worker process's `ru_maxrss` (loading included; memory-mapped file pages count once touched). "
         "The pack's models are host objects (the UNet a `ModelPatcher`, the exemplar encoder behind its own "
-        "`ModelPatcher`, the VAE a host `VAE`), so ComfyUI's model management loads and offloads them; `--lowvram` "
-        "only changes anything with a GPU and could not be exercised on this CPU-only machine.",
+        "`ModelPatcher`, the VAE a host `VAE`), so ComfyUI's model management loads and offloads them. `--lowvram` "
+        "only saves memory with a GPU, which this machine does not have; a host test loads the pack's models "
+        "partially (the host's layer-by-layer weight casting that `--lowvram` uses) and checks they give the same "
+        "numbers (tests/host/test_inprocess_host.py).",
         "",
     ]
     fp = s["fast_path"]
