@@ -117,19 +117,19 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
-def channels_last_on_cpu(ckpt: PbECheckpoint, part: dict[str, torch.Tensor], device: torch.device, what: str) -> None:
-    """Where ``device`` (the part's load device) is the CPU, re-order ``part``'s convolution kernels channels-last.
+def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device) -> None:
+    """Where the VAE runs on the CPU, re-order its convolution kernels channels-last, in place.
 
-    Used for the VAE: on the CPU its convolutions run faster on channels-last activations, which the kernels' order
-    selects (benchmark, docs/benchmarks.md: decoding 0.84x, encoding 0.95x the NCHW time at 512^2). The UNet gained
-    nothing that way (0.98x-1.04x) and stays as loaded. The bytes are re-ordered in place, so memory does not grow
-    (``pbe_core.memory_format``); on an accelerator nothing changes (not measured there).
+    oneDNN then runs the VAE's convolutions on channels-last activations, which is faster on the CPU
+    (docs/benchmarks.md, "Channels-last convolution kernels"; the UNet gained nothing consistent that way and stays as
+    loaded). The bytes move inside the checkpoint's own memory (``pbe_core.memory_format``), so memory does not grow;
+    on an accelerator nothing changes (not measured there).
     """
     if torch.device(device).type != "cpu":
         return
-    rest = [t for d in (ckpt.unet, ckpt.vae, ckpt.clip, ckpt.mapper, ckpt.final_ln, ckpt.proj_out) for t in d.values()]
-    done = conv_weights_to_channels_last_(part, also_in_memory=rest)
-    log.debug("%s: %d %s convolution kernels re-ordered channels-last", ckpt.source, len(done), what)
+    others = [t for d in (ckpt.unet, ckpt.clip, ckpt.mapper, ckpt.final_ln, ckpt.proj_out) for t in d.values()]
+    done = conv_weights_to_channels_last_(ckpt.vae, also_in_memory=others)
+    log.debug("%s: %d VAE convolution kernels re-ordered channels-last", ckpt.source, len(done))
 
 
 def adopt_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, what: str) -> None:
@@ -172,7 +172,7 @@ def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
         expected = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"]).state_dict()
     check_fits(expected, ckpt.vae, "VAE", ckpt.source)
     vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config)
-    channels_last_on_cpu(ckpt, ckpt.vae, vae.device, "VAE")
+    vae_channels_last_on_cpu(ckpt, vae.device)
     # the host copied the weights in; share the checkpoint's instead so that one copy stays in memory
     adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE")
     factor = 2 ** (len(info.vae_channel_mult) - 1)
