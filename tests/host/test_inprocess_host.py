@@ -59,24 +59,33 @@ def _unet(host, model, seed=0):
     g = torch.Generator().manual_seed(seed)
     dm = model.model.diffusion_model
     x = torch.randn(2, 9, 8, 8, generator=g)
-    ctx = torch.randn(2, 1, dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features, generator=g)
+    ctx = torch.randn(2, 1, _context_width(dm), generator=g)
     options = dict(model.model_options["transformer_options"])
     with torch.inference_mode():
         return dm(x, torch.tensor([500.0, 20.0]), context=ctx, transformer_options=options).float()
 
 
-def _count_fallbacks(host, model):
-    calls = []
+def _record_fallbacks(model, patch_type, what=lambda *args, **kwargs: 1):
+    """A list that gets ``what(*args, **kwargs)`` each time a ``patch_type`` patch of ``model`` calls its fallback."""
+    seen = []
     for patch in model.object_patches.values():
-        if isinstance(patch, host.sta.SingleTokenCrossAttention):
+        if isinstance(patch, patch_type):
             inner = patch.fallback
 
-            def counted(*args, _inner=inner, **kwargs):
-                calls.append(1)
+            def recorded(*args, _inner=inner, **kwargs):
+                seen.append(what(*args, **kwargs))
                 return _inner(*args, **kwargs)
 
-            patch.fallback = counted
-    return calls
+            patch.fallback = recorded
+    return seen
+
+
+def _count_fallbacks(host, model):
+    return _record_fallbacks(model, host.sta.SingleTokenCrossAttention)
+
+
+def _context_width(dm):
+    return dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features
 
 
 # --- single-token fast path ------------------------------------------------------------------------------------------
@@ -321,12 +330,14 @@ def test_cpu_load_gives_a_channels_last_vae_in_place_with_the_same_results(host,
 
 
 # --- the CFG halves share the layers before the first cross-attention ------------------------------------------------
-def _cfg_call(host, model, x_half, t, seed=0):
-    """One UNet evaluation as CFG makes it: the same latent and timestep twice, two different one-token contexts."""
-    host.model_management.load_models_gpu([model])
+def _cfg_call(host, model, x_half, t, seed=0, load=True):
+    """One UNet evaluation as CFG makes it: the same latent and timestep twice, two different one-token contexts.
+    ``load=False``: as the model is patched now (the host's model management is not asked to load it)."""
+    if load:
+        host.model_management.load_models_gpu([model])
     dm = model.model.diffusion_model
     g = torch.Generator().manual_seed(seed)
-    ctx = torch.randn(2, 1, dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features, generator=g)
+    ctx = torch.randn(2, 1, _context_width(dm), generator=g)
     options = dict(model.model_options["transformer_options"])
     with torch.inference_mode():
         return dm(x_half.repeat(2, 1, 1, 1), torch.tensor([t, t]), context=ctx, transformer_options=options).float()
@@ -334,17 +345,7 @@ def _cfg_call(host, model, x_half, t, seed=0):
 
 def _count_shared(host, model):
     """Batch sizes each SharedHalves patch of ``model`` hands to the forward it replaced."""
-    seen = []
-    for patch in model.object_patches.values():
-        if isinstance(patch, host.shared.SharedHalves):
-            inner = patch.fallback
-
-            def counted(*args, _inner=inner, **kwargs):
-                seen.append(args[0].shape[0])
-                return _inner(*args, **kwargs)
-
-            patch.fallback = counted
-    return seen
+    return _record_fallbacks(model, host.shared.SharedHalves, lambda *args, **kwargs: args[0].shape[0])
 
 
 def test_shared_prefix_patches_the_first_resblock_and_self_attention_on_a_clone(host, tiny):
@@ -385,7 +386,7 @@ def test_shared_prefix_falls_back_when_the_halves_differ(host, tiny):
     # a batch of one (cfg 1) as well
     host.model_management.load_models_gpu([shared])
     dm = shared.model.diffusion_model
-    width = dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features
+    width = _context_width(dm)
     with torch.inference_mode():
         dm(torch.randn(1, 9, 8, 8), torch.tensor([500.0]), context=torch.randn(1, 1, width),
            transformer_options=dict(shared.model_options["transformer_options"]))
@@ -444,8 +445,6 @@ def test_partially_loaded_models_give_the_same_results(host, fixture_paths, monk
         full_image = first.decode(full_latent)
     host.model_management.unload_all_models()
     dm = model.model.diffusion_model
-    width = dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features
-    ctx = torch.randn(2, 1, width, generator=torch.Generator().manual_seed(0))  # as _cfg_call draws it
     cpu = torch.device("cpu")
     try:
         model.patch_model(device_to=cpu, lowvram_model_memory=1)
@@ -454,10 +453,9 @@ def test_partially_loaded_models_give_the_same_results(host, fixture_paths, monk
         cast = [m for m in dm.modules() if getattr(m, "comfy_cast_weights", False)]
         assert len(cast) > 20
         with torch.inference_mode():
-            low_unet = dm(x.repeat(2, 1, 1, 1), torch.tensor([400.0, 400.0]), context=ctx,
-                          transformer_options=dict(model.model_options["transformer_options"])).float()
             low_latent = first.encode(pixels)
             low_image = first.decode(low_latent)
+        low_unet = _cfg_call(host, model, x, 400.0, load=False)
     finally:
         model.unpatch_model(cpu)
         vae.patcher.unpatch_model(cpu)
