@@ -8,8 +8,8 @@
 3. per size: one warm-up edit each, then ``--reps`` edits each, interleaved (the order alternates every repetition),
    same seed, steps, cfg 5, fp32 on the CPU; per edit the end-to-end time and, from forward hooks, the time in the
    UNet, the VAE encoder and decoder and the exemplar encoder;
-4. the single-token fast path's gain: UNet evaluations alone with and without it, interleaved;
-   and the channels-last kernels' gain: a UNet call and a VAE encode + decode in each memory order, interleaved;
+4. the gains of the single-token fast path and of the shared CFG prefix: UNet evaluations alone with and without
+   each, interleaved; and of channels-last kernels: a UNet call and a VAE encode + decode in each memory order;
 5. photo size: the pack's edit of 512, 1024, 2048 and 4096-pixel-square photos whose mask covers 10%;
 6. prints the ratios (ours / diffusers) last and writes everything, with the command, machine and versions, to
    ``docs/benchmarks.md``.
@@ -561,8 +561,9 @@ def analysis(report: dict, s: dict) -> list[str]:
         f"{row[n0]['vae_encode_s'] / max(d['vae_encode_s'], 1e-9):.2f}, VAE decode "
         f"{row[n0]['vae_decode_s'] / max(d['vae_decode_s'], 1e-9):.2f}, exemplar encoder "
         f"{row[n0]['exemplar_s'] / max(d['exemplar_s'], 1e-9):.2f}. Both sides run the same fp32 maths with the "
-        "same kinds of kernels (oneDNN convolutions, BLAS linear layers, torch's flash-attention SDPA). For the VAE the memory order differs: the pack loads the VAE's convolution kernels "
-        "channels-last on the CPU, so oneDNN runs its convolutions on NHWC activations"
+        "same kinds of kernels (oneDNN convolutions, BLAS linear layers, torch's flash-attention SDPA). For the VAE "
+        "the memory order differs: the pack loads the VAE's convolution kernels channels-last on the CPU, so oneDNN "
+        "runs its convolutions on NHWC activations"
         + (f" (measured alone, channels-last / NCHW: VAE encode {s['layout']['vae_encode_s']['ratio']:.2f}×, VAE "
            f"decode {s['layout']['vae_decode_s']['ratio']:.2f}×; the UNet is left NCHW, see above)"
            if "layout" in s else "")

@@ -171,11 +171,7 @@ class Ours:
         torch = self.torch
         model = {"all": self.model, "no_single_token": self.plain, "no_shared_prefix": self.unshared}[variant]
         self.mm.load_models_gpu([model])
-        g = torch.Generator().manual_seed(0)
-        h = size // 8
-        x = torch.randn(1, 9, h, h, generator=g).repeat(2, 1, 1, 1)
-        ctx = torch.randn(2, 1, 768, generator=g)
-        ts = torch.tensor([500.0, 500.0])
+        x, ts, ctx = self._cfg_inputs(size)
         dm = model.model.diffusion_model
         times = []
         with torch.inference_mode():
@@ -186,6 +182,13 @@ class Ours:
         self.timers["unet"].take()
         return {"times": times, "checksum": out.double().sum().item(), "out": out}
 
+    def _cfg_inputs(self, size: int):
+        """A UNet call's inputs as CFG makes them: ``(x, timesteps, context)``, the halves equal but the context."""
+        torch = self.torch
+        g = torch.Generator().manual_seed(0)
+        h = size // 8
+        x = torch.randn(1, 9, h, h, generator=g).repeat(2, 1, 1, 1)
+        return x, torch.tensor([500.0, 500.0]), torch.randn(2, 1, 768, generator=g)
 
     def layout(self, size: int, channels_last: bool) -> dict:
         """One UNet call and one VAE encode + decode at ``size``, with the convolution kernels in either memory order.
@@ -210,14 +213,12 @@ class Ours:
                 kernels = [p for m in mods for p in m.parameters() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1]
                 assert all(p.is_contiguous(memory_format=fmt) for p in kernels), f"kernels not in {fmt}"
         dm, first = self._orders[channels_last]
-        g = torch.Generator().manual_seed(0)
-        h = size // 8
-        x, ctx = torch.randn(2, 9, h, h, generator=g), torch.randn(2, 1, 768, generator=g)
-        pixels = torch.rand(1, 3, size, size, generator=g) * 2 - 1
+        x, ts, ctx = self._cfg_inputs(size)
+        pixels = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
         options = self.model.model_options["transformer_options"]
         with torch.inference_mode():
             t0 = time.perf_counter()
-            dm(x, torch.tensor([500.0, 500.0]), context=ctx, transformer_options=options.copy())
+            dm(x, ts, context=ctx, transformer_options=options.copy())
             t1 = time.perf_counter()
             latent = first.encode(pixels)
             t2 = time.perf_counter()
