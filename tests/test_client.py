@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pbe_core import client, png
-from pbe_core.ws import WebSocket
+from pbe_core.client import api, jobs, png, workflow
+from pbe_core.client.ws import WebSocket
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -181,36 +181,36 @@ def test_websocket_reads_text_binary_fragments_and_answers_pings():
 
 # --- prompts and rows ---------------------------------------------------------------------------------------------------
 def test_overrides_reach_every_node_that_has_the_input():
-    prompt = client.load_workflow("pbe_modular_graph")
-    settings = client.Settings(
+    prompt = workflow.load_workflow("pbe_modular_graph")
+    settings = jobs.Settings(
         workflow=prompt, out_dir=None, model="x.safetensors",
         values={"steps": 3, "cfg": 2.5, "sampler": "euler"}, sets=[("Paste back", "x", 4)],
     )
-    out = client.apply_settings(prompt, settings, seed=9)
+    out = workflow.apply_settings(prompt, settings, seed=9)
     ks = next(n for n in out.values() if n["class_type"] == "KSampler")["inputs"]
     assert (ks["steps"], ks["cfg"], ks["sampler_name"], ks["seed"]) == (3, 2.5, "euler", 9)
     assert next(n for n in out.values() if n["class_type"] == "PBE_LoadModel")["inputs"]["model_name"] == "x.safetensors"
     assert next(n for n in out.values() if n["_meta"]["title"] == "Paste back")["inputs"]["x"] == 4
     assert prompt != out  # the workflow itself is untouched
-    with pytest.raises(client.ClientError, match="no node with that id or title"):
-        client.apply_settings(prompt, client.Settings(workflow=prompt, out_dir=None, sets=[("Nope", "x", 1)]))
-    one = client.load_workflow("pbe_one_node_edit")
-    with pytest.raises(client.ClientError, match="scheduler"):
-        client.apply_settings({"1": one["2"]}, client.Settings(workflow=one, out_dir=None, values={"scheduler": "x"}))
+    with pytest.raises(api.ClientError, match="no node with that id or title"):
+        workflow.apply_settings(prompt, jobs.Settings(workflow=prompt, out_dir=None, sets=[("Nope", "x", 1)]))
+    one = workflow.load_workflow("pbe_one_node_edit")
+    with pytest.raises(api.ClientError, match="scheduler"):
+        workflow.apply_settings({"1": one["2"]}, jobs.Settings(workflow=one, out_dir=None, values={"scheduler": "x"}))
 
 
 def test_exemplar_slots_in_order():
-    assert len(client.exemplar_slots(client.load_workflow("pbe_several_exemplars"))) == 3
-    assert len(client.exemplar_slots(client.load_workflow("pbe_one_node_edit"))) == 1
+    assert len(workflow.exemplar_slots(workflow.load_workflow("pbe_several_exemplars"))) == 3
+    assert len(workflow.exemplar_slots(workflow.load_workflow("pbe_one_node_edit"))) == 1
 
 
 def test_load_workflow_refuses_ui_format_and_unknown_names(tmp_path):
     from workflow_schema import ui_workflows
 
-    with pytest.raises(client.ClientError, match="UI workflow"):
-        client.load_workflow(str(ui_workflows()["pbe_one_node_edit"]))
-    with pytest.raises(client.ClientError, match="pbe_one_node_edit"):
-        client.load_workflow("nonexistent")
+    with pytest.raises(api.ClientError, match="UI workflow"):
+        workflow.load_workflow(str(ui_workflows()["pbe_one_node_edit"]))
+    with pytest.raises(api.ClientError, match="pbe_one_node_edit"):
+        workflow.load_workflow("nonexistent")
 
 
 def test_csv_rows(tmp_path):
@@ -222,8 +222,8 @@ def test_csv_rows(tmp_path):
         "c.png,,e.png\n"
         "d.png,d_mask.png,e.png,x\n"
     )
-    rows = client.jobs_from_csv(tmp_path / "rows.csv")
-    assert rows[0] == client.Job("001_a", tmp_path / "a.png", tmp_path / "a_mask.png", [tmp_path / "e.png"], 5)
+    rows = jobs.jobs_from_csv(tmp_path / "rows.csv")
+    assert rows[0] == jobs.Job("001_a", tmp_path / "a.png", tmp_path / "a_mask.png", [tmp_path / "e.png"], 5)
     assert rows[1].seed is None
     assert rows[2][0] == "003_c" and "needs source, mask, exemplar" in rows[2][1]
     assert "not an integer" in rows[3][1]
@@ -232,8 +232,8 @@ def test_csv_rows(tmp_path):
 def test_folder_rows(tmp_path):
     for name in ("a.png", "a_mask.png", "a_exemplar.jpg", "b.jpg", "b_mask.png", "c.png", "shared.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    rows = client.jobs_from_folder(tmp_path, tmp_path / "shared.png")
-    assert [r.name if isinstance(r, client.Job) else r for r in rows] == [
+    rows = jobs.jobs_from_folder(tmp_path, tmp_path / "shared.png")
+    assert [r.name if isinstance(r, jobs.Job) else r for r in rows] == [
         "a", "b", ("c", "no mask: expected c_mask.png")
     ]
     assert rows[0].exemplars == [tmp_path / "a_exemplar.jpg"] and rows[1].exemplars == [tmp_path / "shared.png"]
@@ -245,25 +245,30 @@ def test_server_messages_are_relayed():
         "node_errors": {"1": {"class_type": "PBE_LoadModel", "errors": [
             {"message": "Value not in list", "details": "model_name: 'x.ckpt' not in []"}]}},
     }
-    msg = client.rejection_message(body)
+    msg = api.rejection_message(body)
     assert msg == ("Prompt outputs failed validation; PBE_LoadModel (node 1): Value not in list: "
                    "model_name: 'x.ckpt' not in []")
     entry = {"status": {"status_str": "error", "completed": False, "messages": [
         ["execution_start", {}],
         ["execution_error", {"node_id": "4", "node_type": "PBE_Sampler", "exception_type": "ValueError",
                              "exception_message": "Mask is empty"}]]}}
-    assert client.history_error(entry) == "PBE_Sampler (node 4): ValueError: Mask is empty"
-    assert client.history_error({"status": {"status_str": "success", "messages": []}}) is None
+    assert api.history_error(entry) == "PBE_Sampler (node 4): ValueError: Mask is empty"
+    assert api.history_error({"status": {"status_str": "success", "messages": []}}) is None
 
 
 def test_client_imports_neither_torch_nor_comfy():
-    code = "import sys, pbe_core.client; bad = [m for m in ('torch', 'comfy', 'numpy') if m in sys.modules]; print(bad)"
+    code = (
+        "import importlib, pkgutil, sys, pbe_core.client as c\n"
+        "for m in pkgutil.iter_modules(c.__path__):\n"
+        "    if m.name != '__main__': importlib.import_module('pbe_core.client.' + m.name)\n"
+        "print([m for m in ('torch', 'comfy', 'numpy') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=client.PACK_DIR).stdout
+                         cwd=workflow.PACK_DIR).stdout
     assert out.strip() == "[]"
 
 
 def test_help_runs():
     r = subprocess.run([sys.executable, "-m", "pbe_core.client", "batch", "--help"], capture_output=True, text=True,
-                       cwd=client.PACK_DIR)
+                       cwd=workflow.PACK_DIR)
     assert r.returncode == 0 and "--exemplar" in r.stdout and "--server" in r.stdout and "--timeout" in r.stdout
