@@ -10,16 +10,16 @@ Two published conventions (REFERENCE.md section 3):
 And one of ours: ``pad`` keeps the aspect ratio: the long side goes to 224 and the short side is padded evenly with
 CLIP's mean colour (which normalises to zero), so a wide object is neither squashed nor cut.
 
-Then scale to [0, 1] and normalise with CLIP's mean and std. Both references resize a uint8 PIL image; we reproduce
-PIL's resampling in torch: the image is quantised to 8 bits, resized in two separable passes (in the order Pillow picks) with torch's
-antialiased bicubic filter (PIL's filter: a = -0.5, support scaled with the reduction factor), rounding to 8 bits
-after each pass as PIL's uint8 pipeline does. This matches PIL to one 8-bit level (measured in the tests).
+Then scale to [0, 1] and normalise with CLIP's mean and std. Both references resize an 8-bit PIL image with Pillow's
+bicubic filter, and so do we: the IMAGE is quantised to 8 bits (exact for pixels LoadImage read from a file, which are
+``k / 255``) and resized by Pillow itself (ComfyUI's own dependency), so the pixels the encoder sees are the
+references' to the bit.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,19 +49,17 @@ def _to_nchw_rgb(image: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """PIL-style bicubic resize of (B, 3, H, W) in [0, 1]: 8-bit input, two separable passes, each rounded to 8 bits.
+    """Pillow's bicubic resize of (B, 3, H, W) in [0, 1] to ``size`` (height, width), on 8-bit pixels as the references.
 
-    Pillow runs the horizontal pass first, except (measured with Pillow 13) when the width grows while the height
-    shrinks; the order matters by up to a few 8-bit levels, so we follow it.
+    Returns (B, 3, *size) float32 in [0, 1], multiples of 1/255. A side that keeps its length is not resampled (as in
+    Pillow).
     """
-    x = (x * 255).round()
-    h, w = x.shape[-2:]
+    from PIL import Image  # ComfyUI's own dependency; imported here so that importing the engine stays light
+
     nh, nw = size
-    passes = [(nh, w), (nh, nw)] if nw > w and nh < h else [(h, nw), (nh, nw)]
-    for hw in passes:
-        if tuple(x.shape[-2:]) != hw:
-            x = F.interpolate(x, size=hw, mode="bicubic", align_corners=False, antialias=True).round().clamp(0, 255)
-    return x / 255
+    pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).cpu().numpy()
+    out = [np.asarray(Image.fromarray(p).resize((nw, nh), Image.Resampling.BICUBIC)) for p in pixels]
+    return torch.from_numpy(np.stack(out)).to(x.device).movedim(-1, 1).float() / 255
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
