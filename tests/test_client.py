@@ -15,6 +15,8 @@ from PIL import Image
 from pbe_core.client import api, jobs, png, workflow
 from pbe_core.client.ws import WebSocket
 
+pytestmark = pytest.mark.stdlib
+
 
 def _png(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
