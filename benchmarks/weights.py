@@ -43,7 +43,7 @@ def ensure_weights(root: Path = DEFAULT_DIR, seed: int = SEED) -> dict[str, Path
     import torch
 
     from pbe_core import layouts
-    from pbe_core.convert import write_safetensors
+    from pbe_core.safetensors_writer import write_safetensors
 
     root = Path(root)
     paths = {"diffusers": root / "diffusers", "original": root / "original-fp32.safetensors"}

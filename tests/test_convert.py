@@ -76,4 +76,5 @@ def test_refuses_bad_arguments(fixture_paths, tmp_path):
         convert(fixture_paths["original.ckpt"], tmp_path / "x.safetensors", "fp8")
     r = subprocess.run([sys.executable, "-m", "pbe_core.convert", str(tmp_path / "nope.ckpt"), str(tmp_path / "o.safetensors")],
                        capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 1 and "does not exist" in r.stderr
+    assert r.returncode == 1 and "The source" in r.stderr and "nope.ckpt does not exist; give the path" in r.stderr
+    assert "models/paint_by_example" not in r.stderr  # the converter reads any path: the loader node's hint is wrong here

@@ -153,12 +153,14 @@ sys.meta_path.insert(0, Block())
 import pbe_core, pbe_core.checkpoint, pbe_core.exemplar_encoder, pbe_core.convert, pbe_core.train
 from pbe_core.train import config, cli, loop
 assert cli.main(['--print-config', 'init_from=x', 'annotations=a', 'images=b']) == 0
-sys.exit(cli.main(['init_from=x', 'annotations=a', 'images=b']))
+here = sys.argv[1]  # an existing path for each setting that names one: the paths are checked first
+sys.exit(cli.main([f'init_from={here}', f'annotations={here}', f'images={here}']))
 """
 
 
 def test_pack_imports_without_the_training_extra():
-    r = subprocess.run([sys.executable, "-c", BLOCKER], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", BLOCKER, str(REPO)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 2, r.stderr
     assert "pip install 'accelerate>=1.0'" in r.stderr and "blocked by the test" in r.stderr
 

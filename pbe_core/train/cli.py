@@ -40,14 +40,23 @@ def main(argv: list[str] | None = None) -> int:
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config:  # no file, only overrides
         config, overrides = None, [config, *overrides]
+    if args.print_config:
+        try:
+            cfg = build_config(config, overrides, validate=False)
+        except ConfigError as e:
+            log.error("error: %s", e)
+            return 2
+        sys.stdout.write(json.dumps(cfg.as_dict(), indent=2) + "\n")
+        try:
+            cfg.validate()
+        except ConfigError as e:  # the values are shown all the same: that is what --print-config is for
+            log.warning("not ready to train: %s", e)
+        return 0
     try:
-        cfg = build_config(config, overrides)
+        cfg = build_config(config, overrides).check_paths()
     except ConfigError as e:
         log.error("error: %s", e)
         return 2
-    if args.print_config:
-        sys.stdout.write(json.dumps(cfg.as_dict(), indent=2) + "\n")
-        return 0
     try:
         from .loop import train
     except ImportError as e:  # pragma: no cover - exercised by the no-extra test in a subprocess

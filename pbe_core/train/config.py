@@ -107,6 +107,19 @@ class TrainConfig:
             raise ConfigError(f"final_name is {self.final_name!r}; it must end in .safetensors.")
         return self
 
+    def check_paths(self) -> TrainConfig:
+        """The input files and folders exist (checked before anything is created or loaded)."""
+        for name, what in (
+            ("init_from", "an SD-1.x checkpoint file, or a Paint-by-Example checkpoint file or diffusers folder"),
+            ("clip_weights", "the CLIP ViT-L/14 vision weights (.safetensors or .bin)"),
+            ("annotations", f"the {self.data_format} box annotations (file or folder)"),
+            ("images", "the folder of training images"),
+        ):
+            value = getattr(self, name)
+            if value and not Path(value).exists():
+                raise ConfigError(f"{name} = {value!r} does not exist; set {name} to {what}.")
+        return self
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -180,8 +193,10 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def build_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults, then the file's values, then ``key=value`` overrides; validated."""
+def build_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                 validate: bool = True) -> TrainConfig:
+    """Defaults, then the file's values, then ``key=value`` overrides; validated unless ``validate`` is False (the
+    values and types of known keys are always checked)."""
     values: dict = {}
     if path:
         for k, v in read_config_file(path).items():
@@ -191,7 +206,8 @@ def build_config(path: str | Path | None = None, overrides: list[str] | tuple[st
         k, v = parse_override(item)
         _check_known(k, "the command line")
         values[k] = _convert(k, v, from_text=True)
-    return TrainConfig(**values).validate()
+    cfg = TrainConfig(**values)
+    return cfg.validate() if validate else cfg
 
 
 def _check_known(key: str, where: str) -> None:

@@ -94,7 +94,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from .annotations import load_records
     from .data import StreamSampler, TrainingSamples
 
-    cfg.validate()
+    cfg.validate().check_paths()  # before anything is created: a wrong path leaves no output folder behind
     acc = Accelerator(
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,

@@ -31,8 +31,8 @@ from torch import nn
 
 from .. import layouts
 from ..checkpoint import CheckpointError, PbECheckpoint, infer_info, load_checkpoint, read_state_dict
-from ..convert import write_safetensors
 from ..exemplar_encoder import ExemplarEncoder, Mapper
+from ..safetensors_writer import write_safetensors
 
 log = logging.getLogger(__name__)
 
