@@ -9,6 +9,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint, precheck
+from ..pbe_core.model_listing import list_model_names
 from .attention_choice import with_sdpa_on_cpu
 from .model_type import WEIGHT_DTYPES, build_all
 from .shared_cfg_prefix import with_shared_cfg_prefix
@@ -34,18 +35,7 @@ def list_models() -> list[str]:
     """Checkpoint files and diffusers folders (a folder holding model_index.json) under every registered path."""
     names: set[str] = set()
     for base in folder_paths.get_folder_paths(FOLDER):
-        if not os.path.isdir(base):
-            continue
-        for root, dirs, files in os.walk(base, followlinks=True):
-            rel = os.path.relpath(root, base)
-            if "model_index.json" in files and rel != ".":
-                names.add(rel.replace(os.sep, "/"))
-                dirs[:] = []  # the weights inside a diffusers folder are not separate choices
-                continue
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for f in files:
-                if os.path.splitext(f)[1].lower() in CHECKPOINT_EXTENSIONS:
-                    names.add(os.path.normpath(os.path.join(rel, f)).replace(os.sep, "/"))
+        names.update(list_model_names(base, CHECKPOINT_EXTENSIONS))
     return sorted(names)
 
 

@@ -1,7 +1,12 @@
 """The four nodes on a real headless ComfyUI, driven only through its HTTP API, checked against diffusers."""
 
+import json
+import os
+import re
 import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pbe_fixtures
@@ -303,3 +308,37 @@ def test_large_photo_goes_through_crop_and_stitch(comfy_server, images):
     out = fetch_tensor(comfy_server, run_ok(comfy_server, p), "save")[0]
     assert_edited_only_near(out, photo, box, reach=9)
     assert "editing the" in comfy_server.log()
+
+
+def test_models_folder_with_links_to_itself_does_not_hang_the_server(comfy_server):
+    """Two links in models/paint_by_example that point at that folder: /object_info (which lists the loader's models
+    each time) answers at once, with the same choices, and prompts validate as before."""
+    folder = comfy_server.models_dir / "paint_by_example"
+
+    def choices():
+        url = f"{comfy_server.base}/object_info/PBE_LoadModel"
+        with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - the test's loopback server
+            return json.loads(r.read())["PBE_LoadModel"]["input"]["required"]["model_name"]
+
+    before = choices()
+    links = [folder / "loop_a", folder / "loop_b"]
+    for link in links:
+        os.symlink(folder, link, target_is_directory=True)
+    try:
+        start = time.monotonic()
+        assert choices() == before
+        assert time.monotonic() - start < 30
+        entry = comfy_server.run(one_node_prompt("original.ckpt", steps=1), timeout=600)
+        assert execution_error(entry) is None
+    finally:
+        for link in links:
+            link.unlink()
+
+
+def test_the_host_satisfies_the_packs_requires_comfyui():
+    """pyproject.toml's [tool.comfy] requires-comfyui names a version the host suite really runs against."""
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    needed = re.search(r'^requires-comfyui = ">=(\d+)\.(\d+)\.(\d+)"', text, re.M).groups()
+    version = (Path(os.environ["COMFYUI_PATH"]) / "comfyui_version.py").read_text()
+    running = re.search(r'__version__ = "(\d+)\.(\d+)\.(\d+)"', version).groups()
+    assert tuple(map(int, running)) >= tuple(map(int, needed)), (running, needed)
