@@ -122,18 +122,28 @@ class PbECheckpoint:
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _known_names(names: list[str]) -> int:
+    """How many of ``names`` are Stable-Diffusion / Paint-by-Example original-layout keys (to pick a state dict)."""
+    prefixes = (layouts.UNET_PREFIX, layouts.VAE_PREFIX, "cond_stage_model.", layouts.PROJ_OUT_PREFIX)
+    return sum(n.startswith(prefixes) for n in names)
+
+
+def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
     """Read the tensors of one checkpoint file without executing anything it contains.
 
     ``.safetensors`` files are memory-mapped by safetensors; torch zip files (``.ckpt``, ``.bin``, ``.pt``) go
-    through the restricted unpickler, which returns the Lightning ``state_dict`` (or the top-level dict of tensors)
-    and never materialises optimizer state; a pickle that names code (``os.system``, ``builtins.exec``, ...) is
-    refused. Raises :class:`CheckpointError` naming the problem and the fix.
+    through the restricted unpickler, which returns the Lightning ``state_dict``, the top-level dict of tensors, or the
+    dict of tensors a few levels down that holds the most original-layout names (files re-saved by other tools), and
+    never materialises optimizer state; ``key`` (``"entry"`` or ``"entry/sub"``) names that entry instead. A pickle
+    that names code (``os.system``, ``builtins.exec``, ...) is refused. Raises :class:`CheckpointError` naming the
+    problem and the fix.
     """
     path = Path(path)
     if _file_kind(path) == "safetensors":
+        if key:
+            raise CheckpointError(f"{path} is a .safetensors file: it has no entries to choose, so leave out the key.")
         return _read_safetensors(path)
-    return _load_torch_zip(path, refuse_code=True)
+    return _load_torch_zip(path, key=key or "auto", refuse_code=True, score=_known_names)
 
 
 def _file_kind(path: Path) -> str:
@@ -179,7 +189,7 @@ def precheck(path: str | os.PathLike) -> None:
             _component_file(p, name)
         return
     if not p.exists():
-        raise CheckpointError(f"{p} does not exist. Put the checkpoint into ComfyUI/models/paint_by_example/.")
+        raise CheckpointError(f"{p} does not exist; check the path.")
     _file_kind(p)
 
 
@@ -579,20 +589,21 @@ def _check_folder(p: Path) -> None:
 
 
 # --- entry point ---------------------------------------------------------------------------------------------------
-def load_checkpoint(path: str | os.PathLike) -> PbECheckpoint:
+def load_checkpoint(path: str | os.PathLike, key: str | None = None) -> PbECheckpoint:
     """Load a Paint-by-Example model from a file or a diffusers folder.
 
     Returns a :class:`PbECheckpoint` in canonical naming with :class:`ModelInfo` inferred from shapes. Raises
     :class:`CheckpointError` (a ``ValueError``) with a message that names the problem and the fix for anything that
-    is not a complete Paint-by-Example model.
+    is not a complete Paint-by-Example model. ``key``: the entry of a torch file that holds the state dict, when it
+    cannot be told (see :func:`read_state_dict`).
     """
     p = Path(path)
     if p.is_dir():
         _check_folder(p)
         return _load_diffusers_folder(p)
     if not p.exists():
-        raise CheckpointError(f"{p} does not exist. Put the checkpoint into ComfyUI/models/paint_by_example/.")
-    sd = read_state_dict(p)
+        raise CheckpointError(f"{p} does not exist; check the path.")
+    sd = read_state_dict(p, key)
     kind = "Lightning checkpoint" if p.suffix in (".ckpt", ".pt", ".pth") else p.suffix.lstrip(".")
     dtypes = sorted({str(v.dtype).replace("torch.", "") for k, v in sd.items() if k.startswith(layouts.UNET_PREFIX)})
     if any(re.match(r"(down_blocks|up_blocks|mid_block)\.", k) for k in list(sd)[:50]) and not any(

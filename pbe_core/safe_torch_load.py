@@ -614,16 +614,49 @@ def read_torch_zip(path: str | os.PathLike) -> object:
     return _Archive(path).load()
 
 
+#: how deep below the top level :func:`load_state_dict` looks for the state dict (Lightning: 1; wrappers such as
+#: ``{"model": {"state_dict": ...}}`` or ``{"module": ...}``: 2-3)
+STATE_DICT_SEARCH_DEPTH = 4
+
+
+def _tensor_dicts(top: object, max_depth: int = STATE_DICT_SEARCH_DEPTH) -> list[tuple[tuple[str, ...], dict]]:
+    """``(path, dict)`` of every non-empty dict whose keys are all strings and values all tensors, at most
+    ``max_depth`` levels below ``top`` (``path`` = the entry names leading to it; ``()`` = ``top`` itself)."""
+    found = []
+    level: list[tuple[tuple[str, ...], object]] = [((), top)]
+    for _ in range(max_depth + 1):
+        below = []
+        for path, obj in level:
+            if not isinstance(obj, dict) or not obj:
+                continue
+            items = list(dict.items(obj))
+            if all(type(k) is str and isinstance(v, LazyTensor) for k, v in items):
+                found.append((path, obj))
+                continue
+            below += [((*path, k), v) for k, v in items if type(k) is str and isinstance(v, dict)]
+        level = below
+    return found
+
+
+def _entry_name(path: tuple[str, ...]) -> str:
+    return "/".join(path) or "<top level>"
+
+
 def load_state_dict(
-    path: str | os.PathLike, *, key: str | None = "auto", refuse_code: bool = False
+    path: str | os.PathLike, *, key: str | tuple[str, ...] | None = "auto", refuse_code: bool = False,
+    score=len,
 ) -> dict[str, torch.Tensor]:
     """Load only the state dict of a torch zip checkpoint, as CPU tensors on a copy-on-write mmap.
 
-    ``key="auto"`` takes the top-level ``"state_dict"`` entry if there is one (Lightning checkpoints),
-    else the top-level dict itself if every value is a tensor (diffusers ``.bin``); ``key=None`` takes
-    the top-level dict; any other string takes that top-level entry. Only that dict's tensors are
-    materialised (dtype, shape, stride and storage sharing as saved); optimizer state, callbacks etc.
-    stay unread. Returns ``{name: tensor}`` in file order; raises :class:`CheckpointError`.
+    ``key="auto"`` takes the top-level ``"state_dict"`` entry if there is one (Lightning checkpoints), else the
+    top-level dict itself if every value is a tensor (diffusers ``.bin``), else the dict of tensors found below the
+    top level (up to :data:`STATE_DICT_SEARCH_DEPTH` levels: files re-saved by other tools wrap it, e.g.
+    ``{"model": {...}}``) with the highest ``score(names)`` (default: the most tensors; the Paint-by-Example loader
+    counts its own key names); two with the same score are refused with both names. ``key=None`` takes the top-level
+    dict; a string takes that top-level entry, a tuple of strings the entry at that path, and ``"a/b"`` is
+    ``("a", "b")``. Only that dict's tensors are materialised (dtype, shape, stride and storage sharing as saved);
+    optimizer state, callbacks etc. stay unread. Returns ``{name: tensor}`` in file order; raises
+    :class:`CheckpointError`.
 
     ``refuse_code``: also refuse a file whose pickle names anything that would run code under ``torch.load``
     (:func:`code_names`), wherever in the file: nothing was run here, but such a file is malicious or tampered with,
@@ -640,16 +673,38 @@ def load_state_dict(
             f"you trust (a .safetensors file cannot carry code)"
         )
     keys = _short(list(top)) if isinstance(top, dict) else _kind(top)
+    if isinstance(key, str) and key != "auto":
+        key = tuple(key.split("/"))
     if key == "auto":
         if isinstance(top, dict) and isinstance(dict.get(top, "state_dict"), dict):
-            key = "state_dict"
-        elif isinstance(top, dict) and top and all(isinstance(v, LazyTensor) for v in dict.values(top)):
-            key = None
+            key = ("state_dict",)
         else:
-            raise archive.error(f"found no state dict (top level: {keys})", "pass key= naming the entry that holds it")
-    sd = top if key is None else dict.get(top, key) if isinstance(top, dict) and type(key) is str else None
+            found = sorted(_tensor_dicts(top), key=lambda pd: score(list(pd[1])), reverse=True)
+            if not found:
+                raise archive.error(
+                    f"found no state dict (top level: {keys}): no dict of named tensors there or up to "
+                    f"{STATE_DICT_SEARCH_DEPTH} levels below it",
+                    "it is not a model checkpoint this loader reads (a whole pickled model object, for instance); "
+                    "save the model's state_dict() with torch.save or safetensors",
+                )
+            if len(found) > 1 and score(list(found[0][1])) == score(list(found[1][1])):
+                a, b = _entry_name(found[0][0]), _entry_name(found[1][0])
+                raise archive.error(
+                    f"holds several state dicts that could be the model's: {a!r} and {b!r}",
+                    f"convert the one you mean into its own file, e.g. python -m pbe_core.convert {archive.path} "
+                    f"model.safetensors --key {a}",
+                )
+            key = found[0][0]
+            if key:
+                log.info("%s: the state dict is the entry %r", archive.path, _entry_name(key))
+    sd: object = top
+    for part in key or ():
+        sd = dict.get(sd, part) if isinstance(sd, dict) and type(part) is str else None
     if not isinstance(sd, dict):
-        raise archive.error(f"entry {key!r} is not a dict of tensors (top level: {keys})", "pass another key=")
+        raise archive.error(
+            f"entry {_entry_name(tuple(key or ()))!r} is not a dict of tensors (top level: {keys})",
+            "name another entry (--key of python -m pbe_core.convert)",
+        )
     out: dict[str, torch.Tensor] = {}
     for name, value in dict.items(sd):
         if type(name) is not str or not isinstance(value, LazyTensor):
@@ -663,6 +718,6 @@ def load_state_dict(
         archive.path,
         len(out),
         sum(v.nbytes for v in dict.values(sd)) / 1e6,
-        key or "<top level>",
+        _entry_name(tuple(key or ())),
     )
     return out

@@ -1,6 +1,7 @@
 """Loading every published layout: same tensors, shapes-inferred sizes, key maps checked against diffusers."""
 
 import json
+from pathlib import Path
 
 import pbe_fixtures
 import pytest
@@ -9,6 +10,16 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, con
 
 from pbe_core import layouts
 from pbe_core.checkpoint import CheckpointError, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_modules):
+    """What every layout must load to, built without the loader: the original-layout state dict of the diffusers
+    modules the fixture files were written from (fixed DDPM buffers and CLIP's position_ids buffer left out, as the
+    loader drops them)."""
+    sd = pbe_fixtures.original_state_dict(*tiny_modules)
+    dropped = set(layouts.SCHEDULE_BUFFERS) | {layouts.CLIP_PREFIX + "vision_model.embeddings.position_ids"}
+    return {k: v for k, v in sd.items() if k not in dropped}
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +85,40 @@ def test_original_keys_follow_the_published_layout(fixture_paths):
 
 
 @pytest.mark.parametrize("layout", pbe_fixtures.LAYOUTS)
-def test_every_layout_loads_to_the_same_tensors(fixture_paths, reference, layout):
+def test_every_layout_loads_to_the_same_tensors(fixture_paths, expected, reference, layout):
     ckpt = load_checkpoint(fixture_paths[layout])
     assert ckpt.info == reference.info
-    for name, part in reference.parts().items():
-        other = ckpt.parts()[name]
-        assert set(other) == set(part), (name, set(other) ^ set(part))
-        for k, ref in part.items():
-            got = other[k]
-            if layout in pbe_fixtures.FP32_LAYOUTS:
-                assert got.dtype == torch.float32 and torch.equal(got, ref), (name, k)
-            else:
-                # fp16 / bf16 files: the reference rounded to the file's dtype, exactly
-                assert torch.equal(got, ref.to(got.dtype)), (name, k)
+    got = ckpt.original_state_dict()
+    assert set(got) == set(expected), set(got) ^ set(expected)
+    for k, ref in expected.items():
+        if layout in pbe_fixtures.FP32_LAYOUTS:
+            assert got[k].dtype == torch.float32 and torch.equal(got[k], ref), k
+        else:
+            # fp16 / bf16 files: the modules' weights rounded to the file's dtype, exactly
+            assert torch.equal(got[k], ref.to(got[k].dtype)), k
+
+
+def test_a_state_dict_saved_under_another_entry_is_found(fixture_paths, expected, tmp_path):
+    """A file re-saved by another tool, e.g. {"epoch": 3, "model": {"weights": sd}}: the loader finds the state dict
+    (the dict of tensors holding the original layout's names) instead of asking for an entry name."""
+    sd = dict(load_checkpoint(fixture_paths["original.ckpt"]).original_state_dict())
+    wrapped = tmp_path / "resaved.ckpt"
+    torch.save({"epoch": 3, "model": {"weights": sd}, "extra": {"ema_step": torch.tensor(3)}}, wrapped)
+    got = load_checkpoint(wrapped).original_state_dict()
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_two_candidate_state_dicts_name_the_converter_command(fixture_paths, tmp_path):
+    from pbe_core.convert import convert
+
+    sd = dict(load_checkpoint(fixture_paths["original.ckpt"]).original_state_dict())
+    two = tmp_path / "two.ckpt"
+    torch.save({"model": sd, "model_ema": {k: v.clone() for k, v in sd.items()}}, two)
+    with pytest.raises(CheckpointError, match=r"several state dicts .*'model' and 'model_ema'.*"
+                                              r"python -m pbe_core\.convert .*two\.ckpt model\.safetensors --key model"):
+        load_checkpoint(two)
+    out = convert(two, tmp_path / "model.safetensors", key="model_ema")
+    assert set(load_checkpoint(out).original_state_dict()) == set(sd)
 
 
 def test_inferred_sizes(reference):
@@ -240,16 +272,29 @@ def test_ignores_model_index_class_names(tmp_path, fixture_paths):
 
 
 def test_refuses_unreadable_folder(tmp_path, fixture_paths):
-    import os
+    """A diffusers folder the user may not read, opened by a process that obeys file permissions (as root: without
+    CAP_DAC_OVERRIDE, tests/unprivileged.py), is refused as 'permission denied'."""
     import shutil
+    import subprocess
+    import sys
 
-    if os.geteuid() == 0:
-        pytest.skip("root can read any folder; permission errors cannot be produced here")
+    import unprivileged
+
+    reason = unprivileged.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    tmp_path.chmod(0o755)
     folder = tmp_path / "pbe"
     shutil.copytree(fixture_paths["diffusers-hub"], folder)
     folder.chmod(0)
+    code = (
+        "import sys; from pbe_core.checkpoint import CheckpointError, load_checkpoint\n"
+        "try:\n    load_checkpoint(sys.argv[1])\nexcept CheckpointError as e:\n    sys.stdout.write(str(e))"
+    )
     try:
-        with pytest.raises(CheckpointError, match="permission denied"):
-            load_checkpoint(folder)
+        r = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300,
+                           cwd=Path(__file__).resolve().parent.parent, **unprivileged.popen_kwargs())
     finally:
         folder.chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    assert "permission denied" in r.stdout, r.stdout
