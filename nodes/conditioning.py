@@ -15,7 +15,6 @@ from ..pbe_core import edit_conditioning as ec
 from ..pbe_core import inputs, mask_ops
 from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES, prepare_exemplars
 from .loader import EncoderType
-from .validation import widget_errors
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +105,6 @@ class ExemplarEncode(io.ComfyNode):
                 io.Conditioning.Output(display_name="negative", tooltip="Learned unconditional context (batch, 1, 768)."),
             ],
         )
-
-    @classmethod
-    def validate_inputs(cls, preprocess="squash", **kwargs):
-        # taking **kwargs turns off the host's own range and option checks for every input: redo them
-        errors = widget_errors(cls.define_schema(), dict(kwargs, preprocess=preprocess))
-        return " ".join(errors) if errors else True
 
     @classmethod
     def execute(cls, encoder, exemplar, preprocess="squash", exemplar_mask=None, crop_padding=10) -> io.NodeOutput:

@@ -106,13 +106,12 @@ class LoadModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name, weight_dtype="default", single_token_attention=True):
+    def validate_inputs(cls, model_name):
+        # Only model_name: the host checks the other widgets itself. Taking model_name turns off the host's check
+        # against the listed options, so that a file added since the page was loaded (or a damaged one) gets this
+        # pack's own message.
         if not isinstance(model_name, str):
             return f"model_name must be the name of a file or folder in models/{FOLDER}/, not {model_name!r}."
-        if not isinstance(single_token_attention, bool):
-            return f"single_token_attention must be true or false, not {single_token_attention!r}."
-        if weight_dtype not in WEIGHT_DTYPES:
-            return f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, not {weight_dtype!r}."
         try:
             # cheap (a few KB read): an HTML page, an empty or unreadable file, a half folder fail here, before the
             # prompt is queued; the rest is checked when the model loads

@@ -21,7 +21,6 @@ from ..pbe_core.color_match import color_match as color_match_fn
 from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES
 from .conditioning import MASK_TOOLTIP, encode_exemplars, inpaint_conditioning
 from .loader import EncoderType
-from .validation import widget_errors
 
 log = logging.getLogger(__name__)
 
@@ -151,26 +150,14 @@ class Sampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name=REFERENCE, scheduler="normal", steps=50, denoise=1.0, **kwargs):
-        # taking **kwargs turns off the host's own range and option checks for every input: redo them
-        errors = widget_errors(
-            cls.define_schema(), dict(kwargs, sampler_name=sampler_name, scheduler=scheduler, steps=steps, denoise=denoise)
-        )
-        working_size = kwargs.get("working_size")
+    def validate_inputs(cls, working_size=512):
+        # Only what the host cannot check: it checks every other widget's range and options itself (for the inputs
+        # this function does not take), and it reports this function's answer once per input taken.
         if isinstance(working_size, int) and working_size % 8:
-            errors.append(
+            return (
                 f"working_size={working_size} must be 0 (edit the whole image) or a multiple of 8; "
                 f"use {max(8, round(working_size / 8) * 8)}."
             )
-        if errors:
-            return " ".join(errors)
-        if sampler_name == REFERENCE and isinstance(steps, int) and isinstance(denoise, (int, float)) and denoise < 1:
-            total = int(steps / max(denoise, 1e-6))
-            if total > 999:
-                return (
-                    f"steps={steps} at denoise={denoise} needs a {total}-step reference schedule (max 999); "
-                    f"lower steps or raise denoise."
-                )
         return True
 
     @classmethod
@@ -179,6 +166,8 @@ class Sampler(io.ComfyNode):
         mask_grow, mask_feather, exemplar_preprocess="squash", exemplar_mask=None, working_size=512,
         context_margin=0.25, window_shape="square", exemplar_strength=1.0, exemplar_weights="", color_match=False,
     ) -> io.NodeOutput:
+        inputs.check_finite(cfg=cfg, denoise=denoise, context_margin=context_margin,
+                            exemplar_strength=exemplar_strength)
         image = inputs.check_image(image, "Source image")
         mask = inputs.check_mask(mask, image)
         cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, exemplar_preprocess)

@@ -86,6 +86,15 @@ def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return mask.clamp(0, 1)
 
 
+def check_finite(**values: float) -> None:
+    """Refuse NaN or infinite settings (a prompt posted to the API can hold them; the host's range check lets NaN
+    through), naming each one."""
+    bad = [f"{k}={v}" for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: settings must be finite numbers; set {'them' if len(bad) > 1 else 'it'} "
+                         f"to a number.")
+
+
 def batch_size(**counts: int) -> int:
     """The common batch size N of several inputs, each of which must have 1 or N items."""
     n = max(counts.values())

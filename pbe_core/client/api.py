@@ -205,17 +205,34 @@ def _http_error_message(path: str, code: int, body: bytes) -> str:
 
 
 def rejection_message(data: dict) -> str:
-    """The server's reasons for refusing a prompt (POST /prompt -> 400), one line."""
+    """The server's reasons for refusing a prompt (POST /prompt -> 400), one line, each reason once.
+
+    ComfyUI repeats a node's ``validate_inputs`` answer once for every input that function takes (``details`` =
+    ``"<input> - <answer>"``); those copies are given once, with the inputs named after it.
+    """
     parts = []
     err = data.get("error")
-    if isinstance(err, dict):
-        parts.append(err.get("message", "") + (f" ({err['details']})" if err.get("details") else ""))
+    if isinstance(err, dict):  # its details repeat every node error: given once each below
+        shown = err.get("details") and not data.get("node_errors")
+        parts.append(err.get("message", "") + (f" ({err['details']})" if shown else ""))
     elif err:
         parts.append(str(err))
     for node_id, info in (data.get("node_errors") or {}).items():
+        reasons: dict[str, list[str]] = {}  # reason -> the inputs it was reported for
         for e in info.get("errors", []):
-            detail = f": {e['details']}" if e.get("details") else ""
-            parts.append(f"{info.get('class_type', '?')} (node {node_id}): {e.get('message', '')}{detail}")
+            details = str(e.get("details") or "")
+            name = str((e.get("extra_info") or {}).get("input_name") or "")
+            if e.get("type") == "custom_validation_failed" and name and details.startswith(f"{name} - "):
+                details = details[len(name) + 3:]
+            else:
+                name = ""
+            reason = e.get("message", "") + (f": {details}" if details else "")
+            reasons.setdefault(reason, [])
+            if name:
+                reasons[reason].append(name)
+        for reason, names in reasons.items():
+            shown = f" [{', '.join(names)}]" if len(names) > 1 else ""
+            parts.append(f"{info.get('class_type', '?')} (node {node_id}): {reason}{shown}")
     return "; ".join(p for p in parts if p) or json.dumps(data)[:500]
 
 

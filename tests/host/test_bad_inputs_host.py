@@ -324,29 +324,39 @@ def test_nan_inf_and_out_of_range_pixels(comfy_server, uploads, tensor, role, pr
 
 
 @pytest.mark.parametrize(
-    "widget, value, problem",
+    "widget, value, problem, fix, at_validation",
     [
-        ("steps", 0, r"steps=0 is outside 1\.\.999"),
-        ("cfg", float("nan"), r"cfg is nan; it must be a finite number"),
-        ("mask_feather", -3, r"mask_feather=-3 is outside 0\.\.256"),
-        ("working_size", 13, r"working_size=13 must be 0 \(edit the whole image\) or a multiple of 8; use 16"),
-        ("window_shape", "round", r"window_shape must be one of square, mask_aspect; got 'round'"),
-        ("denoise", 0.0, r"denoise=0\.0 is outside 0\.01\.\.1\.0"),
+        # the host's own range and option checks stay on for every widget the node's validate_inputs does not take
+        ("steps", 0, r"Value 0 smaller than min of 1", r"steps", True),
+        ("mask_feather", -3, r"Value -3 smaller than min of 0", r"mask_feather", True),
+        ("window_shape", "round", r"Value not in list", r"window_shape: 'round' not in", True),
+        ("denoise", 0.0, r"Value 0\.0 smaller than min of 0\.01", r"denoise", True),
+        # what the host cannot check: the node's own validate_inputs (working_size) and its entry (NaN)
+        ("working_size", 13, r"working_size=13 must be 0 \(edit the whole image\) or a multiple of 8", r"use 16", True),
+        ("cfg", float("nan"), r"cfg=nan: settings must be finite numbers", r"set it to a number", False),
     ],
 )  # fmt: skip
-def test_sloppy_widget_values_are_refused_before_running(comfy_server, uploads, widget, value, problem):
-    """PBE_Sampler's validate_inputs takes **kwargs, which turns off the host's own range checks: the node redoes them."""
-    p = edit(**{widget: value})
-    expect_refusal(comfy_server, p, problem, r"within that range|finite|multiple of 8|one of", at_validation=True)
+def test_sloppy_widget_values_are_refused(comfy_server, uploads, widget, value, problem, fix, at_validation):
+    expect_refusal(comfy_server, edit(**{widget: value}), problem, fix, at_validation=at_validation)
 
 
-def test_exemplar_encode_rechecks_its_widgets(comfy_server, uploads):
+def test_a_validation_error_is_reported_once(comfy_server, uploads):
+    """The host repeats a validate_inputs answer once per input the function takes; PBE_Sampler's takes only the
+    input it checks, so its error comes once, labelled with that input."""
+    with pytest.raises(PromptRejected) as e:
+        comfy_server.queue(edit(working_size=13))
+    errors = [err for node in e.value.body["node_errors"].values() for err in node["errors"]]
+    assert len(errors) == 1, errors
+    assert errors[0]["extra_info"]["input_name"] == "working_size"
+
+
+def test_exemplar_encode_leaves_its_widget_ranges_to_the_host(comfy_server, uploads):
     p = graph()
     p["enc"] = {"class_type": "PBE_ExemplarEncode", "inputs": {"encoder": ["load", 1], "exemplar": ["ex", 0], "preprocess": "squash", "crop_padding": -5}}  # fmt: skip
     p["cond"] = {"class_type": "PBE_InpaintConditioning", "inputs": {"positive": ["enc", 0], "negative": ["enc", 1], "vae": ["load", 2], "image": ["src", 0], "mask": ["src", 1]}}  # fmt: skip
     p["dec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["cond", 2], "vae": ["load", 2]}}
     p["save"] = {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": "bad_widget"}}
-    expect_refusal(comfy_server, p, r"crop_padding=-5 is outside 0\.\.512", r"within that range", at_validation=True)
+    expect_refusal(comfy_server, p, r"Value -5 smaller than min of 0", r"crop_padding", at_validation=True)
 
 
 # --- the model matrix ----------------------------------------------------------------------------------------------
