@@ -156,6 +156,91 @@ def _frame(op, payload, fin=True):
     return head + payload
 
 
+def _jpeg(w, h, orientation=None) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    if orientation is None:
+        img.save(buf, format="JPEG", quality=90)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _pil_reads(data: bytes) -> bool:
+    try:
+        Image.open(io.BytesIO(data)).load()
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_image_problem_agrees_with_pil_on_whole_and_cut_files(fmt):
+    """PIL (which ComfyUI decodes uploads with) is the oracle: whole files pass, files cut short are refused."""
+    arr = np.random.default_rng(2).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt.upper())
+    data = buf.getvalue()
+    assert _pil_reads(data) and png.image_problem(data) is None
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 64):
+        assert not _pil_reads(data[:cut])
+        assert png.image_problem(data[:cut]), (fmt, cut)
+    corrupt = bytearray(data)
+    if fmt == "png":  # a flipped byte inside the image data fails the chunk's checksum
+        corrupt[len(corrupt) // 2] ^= 0xFF
+        assert "checksum" in png.image_problem(bytes(corrupt))
+    assert "empty" in png.image_problem(b"")
+
+
+class RecordingClient:
+    """Stands in for the server: records what would be uploaded (nothing numeric is faked)."""
+
+    def __init__(self):
+        self.uploads = []
+
+    def upload(self, kind, name, data, fields=None):
+        self.uploads.append((kind, name))
+        return {"name": name, "subfolder": "pbe_client", "type": "input"}
+
+
+def _job(tmp_path, source: bytes, mask_wh=(60, 40)):
+    (tmp_path / "photo.jpg").write_bytes(source)
+    (tmp_path / "photo_mask.png").write_bytes(_png(Image.fromarray(np.full(mask_wh[::-1], 255, np.uint8))))
+    (tmp_path / "ex.png").write_bytes(_png(Image.fromarray(np.zeros((8, 8, 3), np.uint8))))
+    settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=tmp_path / "out")
+    return jobs.Job("photo", tmp_path / "photo.jpg", tmp_path / "photo_mask.png", [tmp_path / "ex.png"]), settings
+
+
+def test_rotated_jpeg_is_refused_for_its_rotation_not_its_size(tmp_path):
+    """A phone photo stored 60x40 with EXIF 'rotate 90' and a mask painted on the upright 40x60 view: the sizes differ
+    because of the rotation, so the advice is to save the photo upright, not to resize the mask."""
+    job, settings = _job(tmp_path, _jpeg(60, 40, orientation=6), mask_wh=(40, 60))
+    client = RecordingClient()
+    with pytest.raises(api.ClientError, match="EXIF orientation 6.*save the photo upright") as e:
+        jobs.prepare(client, job, settings)
+    assert "resize" not in str(e.value) and "make the mask" not in str(e.value)
+    assert client.uploads == []
+
+
+def test_broken_source_or_exemplar_is_refused_before_any_upload(tmp_path):
+    whole = _jpeg(60, 40)
+    job, settings = _job(tmp_path, whole[: len(whole) // 2])
+    client = RecordingClient()
+    with pytest.raises(api.ClientError, match=r"the source '.*photo\.jpg' cannot be read as an image: it is truncated"):
+        jobs.prepare(client, job, settings)
+    assert client.uploads == []
+    job, settings = _job(tmp_path, whole)
+    job.exemplars[0].write_bytes(job.exemplars[0].read_bytes()[:30])
+    with pytest.raises(api.ClientError, match=r"the exemplar '.*ex\.png' cannot be read as an image"):
+        jobs.prepare(client, job, settings)
+    assert client.uploads == []
+    job.exemplars[0].write_bytes(_png(Image.fromarray(np.zeros((8, 8, 3), np.uint8))))
+    jobs.prepare(client, job, settings)  # whole files: uploaded
+    assert [k for k, _ in client.uploads] == ["image", "mask", "image"]
+
+
 def test_websocket_reads_text_binary_fragments_and_answers_pings():
     big = json.dumps({"type": "progress", "data": {"value": 1, "pad": "x" * 70000}}).encode()
     frames = [
@@ -256,6 +341,22 @@ def test_server_messages_are_relayed():
                              "exception_message": "Mask is empty"}]]}}
     assert api.history_error(entry) == "PBE_Sampler (node 4): ValueError: Mask is empty"
     assert api.history_error({"status": {"status_str": "success", "messages": []}}) is None
+
+
+def test_a_validation_answer_repeated_per_input_is_reported_once():
+    """ComfyUI repeats a validate_inputs answer for every input the function takes (here 3, as a **kwargs function
+    would for 21); the client says it once and names the inputs."""
+    answer = "working_size=13 must be 0 (edit the whole image) or a multiple of 8; use 16."
+    errors = [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
+               "details": f"{name} - {answer}", "extra_info": {"input_name": name}}
+              for name in ("seed", "steps", "working_size")]  # fmt: skip
+    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                      "details": "\n".join(f"{e['message']}: {e['details']}" for e in errors)},
+            "node_errors": {"4": {"class_type": "PBE_Sampler", "errors": errors}}}  # fmt: skip
+    msg = api.rejection_message(body)
+    assert msg.count(answer) == 1, msg
+    assert msg == (f"Prompt outputs failed validation; PBE_Sampler (node 4): Custom validation failed for node: "
+                   f"{answer} [seed, steps, working_size]")
 
 
 def test_client_imports_neither_torch_nor_comfy():

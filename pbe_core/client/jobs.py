@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import logging
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,16 +71,22 @@ def prepare(client: ComfyClient, job: Job, settings: Settings) -> dict:
     source_data = _read(job.source, "source")
     mask_data = _read(job.mask, "mask")
     exemplar_data = [_read(p, "exemplar") for p in job.exemplars]
+    # every file is checked before anything is uploaded: a broken file would otherwise reach the user as HTTP 500
+    for path, data, what in [(job.source, source_data, "source"), *((p, d, "exemplar") for p, d in
+                                                                     zip(job.exemplars, exemplar_data, strict=True))]:
+        problem = png.image_problem(data)
+        if problem:
+            raise ClientError(f"the {what} {str(path)!r} cannot be read as an image: {problem}; save it again")
+    mask_nodes = [i for i in titled(prompt, "Mask") if prompt[i]["class_type"] == "LoadImageMask"]
+    alpha = None if mask_nodes else mask_as_alpha(job, source_data, mask_data)
 
     source = client.upload("image", _upload_name(job.source, source_data), source_data)
-    mask_nodes = [i for i in titled(prompt, "Mask") if prompt[i]["class_type"] == "LoadImageMask"]
     if mask_nodes:
         mask = client.upload("image", _upload_name(job.mask, mask_data), mask_data)
         for i in mask_nodes:
             prompt[i]["inputs"]["image"] = _image_value(mask)
         prompt[sources[0]]["inputs"]["image"] = _image_value(source)
     else:
-        alpha = mask_as_alpha(job, source_data, mask_data)
         ref = {"filename": source["name"], "subfolder": source.get("subfolder", ""), "type": source.get("type", "input")}
         merged = client.upload(
             "mask", _upload_name(job.source, source_data + mask_data, "-masked.png"), alpha,
@@ -92,22 +99,27 @@ def prepare(client: ComfyClient, job: Job, settings: Settings) -> dict:
 
 
 def mask_as_alpha(job: Job, source_data: bytes, mask_data: bytes) -> bytes:
-    """The mask PNG as the alpha PNG ``/upload/mask`` expects, after checking it fits the source."""
+    """The mask PNG as the alpha PNG ``/upload/mask`` expects, after checking it fits the source.
+
+    The orientation comes first: for a rotated JPEG the sizes differ because of the rotation, and "resize the mask"
+    would be the wrong advice.
+    """
+    orientation = png.jpeg_orientation(source_data)
+    if orientation != 1:
+        raise ClientError(
+            f"source {str(job.source)!r} has EXIF orientation {orientation}: ComfyUI's /upload/mask keeps the "
+            "stored pixel order, so the mask would not line up; save the photo upright first (any editor's "
+            "'rotate and save', or exiftran -ai)"
+        )
     try:
         w, h, values = png.read_mask(mask_data)
-    except (png.PNGError, ValueError) as e:
+    except (png.PNGError, ValueError, zlib.error) as e:
         raise ClientError(f"mask {str(job.mask)!r}: {e} (the mask must be a PNG, white = region to replace)") from None
     size = png.image_size(source_data)
     if size is not None and size != (w, h):
         raise ClientError(
             f"mask {str(job.mask)!r} is {w}x{h} but the source {str(job.source)!r} is {size[0]}x{size[1]}; "
             "make the mask the source's size"
-        )
-    orientation = png.jpeg_orientation(source_data)
-    if orientation != 1:
-        raise ClientError(
-            f"source {str(job.source)!r} has EXIF orientation {orientation}: ComfyUI's /upload/mask keeps the "
-            "stored pixel order, so the mask would not line up; save the photo upright first"
         )
     if not any(v >= 128 for v in values):
         log.warning("%s: the mask has no white pixel; the edit will refuse an empty mask", job.name)

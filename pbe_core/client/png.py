@@ -181,3 +181,87 @@ def jpeg_orientation(data: bytes) -> int:
             return 1
         i += 2 + length
     return 1
+
+
+def _png_problem(data: bytes) -> str | None:
+    i, seen, header, stream = 8, [], None, zlib.decompressobj()
+    raw = 0
+    while i < len(data):
+        if i + 12 > len(data):
+            return "it is truncated (a chunk is cut off)"
+        n, kind = struct.unpack(">I4s", data[i:i + 8])
+        body = data[i + 8:i + 8 + n]
+        if len(body) != n or i + 12 + n > len(data):
+            return f"it is truncated (the {kind.decode(errors='replace')} chunk is cut off)"
+        (crc,) = struct.unpack(">I", data[i + 8 + n:i + 12 + n])
+        if zlib.crc32(kind + body) != crc:
+            return f"it is corrupt (the {kind.decode(errors='replace')} chunk fails its checksum)"
+        seen.append(kind)
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            try:
+                raw += len(stream.decompress(body))
+            except zlib.error as e:
+                return f"its image data is corrupt ({e})"
+        i += 12 + n
+        if kind == b"IEND":
+            break
+    if not seen or seen[0] != b"IHDR" or header is None:
+        return "it has no image header (IHDR)"
+    if b"IDAT" not in seen:
+        return "it holds no image data"
+    if seen[-1] != b"IEND" or not stream.eof:
+        return "it is truncated (it ends before its last chunk)"
+    w, h, depth, ctype, _, _, interlace = header
+    if not interlace and ctype in _CHANNELS:
+        expected = h * (1 + (w * _CHANNELS[ctype] * depth + 7) // 8)
+        if raw != expected:
+            return f"its image data has {raw} bytes where a {w}x{h} image needs {expected}"
+    return None
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    i = 2
+    while True:
+        if i + 4 > len(data):
+            return "it is truncated (it ends inside its headers)"
+        if data[i] != 0xFF:
+            return f"it is corrupt (no marker at byte {i})"
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker == 0xD9:
+            return "it ends before its image data"
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if i + 2 + length > len(data):
+            return "it is truncated (it ends inside its headers)"
+        if marker == 0xDA:  # start of scan: the entropy-coded data runs to the end-of-image marker
+            break
+        i += 2 + length
+    if b"\xff\xd9" not in data[i + 2 + length:]:
+        return "it is truncated (its image data has no end-of-image marker)"
+    return None
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why ``data`` cannot be decoded as the image it claims to be, or None if its structure is whole.
+
+    Checks what can be checked without a decoder: a PNG's chunks (lengths, checksums, the end chunk) and its image
+    data (a complete zlib stream of the size the header implies); a JPEG's headers and its end-of-image marker; a WebP
+    file's RIFF length. Other formats are not checked (None).
+    """
+    if not data:
+        return "it is empty (0 bytes)"
+    if data[:8] == SIGNATURE:
+        return _png_problem(data)
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_problem(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        size = struct.unpack("<I", data[4:8])[0] + 8
+        return f"it is truncated ({len(data)} of {size} bytes)" if len(data) < size else None
+    return None
