@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from skimage import color, data
 
 from pbe_core import color_match as cm
 from pbe_core import exemplar_mixing as mix
@@ -24,13 +23,17 @@ def test_pad_keeps_aspect_ratio_and_orientation():
     assert pre.preprocess(image, "pad").shape == (1, 3, 224, 224)
 
 
-def test_prepare_exemplars_crop_padding():
+def test_prepare_exemplars_cuts_the_object_out_with_its_padding():
+    """The object mask: outside it CLIP's mean colour, then the crop of the mask's box plus ``crop_padding`` pixels
+    (clipped to the image), preprocessed like a whole exemplar."""
     image = torch.rand(1, 100, 100, 3)
     mask = torch.zeros(1, 100, 100)
-    mask[:, 40:60, 40:60] = 1
-    a = pre.prepare_exemplars(image, mask, "squash", crop_padding=0)
-    b = pre.prepare_exemplars(image, mask, "squash", crop_padding=20)
-    assert a.shape == b.shape == (1, 3, 224, 224) and not torch.equal(a, b)
+    mask[:, 40:60, 45:70] = 1
+    cut = torch.where(mask[..., None] > 0, image, torch.tensor(pre.CLIP_MEAN))
+    for padding, (y0, y1, x0, x1) in ((0, (40, 60, 45, 70)), (20, (20, 80, 25, 90)), (40, (0, 100, 5, 100))):
+        got = pre.prepare_exemplars(image, mask, "squash", crop_padding=padding)
+        assert torch.equal(got, pre.preprocess(cut[:, y0:y1, x0:x1], "squash")), padding
+    assert not torch.equal(pre.prepare_exemplars(image, mask, "squash"), pre.preprocess(image, "squash"))
 
 
 def test_blend_and_strength():
@@ -52,6 +55,7 @@ def test_blend_and_strength():
 
 
 def test_lab_matches_scikit_image():
+    color, data = pytest.importorskip("skimage.color"), pytest.importorskip("skimage.data")
     rgb = torch.from_numpy(data.astronaut()[::4, ::4].astype(np.float32) / 255)
     ours = cm.rgb_to_lab(rgb)
     ref = torch.from_numpy(color.rgb2lab(rgb.numpy().astype(np.float64))).float()
@@ -61,6 +65,7 @@ def test_lab_matches_scikit_image():
 
 
 def test_color_match_removes_a_global_shift():
+    data = pytest.importorskip("skimage.data")
     src = torch.from_numpy(data.coffee().astype(np.float32) / 255)[None]  # (1, 400, 600, 3)
     region = torch.zeros(1, 400, 600)
     region[:, 150:260, 250:380] = 1
