@@ -25,6 +25,7 @@ from .loader import EncoderType
 log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
+WINDOW_SHAPES = ("square", "mask_aspect")
 
 
 class ReferenceSampler(comfy.samplers.KSAMPLER):
@@ -123,7 +124,7 @@ class Sampler(io.ComfyNode):
                     tooltip="Context around the mask in the window, as a fraction of the mask box's long side.",
                 ),
                 io.Combo.Input(
-                    "window_shape", options=["square", "mask_aspect"], default="square", optional=True,
+                    "window_shape", options=list(WINDOW_SHAPES), default="square", optional=True,
                     tooltip="square: windows like the model's square training crops; mask_aspect: the mask box's shape.",
                 ),
                 io.Float.Input(
@@ -151,8 +152,9 @@ class Sampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, working_size=512):
-        # Only what the host cannot check: it checks every other widget's range and options itself (for the inputs
-        # this function does not take), and it reports this function's answer once per input taken.
+        # Only what the host cannot check at validation: it checks every other widget's range itself (for the inputs
+        # this function does not take), and it reports this function's answer once per input taken. (Combo options:
+        # ComfyUI 0.3.64 does not check them for V3 nodes, later versions do; execute checks them once.)
         if isinstance(working_size, int) and working_size % 8:
             return (
                 f"working_size={working_size} must be 0 (edit the whole image) or a multiple of 8; "
@@ -168,6 +170,10 @@ class Sampler(io.ComfyNode):
     ) -> io.NodeOutput:
         inputs.check_finite(cfg=cfg, denoise=denoise, context_margin=context_margin,
                             exemplar_strength=exemplar_strength)
+        inputs.check_choice("sampler_name", sampler_name, sampler_names())
+        inputs.check_choice("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)
+        inputs.check_choice("window_shape", window_shape, WINDOW_SHAPES)
+        inputs.check_choice("exemplar_preprocess", exemplar_preprocess, PREPROCESS_MODES)
         image = inputs.check_image(image, "Source image")
         mask = inputs.check_mask(mask, image)
         cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, exemplar_preprocess)

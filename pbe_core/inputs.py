@@ -95,6 +95,15 @@ def check_finite(**values: float) -> None:
                          f"to a number.")
 
 
+def check_choice(name: str, value, options) -> None:
+    """Refuse a value that is not one of a widget's options (ComfyUI 0.3.64 does not check the options of its V3
+    combo inputs; later versions refuse such a prompt before it runs)."""
+    options = list(options)
+    if value not in options:
+        shown = ", ".join(map(str, options[:12])) + (", ..." if len(options) > 12 else "")
+        raise ValueError(f"{name} must be one of {shown}; got {value!r}.")
+
+
 def batch_size(**counts: int) -> int:
     """The common batch size N of several inputs, each of which must have 1 or N items."""
     n = max(counts.values())
