@@ -1,9 +1,9 @@
 """Drive a real ComfyUI, started headless as a subprocess, through its HTTP API only (as a user's client would).
 
 Shape taken from ComfyUI's own integration tests (``tests/execution/``): start ``main.py --cpu`` on a free loopback
-port, post prompts, read ``/history`` and ``/view``. The server gets its own base directory (models, input, output,
-temp, user) so a test run touches nothing of the ComfyUI checkout, and an ``--extra-model-paths-config`` file that
-adds the pack (custom_nodes) and the fixture checkpoints (paint_by_example), as a user's extra_model_paths.yaml would.
+port, post prompts, read ``/history`` and ``/view``. The server is the pack's own private ComfyUI
+(``pbe_core.client.embedded``: its own base directory, the pack and the fixture checkpoints through an
+``--extra-model-paths-config`` file), the one the client's ``--comfyui`` starts.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +21,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from pbe_core.client.embedded import PACK_NAME, PrivateComfyUI, free_port  # noqa: F401 - re-exported for the tests
+
 REPO = Path(__file__).resolve().parent.parent
-PACK_NAME = "comfyui-paint-by-example"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PromptRejected(Exception):
@@ -41,94 +34,24 @@ class PromptRejected(Exception):
         self.body = body
 
 
-class ComfyServer:
+class ComfyServer(PrivateComfyUI):
+    """The pack's own private ComfyUI (``pbe_core.client.embedded``, what the client's ``--comfyui`` starts) on the
+    CPU with latent previews, plus the HTTP calls the tests make."""
+
     def __init__(self, comfy_path: str | os.PathLike, workdir: Path, models: dict[str, Path] | None = None,
                  extra_packs: dict[str, Path] | None = None, python: str | None = None, extra_args=(),
                  env: dict[str, str] | None = None, popen_kwargs: dict | None = None):
-        self.comfy_path = Path(comfy_path)
-        self.workdir = Path(workdir)
-        self.python = python or sys.executable
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            comfy_path, python=python or sys.executable, models=models, extra_packs=extra_packs,
+            extra_args=["--cpu", "--preview-method", "latent2rgb", *extra_args], workdir=workdir,
+            env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}, popen_kwargs=popen_kwargs,
+        )  # fmt: skip
+        self.base = self.base_url
         self.client_id = uuid.uuid4().hex
-        self.log_path = self.workdir / "comfyui.log"
-        self.proc: subprocess.Popen | None = None
-        self.extra_args = list(extra_args)
-        self.extra_env = dict(env or {})  # e.g. TMPDIR
-        self.popen_kwargs = dict(popen_kwargs or {})  # e.g. unprivileged.popen_kwargs()
-        base = self.workdir / "base"
-        for sub in ("models", "input", "output", "temp", "user", "custom_nodes"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        nodes_dir = self.workdir / "extra_custom_nodes"
-        nodes_dir.mkdir(exist_ok=True)
-        packs = {PACK_NAME: REPO, **(extra_packs or {})}
-        for name, src in packs.items():
-            link = nodes_dir / name
-            if not link.exists():
-                link.symlink_to(src, target_is_directory=True)
-        self.models_dir = self.workdir / "extra_models"
-        (self.models_dir / "paint_by_example").mkdir(parents=True, exist_ok=True)
-        for name, src in (models or {}).items():
-            link = self.models_dir / "paint_by_example" / name
-            if not link.exists() and not link.is_symlink():
-                link.symlink_to(src, target_is_directory=Path(src).is_dir())
-        self.input_dir = base / "input"
-        self.output_dir = base / "output"
-        self.temp_dir = base / "temp"
-        self.yaml = self.workdir / "extra_model_paths.yaml"
-        self.yaml.write_text(
-            "pbe_test:\n"
-            f"  base_path: {self.workdir}\n"
-            "  custom_nodes: extra_custom_nodes\n"
-            "  paint_by_example: extra_models/paint_by_example\n"
-        )
-        self.base_dir = base
 
-    # --- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, timeout: float = 180.0) -> ComfyServer:
-        env = dict(os.environ)
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        env.setdefault("OMP_NUM_THREADS", "2")
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(self.extra_env)
-        cmd = [
-            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--disable-auto-launch", "--base-directory", str(self.base_dir),
-            "--extra-model-paths-config", str(self.yaml), "--database-url", "sqlite:///:memory:",
-            "--preview-method", "latent2rgb", *self.extra_args,
-        ]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.comfy_path, stdout=self._log, stderr=subprocess.STDOUT, env=env, **self.popen_kwargs
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} during start-up:\n{self.log()[-4000:]}")
-            try:
-                self.get_json("/system_stats", timeout=2)
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        super().start(timeout)
+        return self
 
     # --- HTTP ------------------------------------------------------------------------------------------------------
     def _request(self, path: str, data: bytes | None = None, headers=None, timeout: float = 60):

@@ -1,8 +1,10 @@
 """The headless client (``python -m pbe_core.client``) against the live headless ComfyUI, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -134,3 +136,48 @@ def test_timeout_cancels_the_prompt_and_the_server_goes_on(comfy_server, tmp_pat
     assert r.returncode == 1 and "timed out after 3 s" in r.stderr
     r = client(comfy_server, "edit", str(src), str(mask), str(exemplar), "-o", str(tmp_path / "out"), *TINY)
     assert r.returncode == 0, r.stderr
+
+
+def _private_servers() -> list[int]:
+    """Pids of running private ComfyUIs of this pack (their --base-directory is a pbe-comfyui-* folder)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if b"main.py" in cmd and any(b"pbe-comfyui-" in c for c in cmd):
+                pids.append(int(d))
+    return pids
+
+
+def test_one_command_edits_a_photo_with_a_private_comfyui(tmp_path, exemplar, fixture_paths):
+    """The README's edit command: no server running; --comfyui starts a private one (here without --cpu: it finds
+    no GPU and starts again with --cpu, as it says), edits, stops it, and leaves only the result."""
+    (src, mask), = _photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    before = set(_private_servers())
+    folders = set(Path(tempfile.gettempdir()).glob("pbe-comfyui-*"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pbe_core.client", "edit", str(src), str(mask), str(exemplar), "--model",
+         str(fixture_paths["original.ckpt"]), "--comfyui", os.environ["COMFYUI_PATH"], "-o", str(out),
+         "--steps", "2", "--set", "Paint by Example.working_size=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.strip() == str(out / "photo0.png")
+    assert [p.name for p in out.iterdir()] == ["photo0.png"]
+    assert "starting a private ComfyUI" in r.stderr and "ComfyUI is ready after" in r.stderr
+    assert "[" in r.stderr and "2/2" in r.stderr  # sampling progress from /ws
+    assert set(_private_servers()) <= before  # no ComfyUI left running
+    assert set(Path(tempfile.gettempdir()).glob("pbe-comfyui-*")) <= folders  # nor its folder
+
+
+def test_without_a_comfyui_the_client_says_what_to_give(tmp_path, exemplar):
+    (src, mask), = _photos(tmp_path / "in", 1)
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    r = subprocess.run([sys.executable, "-m", "pbe_core.client", "edit", str(src), str(mask), str(exemplar)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1
+    assert "no ComfyUI to use: give --comfyui /path/to/ComfyUI" in r.stderr and "--server HOST:PORT" in r.stderr
