@@ -107,6 +107,7 @@ def save_lightning_checkpoint(
     epoch: int = 2,
     global_step: int = 1234,
     lr: float = 1e-5,
+    moments=None,
 ) -> None:
     """Write ``state_dict`` as a Lightning 1.4.2 checkpoint.
 
@@ -115,6 +116,7 @@ def save_lightning_checkpoint(
     ``callbacks`` (keyed by the ModelCheckpoint class, with a numpy float64 score), ``optimizer_states``
     (AdamW ``exp_avg``/``exp_avg_sq``, fp32 and shaped like each of ``optimizer_param_names``, default
     all) and ``lr_schedulers`` (a LambdaLR). Tensors keep their dtype, strides and storage sharing.
+    ``moments(param, index)`` gives each parameter's ``(exp_avg, exp_avg_sq)`` (default: seeded random values).
     """
     ckpt: dict = {
         "epoch": epoch,
@@ -128,7 +130,7 @@ def save_lightning_checkpoint(
         names = list(state_dict) if optimizer_param_names is None else list(optimizer_param_names)
         state = {}
         for i, name in enumerate(names):
-            exp_avg, exp_avg_sq = _adam_moments(state_dict[name], i)
+            exp_avg, exp_avg_sq = (moments or _adam_moments)(state_dict[name], i)
             state[i] = {"step": global_step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
         group = {"lr": lr, "betas": (0.9, 0.999), "eps": 1e-08, "weight_decay": 0.01, "amsgrad": False}
         group.update({"initial_lr": lr, "params": list(range(len(names)))})
