@@ -19,6 +19,10 @@ the Windows portable build's ``python_embeded`` beside it, or the Python running
 
 A CUDA build of torch on a machine without a GPU makes ComfyUI exit at start-up unless it runs with ``--cpu``; when
 the log shows that, the server is started once more with ``--cpu``, and the message says so.
+
+The ComfyUI options used (``--listen``, ``--port``, ``--disable-auto-launch``, ``--base-directory``,
+``--extra-model-paths-config``, ``--database-url``, ``--cpu``) are those of ComfyUI 0.3.64's ``comfy/cli_args.py``, and
+the 0.38-era file has them all with the same meaning.
 """
 
 from __future__ import annotations
