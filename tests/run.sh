@@ -97,9 +97,9 @@ fi
 install_transformers4() {
   .venv-transformers4/bin/pip install -q "torch==2.13.0"
   .venv-transformers4/bin/pip install -q --only-binary=:all: "transformers==4.57.6" "huggingface-hub<1.0" \
-    "diffusers==0.35.2" safetensors einops numpy tqdm "pytest>=8" "hypothesis>=6" pillow
+    "diffusers==0.35.2" safetensors einops numpy tqdm "pytest>=8" "hypothesis>=6" pillow scikit-image
 }
-T4_PACKAGES="transformers==4.57.6 huggingface-hub<1.0 diffusers==0.35.2 torch==2.13.0"
+T4_PACKAGES="transformers==4.57.6 huggingface-hub<1.0 diffusers==0.35.2 torch==2.13.0 scikit-image"
 say "transformers 4: loading, encoder, converter"
 venv .venv-transformers4 "$T4_PACKAGES" install_transformers4
 PBE_STRICT_SKIPS=1 PBE_FIXTURE_DIR="$ROOT/tests/.fixtures-transformers4" .venv-transformers4/bin/python -m pytest -q \
