@@ -437,7 +437,7 @@ def markdown(report: dict, s: dict, command: str) -> str:
             "The two halves of a CFG batch (exemplar, unconditional vector) have the same latent, concat and "
             "timestep, so the UNet's first ResBlock and first self-attention compute the same values twice; the pack "
             "runs them once when the halves are equal (checked every call) and repeats the result "
-            f"(`nodes/shared_cfg_prefix.py`). The same UNet evaluations as above: {fp['fast_s']:.2f} s vs "
+            f"(`nodes/host/shared_cfg_prefix.py`). The same UNet evaluations as above: {fp['fast_s']:.2f} s vs "
             f"{fp['unshared_s']:.2f} s without it, **{fp['shared_ratio']:.3f}×**. Always on; exact to fp32 rounding "
             "(tests/host/test_inprocess_host.py).",
             "",
@@ -500,7 +500,7 @@ def markdown(report: dict, s: dict, command: str) -> str:
 
 
 def analysis(report: dict, s: dict) -> list[str]:
-    """The targets (issue 6) against the numbers, where the time goes, and the floor."""
+    """The targets against the numbers, where the time goes, and the floor."""
     size = max(s["sizes"])
     row = s["sizes"][size]
     d = row["diffusers"]
@@ -547,7 +547,7 @@ def analysis(report: dict, s: dict) -> list[str]:
         "time per UNet call and a gigabyte more memory than torch's SDPA (the pack measured 1.34× diffusers' time and "
         "1.17× its peak RSS at 512² that way: docs/benchmarks-raw/full-run.json). So the pack runs its own UNet's "
         "attention with torch's SDPA, the kernel diffusers uses, through the host's per-model "
-        "`optimized_attention_override` (nodes/attention_choice.py; other models are untouched, and nothing changes "
+        "`optimized_attention_override` (nodes/host/attention_choice.py; other models are untouched, and nothing changes "
         "where the host already uses SDPA or runs on a GPU).",
         f"- The single-token path removes the cross-attention work from every UNet call ({100 * (1 - fp['ratio']):.1f}% "
         f"of a call at {fp['size']}² with the host's default attention"

@@ -1,6 +1,6 @@
 """Load any published Paint-by-Example checkpoint into one canonical set of state dicts.
 
-Accepted (REFERENCE.md section 2):
+Accepted (docs/design/checkpoint-layouts.md):
 
 * the original single file, LDM naming: the Lightning ``model.ckpt`` (also the 12.6 GB *training* checkpoint with
   optimizer state) or a ``.safetensors`` conversion of it, in fp32, fp16 or bf16;
@@ -550,7 +550,7 @@ def _convert(convert, state_dict: dict, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_diffusers_folder(folder: Path) -> PbECheckpoint:
-    # model_index.json's class names are not trusted (REFERENCE.md section 7): read the components themselves.
+    # model_index.json's class names are not trusted (docs/design/checkpoint-layouts.md): read the components themselves.
     unet_sd, unet_file = _component_weights(folder, "unet")
     vae_sd, vae_file = _component_weights(folder, "vae")
     enc_sd, enc_file = _component_weights(folder, "image_encoder")

@@ -1,7 +1,7 @@
 """The edit conditioning: how Paint by Example sees the source image and the mask.
 
 This module is the one place that states PbE's two conventions that differ from Stable Diffusion inpainting and
-from ComfyUI (REFERENCE.md section 1):
+from ComfyUI (docs/design/model.md):
 
 * **UNet input order** ``[noisy latent (4), masked-image latent (4), keep-mask (1)]`` (SD-inpainting and ComfyUI's
   built-in inpaint path use ``[noisy, mask, masked image]``);

@@ -1,6 +1,6 @@
 """Key names of the Paint-by-Example checkpoint layouts, and the maps between them.
 
-Two layouts exist in the wild (``docs/`` of the project and REFERENCE.md section 2):
+Two layouts exist in the wild (docs/design/checkpoint-layouts.md):
 
 * the **original** single file (LDM naming), the pack's canonical naming::
 

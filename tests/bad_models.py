@@ -1,4 +1,4 @@
-"""The model half of the bad-input matrix (issue 7): files and folders a user may put into models/paint_by_example/
+"""The model half of the bad-input matrix: files and folders a user may put into models/paint_by_example/
 instead of a Paint-by-Example checkpoint, each with the error it must get.
 
 Shared by the unit tests (``test_bad_inputs.py``: ``pbe_core.checkpoint``) and the host tests

@@ -1,7 +1,7 @@
 """Import a real ComfyUI and this pack into the current process (for in-process host tests and the benchmarks).
 
 The HTTP harness (``comfy_host.py``) is how a user's client sees the pack; this is how a node sees the host: the same
-``comfy`` modules, model management and samplers, without a server. Steps (COMFYUI_HOST.md):
+``comfy`` modules, model management and samplers, without a server. Steps (docs/design/host.md):
 
 * ComfyUI's folder goes first on ``sys.path`` (its top-level ``nodes.py`` must win over this repository's ``nodes/``
   package, which is only ever imported as part of the pack);

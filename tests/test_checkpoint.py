@@ -67,7 +67,7 @@ def test_full_size_key_names_agree_with_diffusers_converters():
 
 
 def test_original_keys_follow_the_published_layout(fixture_paths):
-    """Names and nesting of REFERENCE.md section 2, read back from the Lightning file itself."""
+    """Names and nesting of the published layout (docs/design/checkpoint-layouts.md), read back from the Lightning file itself."""
     from pbe_core.checkpoint import read_state_dict
 
     sd = read_state_dict(fixture_paths["original.ckpt"])

@@ -1,4 +1,4 @@
-"""Fuzzing the loader (issue 7) with mutated copies of the tiny fixture model: only the pack's own CheckpointError,
+"""Fuzzing the loader with mutated copies of the tiny fixture model: only the pack's own CheckpointError,
 no other exception, no crash, no hang.
 
 Three kinds of damage, each drawn by hypothesis:

@@ -2,7 +2,7 @@
 
     python -m pbe_core.train CONFIG.toml [key=value ...]
 
-The paper's recipe (Yang et al. 2023, section 3; REFERENCE.md section 4): cut an object out of a photo by its box,
+The paper's recipe (Yang et al. 2023, section 3; docs/design/training.md): cut an object out of a photo by its box,
 augment it into the exemplar, hide a jittered region around the box in the photo, and train the model to paint the
 object back from the exemplar. Modules, one job each:
 

@@ -1,7 +1,7 @@
 """Training settings: a TOML (or JSON) file plus ``key=value`` overrides from the command line.
 
 The file may be flat or grouped in tables (``[model]``, ``[data]``, ``[optim]``, ``[output]``); table names are only
-for the reader, every key is unique. Defaults are the paper's (REFERENCE.md section 4) where it states one.
+for the reader, every key is unique. Defaults are the paper's (docs/design/training.md) where it states one.
 Standard library only, so ``python -m pbe_core.train --help`` works without the training extra.
 """
 

@@ -5,7 +5,7 @@ A sample is addressed by its *position* in an endless stream: position p takes r
 gives the same sample in any worker, on any process and after a resume; :class:`StreamSampler` hands each process
 its own positions, so processes never share a sample.
 
-For one record (REFERENCE.md section 4):
+For one record (docs/design/training.md):
 
 1. exemplar: the box crop padded by U{0..10} px per side, augmented (:mod:`.augment`), CLIP-normalised;
 2. region: the box extended by up to 40 % of the free space per side (:func:`.masks.extend_box`);

@@ -1,6 +1,6 @@
 """The training region: the object box extended at random, as a rectangle or a Bezier-curve polygon.
 
-Facts from the paper (section 3.3; REFERENCE.md section 4): the box is extended by up to 40 % of the free space on
+Facts from the paper (section 3.3; docs/design/training.md): the box is extended by up to 40 % of the free space on
 each side; half of the time the region is a polygon of four Bezier curves, one per side of the extended box, with
 jittered control points (+-5 px at 512 px), otherwise the extended rectangle; then a random square crop around it is
 resized to the training size. Written for this project (numpy only).

@@ -1,4 +1,4 @@
-"""Issue 5's tools on a real headless ComfyUI: crop/stitch around a host sampler, blend and strength, colour match."""
+"""The photo tools on a real headless ComfyUI: crop/stitch around a host sampler, blend and strength, colour match."""
 
 import pytest
 import torch

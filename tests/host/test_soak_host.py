@@ -1,4 +1,4 @@
-"""Issue 7 on a live headless ComfyUI: a soak of 100 queued prompts, and two clients queueing at once.
+"""Hostile input on a live headless ComfyUI: a soak of 100 queued prompts, and two clients queueing at once.
 
 Both run on a server of their own (not the session's), so that its memory and its temp folders hold only what
 these prompts did: ``TMPDIR`` points into its work folder, and ComfyUI's own temp folder is its base's ``temp/``.
