@@ -12,7 +12,8 @@ Conventions (ComfyUI's): IMAGE = float ``(B, H, W, C)`` in ``[0, 1]``; MASK = fl
 **1 = region to replace**. Boxes and windows are ``(y0, x0, y1, x1)`` in source pixels, half-open. Sizes are
 always ``(height, width)``; nothing here ever swaps the two.
 
-Only torch and the standard library are used (no ComfyUI).
+Only torch and the standard library are used (no ComfyUI). Inputs are checked where they enter
+(``pbe_core.edit.plan_edit``): these helpers trust them.
 """
 
 from __future__ import annotations
@@ -103,25 +104,6 @@ def _place(start: int, length: int, window: int, limit: int) -> int:
     return min(max(s, 0), limit - window)
 
 
-def _check_bbox(image_hw: tuple[int, int], bbox: Sequence[int]) -> tuple[int, int, int, int, int, int]:
-    try:
-        h, w = (int(v) for v in image_hw)
-        y0, x0, y1, x1 = (int(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"image_hw must be (height, width) and mask_bbox (y0, x0, y1, x1); got {image_hw!r} and {bbox!r}."
-        ) from None
-    if h < 1 or w < 1:
-        raise ValueError(f"image_hw {image_hw!r} must be a positive (height, width).")
-    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-        raise ValueError(
-            f"mask_bbox {tuple(bbox)!r} is empty or not inside the {h}x{w} image; it must satisfy "
-            f"0 <= y0 < y1 <= {h} and 0 <= x0 < x1 <= {w}. Use mask_ops.mask_bbox(mask), which returns None for an "
-            "empty mask (then there is nothing to edit)."
-        )
-    return h, w, y0, x0, y1, x1
-
-
 def plan_window(
     image_hw: tuple[int, int],
     mask_bbox: Sequence[int],
@@ -163,28 +145,8 @@ def plan_window(
     the window's aspect (so both are multiples of ``multiple``, at least ``multiple``; the aspect is off by at
     most half a ``multiple`` on the short side).
     """
-    h, w, y0, x0, y1, x1 = _check_bbox(image_hw, mask_bbox)
-    if shape not in ("square", "mask_aspect"):
-        raise ValueError(f"shape must be 'square' or 'mask_aspect', got {shape!r}.")
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-        raise ValueError(
-            f"margin must be a fraction >= 0 of the mask box's long side (0.25 = a quarter), got {margin!r}."
-        )
-    if int(multiple) != multiple or multiple < 1:
-        raise ValueError(
-            f"multiple must be a positive whole number (8 for Stable-Diffusion latents), got {multiple!r}."
-        )
-    if int(working_size) != working_size or working_size < multiple or working_size % multiple:
-        raise ValueError(
-            f"working_size {working_size!r} must be a positive multiple of {multiple}; "
-            f"use {_round_to_multiple(float(working_size), int(multiple))}."
-        )
-    if not 0.0 <= min_area_fraction < 1.0:
-        raise ValueError(f"min_area_fraction must be in [0, 1), got {min_area_fraction!r}; 0.02 means 2%.")
-    if int(min_side) != min_side or min_side < 1:
-        raise ValueError(f"min_side must be a positive whole number of pixels, got {min_side!r}.")
-    multiple, working_size, min_side = int(multiple), int(working_size), int(min_side)
-
+    h, w = (int(v) for v in image_hw)
+    y0, x0, y1, x1 = (int(v) for v in mask_bbox)
     mh, mw = y1 - y0, x1 - x0
     area = mh * mw
     pad = math.ceil(margin * max(mh, mw))
@@ -302,15 +264,6 @@ def plan_windows(image_hw: tuple[int, int], mask_bboxes: Sequence[Sequence[int]]
 
 
 # --- resampling ------------------------------------------------------------------------------------------------------
-def _check_window_fits(x: torch.Tensor, window: CropWindow, name: str) -> None:
-    h, w = x.shape[1], x.shape[2]
-    if window.y1 > h or window.x1 > w:
-        raise ValueError(
-            f"The window {window.box} (y0, x0, y1, x1) does not fit the {h}x{w} {name}; "
-            "plan the window with this image's own (height, width)."
-        )
-
-
 def _resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``(B, h, w, C)`` -> ``(B, size[0], size[1], C)``: bicubic, antialiased when shrinking, clamped to [0, 1]."""
     if tuple(x.shape[1:3]) == tuple(size):
@@ -340,13 +293,6 @@ def crop_to_window(x: torch.Tensor, window: CropWindow) -> torch.Tensor:
     binarize it (``mask_ops.binarize``) before giving it to the model, which was trained on hard masks. When the
     window already has the target size, the crop is returned unchanged (no resampling at all).
     """
-    if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4):
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"crop_to_window needs an IMAGE (B, H, W, C) or a MASK (B, H, W), got {shape}.")
-    if not x.is_floating_point():
-        raise ValueError(f"crop_to_window needs float values in [0, 1], got dtype {x.dtype}; divide 8-bit data by 255.")
-    name = "image" if x.ndim == 4 else "mask"
-    _check_window_fits(x, window, name)
     sub = x[:, window.y0 : window.y1, window.x0 : window.x1]
     return _resize_image(sub, window.target) if x.ndim == 4 else _resize_mask(sub, window.target)
 
@@ -392,51 +338,9 @@ def stitch(
     wherever ``m == 0`` it is **bit-identical** to the source (``x * 1 + y * 0`` is not always ``x`` in floating
     point, and is NaN when ``y`` is).
     """
-    if not isinstance(source, torch.Tensor) or source.ndim != 4:
-        raise ValueError(f"source must be an IMAGE (B, H, W, C), got shape {getattr(source, 'shape', None)}.")
-    if not isinstance(edited_crop, torch.Tensor) or edited_crop.ndim != 4:
-        raise ValueError(f"edited_crop must be an IMAGE (B, h, w, C), got shape {getattr(edited_crop, 'shape', None)}.")
-    if not source.is_floating_point():
-        raise ValueError(f"source must hold floats in [0, 1], got dtype {source.dtype}.")
-    if not isinstance(paste_mask, torch.Tensor) or paste_mask.ndim not in (2, 3):
-        raise ValueError(
-            f"paste_mask must be a MASK (B, H, W) or (H, W), got shape {getattr(paste_mask, 'shape', None)}."
-        )
     pm = paste_mask.unsqueeze(0) if paste_mask.ndim == 2 else paste_mask
     _, h, w, c = source.shape
-    if tuple(pm.shape[1:]) != (h, w):
-        raise ValueError(
-            f"paste_mask is {pm.shape[1]}x{pm.shape[2]} but the source image is {h}x{w}; the paste mask must be in "
-            "source pixels (resize the mask, or feather the mask of this image rather than the crop's)."
-        )
-    _check_window_fits(source, window, "source image")
-    th, tw = window.target
-    if tuple(edited_crop.shape[1:3]) != (th, tw):
-        raise ValueError(
-            f"edited_crop is {edited_crop.shape[1]}x{edited_crop.shape[2]} (height x width) but the window's working "
-            f"size is {th}x{tw}; pass the crop that crop_to_window(image, window) produced, edited at the same size."
-        )
-    if edited_crop.shape[3] != c:
-        raise ValueError(
-            f"edited_crop has {edited_crop.shape[3]} channels but the source has {c}; drop or add the alpha channel."
-        )
-    if not bool(torch.isfinite(edited_crop).all()):
-        raise ValueError(
-            "edited_crop contains NaN or infinite values (the sampler or VAE overflowed); try the VAE in float32."
-        )
-    if pm.numel():
-        lo, hi = (float(v) for v in torch.aminmax(pm))  # one pass; NaN propagates into both and fails the test
-        if not (0.0 <= lo and hi <= 1.0):
-            raise ValueError(
-                f"paste_mask has values in [{lo:g}, {hi:g}]; it must hold values in [0, 1] (clamp it, mask.clamp(0, 1))."
-            )
-    b = _common_batch(source.shape[0], edited_crop.shape[0], pm.shape[0])
-    if b is None:
-        raise ValueError(
-            f"Batch sizes do not match: source {source.shape[0]}, edited_crop {edited_crop.shape[0]}, paste_mask "
-            f"{pm.shape[0]}; each must be 1 or the same number."
-        )
-
+    b = max(source.shape[0], edited_crop.shape[0], pm.shape[0])
     ys, xs = slice(window.y0, window.y1), slice(window.x0, window.x1)
     cut = _seam_cut(pm, window, h, w)
     if cut:
@@ -448,10 +352,18 @@ def stitch(
         )
 
     back = _resize_image(edited_crop.to(source.dtype), window.size).clamp_(0.0, 1.0)  # an IMAGE stays in [0, 1]
-    src_win = source[:, ys, xs]
-    m = pm[:, ys, xs].to(source.dtype).unsqueeze(-1)
-    blended = src_win * (1.0 - m) + back * m
-    win = torch.where(m > 0, blended, src_win)
+    win = blend(source[:, ys, xs], back, pm[:, ys, xs])
     out = source.expand(b, h, w, c).clone()
     out[:, ys, xs] = win.expand(b, *win.shape[1:])
     return out
+
+
+def blend(source: torch.Tensor, edit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``source * (1 - m) + edit * m`` where ``mask`` > 0, and ``source`` itself, bit for bit, elsewhere.
+
+    source, edit: IMAGE (B or 1, H, W, C); mask: (B or 1, H, W) in [0, 1]. The paste-back of every edit (whole
+    source, window, colour match) goes through here. ``torch.where`` rather than the arithmetic alone, because
+    ``x * 1 + y * 0`` is not always ``x`` in floating point.
+    """
+    m = mask.to(source.dtype).unsqueeze(-1)
+    return torch.where(m > 0, source * (1.0 - m) + edit * m, source)

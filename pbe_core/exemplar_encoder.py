@@ -92,23 +92,44 @@ def clip_vision_config(info: ModelInfo):
     )
 
 
-class ExemplarEncoder(nn.Module):
-    """CLIP vision tower + mapper + final LayerNorm + ``proj_out``, and the learned unconditional vector.
+class ExemplarHead(nn.Module):
+    """The information bottleneck, the trained half of the exemplar encoder: mapper -> final LayerNorm -> ``proj_out``,
+    and the learned unconditional vector (docs/design/model.md).
+
+    ``forward(pooled)``: CLIP's pooled class token (B, W) -> context (B, 1, C). Module names are the original
+    layout's (``mapper.resblocks.*``, ``final_ln``, ``proj_out``, ``learnable_vector``). Training
+    (``pbe_core.train.model``) trains exactly this module.
+    """
+
+    def __init__(self, width: int, depth: int, context: int):
+        super().__init__()
+        self.mapper = Mapper(width, depth)
+        self.final_ln = nn.LayerNorm(width)
+        self.proj_out = nn.Linear(width, context)
+        self.learnable_vector = nn.Parameter(torch.randn(1, 1, context))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.final_ln(self.mapper(pooled[:, None])))
+
+    def unconditional(self, batch: int = 1) -> torch.Tensor:
+        """The learned unconditional context (the negative for classifier-free guidance), (batch, 1, C)."""
+        return self.learnable_vector.expand(batch, -1, -1)
+
+
+class ExemplarEncoder(ExemplarHead):
+    """CLIP vision tower, then the bottleneck (:class:`ExemplarHead`: mapper, final LayerNorm, ``proj_out``, and the
+    learned unconditional vector).
 
     ``forward(pixels)``: pixels (B, 3, S, S) float, CLIP-normalised (S = ``info.clip_image_size``, 224 for the real
     model; see :mod:`pbe_core.exemplar_preprocess`) -> context (B, 1, C), C = ``info.context_dim`` (768).
     """
 
     def __init__(self, info: ModelInfo):
-        super().__init__()
+        super().__init__(info.clip_width, info.mapper_depth, info.context_dim)
         from transformers import CLIPVisionModel
 
         self.info = info
         self.transformer = CLIPVisionModel(clip_vision_config(info))
-        self.mapper = Mapper(info.clip_width, info.mapper_depth)
-        self.final_ln = nn.LayerNorm(info.clip_width)
-        self.proj_out = nn.Linear(info.clip_width, info.context_dim)
-        self.learnable_vector = nn.Parameter(torch.zeros(1, 1, info.context_dim))
 
     # transformers 4 nests CLIPVisionModel's weights under "vision_model.", transformers 5 does not.
     def _clip_has_vision_model_level(self) -> bool:
@@ -164,9 +185,4 @@ class ExemplarEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self.transformer(pixel_values=pixels).pooler_output  # (B, W): post-layernorm class token
-        x = self.mapper(pooled[:, None])  # (B, 1, W)
-        return self.proj_out(self.final_ln(x))  # (B, 1, C)
-
-    def unconditional(self, batch: int = 1) -> torch.Tensor:
-        """The learned unconditional context (the negative for classifier-free guidance), (batch, 1, C)."""
-        return self.learnable_vector.expand(batch, -1, -1)
+        return super().forward(pooled)  # (B, 1, C)

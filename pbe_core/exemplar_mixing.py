@@ -43,3 +43,12 @@ def strength(cond: torch.Tensor, uncond: torch.Tensor, s: float) -> torch.Tensor
     if s == 1.0:
         return cond
     return uncond + s * (cond - uncond)
+
+
+def mix(cond: torch.Tensor, uncond: torch.Tensor, weights: str, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exemplar settings of an edit: ``weights`` (text, empty = one result per exemplar) blends the N exemplar
+    tokens (N, 1, C) into one; then ``strength`` ``s``. Returns ``(cond, uncond)``, uncond one per result."""
+    if weights.strip():
+        cond = blend(cond, parse_weights(weights, cond.shape[0]))
+        uncond = uncond[:1]
+    return strength(cond, uncond, s), uncond

@@ -1,6 +1,6 @@
 """Exemplar image preprocessing: ComfyUI IMAGE tensors -> CLIP-normalised pixels for the exemplar encoder.
 
-Two published conventions (REFERENCE.md section 3):
+Two published conventions (docs/design/inference.md):
 
 * ``squash`` (official inference, the default): the whole exemplar resized to 224x224 with PIL's bicubic filter,
   ignoring its aspect ratio;
@@ -18,13 +18,20 @@ references' to the bit.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PREPROCESS_MODES = ("squash", "center_crop", "pad")
+
+#: what an exemplar mask marks (see :func:`object_mask`)
+MASK_MARKS = ("auto", "object", "background")
 
 #: center_crop resizes the whole exemplar before cutting the central square (as transformers does): beyond this aspect
 #: ratio that intermediate grows without bound (a 1x8000 strip would become 224 x 1.8 million pixels).
@@ -118,6 +125,32 @@ def preprocess(image: torch.Tensor, mode: str = "squash", size: int = 224) -> to
     else:
         raise ValueError(f"Unknown exemplar preprocessing {mode!r}; choose one of {', '.join(PREPROCESS_MODES)}.")
     return normalize(x)
+
+
+def object_mask(mask: torch.Tensor, marks: str = "auto") -> torch.Tensor:
+    """The exemplar's object mask (B, H, W), 1 = the object, from a mask that marks the object or its background.
+
+    Two natural wirings give opposite masks: painting the object in the mask editor gives 1 on the object, while
+    LoadImage of a cut-out PNG (transparent background) gives 1 where the PNG is transparent, i.e. on the
+    background (ComfyUI's MASK is 1 - alpha). ``marks``: ``"object"`` or ``"background"`` says which; ``"auto"``
+    reads a mask that covers more than half of the exemplar's border, and leaves part of the exemplar free, as a
+    cut-out's background (an object rarely touches most of the border; a background nearly always does), any other
+    as the object.
+    """
+    if marks == "object":
+        return mask
+    if marks == "background":
+        return 1.0 - mask
+    out = mask.clone()
+    for i in range(mask.shape[0]):
+        m = mask[i] >= 0.5
+        border = torch.cat([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]])
+        if bool(border.float().mean() > 0.5) and not bool(m.all()):
+            log.info("Paint by Example: exemplar mask %d covers most of the border: read as the background of a "
+                     "cut-out (LoadImage gives 1 where a PNG is transparent); set exemplar_mask_marks to 'object' if "
+                     "it marks the object", i)
+            out[i] = 1.0 - mask[i]
+    return out
 
 
 def apply_exemplar_mask(image: torch.Tensor, mask: torch.Tensor, pad: int = 10) -> torch.Tensor:

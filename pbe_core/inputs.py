@@ -50,40 +50,47 @@ def check_image(image: torch.Tensor, what: str = "Image") -> torch.Tensor:
     return image[..., :3]
 
 
-def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Validate a MASK against its image; return it as (B, H, W) float32.
-
-    Raises when the mask is the 64x64 placeholder or empty (nothing to paint: an edit with no region would only
-    re-encode the photo), when its size differs from the image's, or when it holds NaN.
-    """
+def check_mask_values(mask: torch.Tensor, what: str = "Mask") -> torch.Tensor:
+    """Validate a MASK on its own (rank, finite values); return it as (B, H, W) float32 clamped to [0, 1]."""
     if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"Mask is not a mask tensor (got {type(mask).__name__}).")
+        raise ValueError(f"{what} is not a mask tensor (got {type(mask).__name__}).")
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim == 4 and mask.shape[-1] == 1:
         mask = mask[..., 0]
     if mask.ndim != 3:
-        raise ValueError(f"Mask has shape {tuple(mask.shape)}; expected a ComfyUI MASK (batch, height, width).")
+        raise ValueError(f"{what} has shape {tuple(mask.shape)}; expected a ComfyUI MASK (batch, height, width).")
     mask = mask.float()
-    hw = tuple(image.shape[1:3])
-    if is_placeholder_mask(mask, hw):
-        raise ValueError(
-            "No mask: the image has no alpha channel, so LoadImage gave its empty 64x64 placeholder. Paint the region "
-            "to replace (right-click the Load Image node -> Open in MaskEditor) or connect a MASK."
-        )
-    if tuple(mask.shape[-2:]) != hw:
+    if not torch.isfinite(mask).all():
+        raise ValueError(f"{what} contains NaN or infinite values; fix or replace the node that produced it.")
+    return mask.clamp(0, 1)
+
+
+def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Validate a MASK against its image; return it as (B, H, W) float32 in [0, 1].
+
+    Raises when the mask is the 64x64 placeholder or empty (nothing to paint: an edit with no region would only
+    re-encode the photo), when its size differs from the image's, or when it holds NaN.
+    """
+    if isinstance(mask, torch.Tensor) and mask.ndim in (2, 3):
+        hw = tuple(image.shape[1:3])
+        if is_placeholder_mask(mask if mask.ndim == 3 else mask[None], hw):
+            raise ValueError(
+                "No mask: the image has no alpha channel, so LoadImage gave its empty 64x64 placeholder. Paint the "
+                "region to replace (right-click the Load Image node -> Open in MaskEditor) or connect a MASK."
+            )
+    mask = check_mask_values(mask)
+    if tuple(mask.shape[-2:]) != tuple(image.shape[1:3]):
         raise ValueError(
             f"Mask is {wxh(mask)} but the image is {wxh(image)}; resize the mask or connect the image's own mask."
         )
-    if not torch.isfinite(mask).all():
-        raise ValueError("Mask contains NaN or infinite values; fix or replace the node that produced it.")
     empty = [i for i in range(mask.shape[0]) if not bool((mask[i] >= 0.5).any())]
     if empty:
         raise ValueError(
             f"Mask {'is' if mask.shape[0] == 1 else f'{empty} of the batch are'} empty: no pixel is >= 0.5, so there "
             f"is nothing to replace. Paint the region to replace in the mask editor (white = replace)."
         )
-    return mask.clamp(0, 1)
+    return mask
 
 
 def check_finite(**values: float) -> None:

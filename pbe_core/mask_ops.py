@@ -11,12 +11,12 @@ needed (bounding boxes, regions, holes). The morphological operations (:func:`gr
 work on the grey values directly.
 
 Only torch, numpy and the standard library are used: this module must run without ComfyUI and without SciPy.
+Values are checked where they enter (``pbe_core.edit.plan_edit``, a node's ``execute``): these helpers trust them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch
@@ -32,39 +32,17 @@ PLACEHOLDER_SIDE = 64
 
 
 # --- shape handling --------------------------------------------------------------------------------------------------
-def _as_batch(mask: torch.Tensor, name: str = "mask") -> tuple[torch.Tensor, bool]:
-    """Return ``(mask as (B, H, W) float, was_2d)``, after checking rank, finiteness and range."""
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (B, H, W) or (H, W), got {type(mask).__name__}.")
-    if mask.ndim not in (2, 3):
-        raise ValueError(
-            f"{name} has shape {tuple(mask.shape)}; a MASK is (B, H, W) or (H, W). "
-            "If this is an IMAGE (B, H, W, C), convert it to a mask first (e.g. take one channel)."
-        )
+def _as_batch(mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Return ``(mask as (B, H, W) float, was_2d)``. Values are the caller's to check (``pbe_core.inputs``)."""
     was_2d = mask.ndim == 2
     m = mask.unsqueeze(0) if was_2d else mask
     if not m.is_floating_point():
         m = m.to(torch.float32)
-    if m.numel():
-        lo, hi = (float(v) for v in torch.aminmax(m))  # one pass; NaN propagates into both
-        if math.isnan(lo) or math.isnan(hi):
-            raise ValueError(f"{name} contains NaN values; masks must lie in [0, 1].")
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"{name} has values in [{lo:g}, {hi:g}]; masks must lie in [0, 1]. "
-                "Clamp it (mask.clamp(0, 1)) or rescale an 8-bit mask by 1/255."
-            )
     return m, was_2d
 
 
 def _restore(m: torch.Tensor, was_2d: bool) -> torch.Tensor:
     return m[0] if was_2d else m
-
-
-def _check_pixels(pixels: int, name: str = "pixels") -> int:
-    if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)):
-        raise ValueError(f"{name} must be a whole number of pixels, got {pixels!r}; round it (e.g. int(round(x))).")
-    return int(pixels)
 
 
 def _support_crop(m: torch.Tensor, pad: int) -> tuple[slice, slice] | None:
@@ -345,9 +323,6 @@ def grow_mask(mask: torch.Tensor, pixels: int, *, shape: str = "disc") -> torch.
     is assumed to continue past the edge, as in ComfyUI's GrowMask). ``grow(-k)`` after ``grow(k)`` is a
     morphological closing and therefore contains the original mask.
     """
-    pixels = _check_pixels(pixels)
-    if shape not in ("disc", "square"):
-        raise ValueError(f"shape must be 'disc' or 'square', got {shape!r}.")
     m, was_2d = _as_batch(mask)
     out = m.clone()
     if pixels == 0 or m.numel() == 0:
@@ -389,9 +364,6 @@ def feather_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     Unlike a blur, this does not eat into the region: the pixels to replace are replaced in full, the ramp only
     blends the surrounding ones. Binarize first if the mask has a faint halo you do not want to spread.
     """
-    pixels = _check_pixels(pixels)
-    if pixels < 0:
-        raise ValueError(f"feather pixels must be >= 0, got {pixels}; use grow_mask with a negative value to shrink.")
     m, was_2d = _as_batch(mask)
     out = m.clone()
     if pixels == 0 or m.numel() == 0:

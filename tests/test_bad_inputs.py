@@ -1,4 +1,4 @@
-"""Issue 7, host-free half: each bad or sloppy input of the matrix gets a clear error that names the values and the
+"""The bad-input matrix, host-free half: each bad or sloppy input of the matrix gets a clear error that names the values and the
 fix, or, where the input is legitimate, a correct result; nothing in a model file is executed.
 
 The same cases run through a live ComfyUI in ``host/test_bad_inputs_host.py``. Decisions these tests pin down (see

@@ -193,17 +193,6 @@ def test_plan_window_invariants_random(h, w, fy, fx, margin, shape, working_size
         assert max(win.size) == max(smallest)  # only the short side was widened
 
 
-def test_plan_window_errors():
-    with pytest.raises(ValueError, match=r"\(0, 0, 600, 10\).*500x400"):
-        cs.plan_window((500, 400), (0, 0, 600, 10))
-    with pytest.raises(ValueError, match="multiple of 8; use 504"):
-        cs.plan_window((500, 400), (0, 0, 10, 10), working_size=500)
-    with pytest.raises(ValueError, match="'round'"):
-        cs.plan_window((500, 400), (0, 0, 10, 10), shape="round")
-    with pytest.raises(ValueError, match="margin"):
-        cs.plan_window((500, 400), (0, 0, 10, 10), margin=-1)
-
-
 # --- several regions -------------------------------------------------------------------------------------------------
 def test_plan_windows_merges_overlapping_and_keeps_far_regions_apart(caplog):
     caplog.set_level(logging.INFO, logger="pbe_core.crop_stitch")
@@ -278,14 +267,6 @@ def test_crop_downscale_is_antialiased(big_hubble):
     plain = F.interpolate(big_hubble.permute(0, 3, 1, 2), size=win.target, mode="area").permute(0, 2, 3, 1)
     # a box average is alias-free; the antialiased bicubic must be close to it (a non-antialiased one is not)
     assert float((crop - plain).abs().mean()) < 0.01
-
-
-def test_crop_errors(photos):
-    img = photos["chelsea"]
-    with pytest.raises(ValueError, match="300x451"):
-        cs.crop_to_window(img, cs.CropWindow(0, 0, 512, 512, (512, 512), 1.0))
-    with pytest.raises(ValueError, match="uint8.*255"):
-        cs.crop_to_window((img * 255).to(torch.uint8), cs.CropWindow(0, 0, 8, 8, (8, 8), 1.0))
 
 
 # --- stitch ----------------------------------------------------------------------------------------------------------
@@ -421,18 +402,3 @@ def test_stitch_warns_when_the_feather_is_cut_by_the_window(photos, caplog):
     assert any("inner edges" in r.getMessage() for r in caplog.records)
 
 
-def test_stitch_errors(photos):
-    src = photos["chelsea"]
-    win = cs.plan_window((300, 451), (100, 100, 160, 250), shape="mask_aspect")
-    th, tw = win.target
-    crop = torch.zeros(1, th, tw, 3)
-    with pytest.raises(ValueError, match="512x384 but the source image is 300x451"):
-        cs.stitch(src, crop, win, torch.zeros(1, 512, 384))
-    with pytest.raises(ValueError, match=f"{tw}x{th} .* working size is {th}x{tw}"):
-        cs.stitch(src, crop.transpose(1, 2), win, torch.zeros(1, 300, 451))
-    with pytest.raises(ValueError, match="NaN"):
-        cs.stitch(src, torch.full((1, th, tw, 3), float("nan")), win, torch.zeros(1, 300, 451))
-    with pytest.raises(ValueError, match="Batch sizes"):
-        cs.stitch(torch.cat([src] * 2), torch.zeros(3, th, tw, 3), win, torch.zeros(1, 300, 451))
-    with pytest.raises(ValueError, match="4 channels"):
-        cs.stitch(src, torch.zeros(1, th, tw, 4), win, torch.zeros(1, 300, 451))

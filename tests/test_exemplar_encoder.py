@@ -9,7 +9,7 @@ from pbe_core import exemplar_preprocess as pre
 from pbe_core.checkpoint import load_checkpoint
 from pbe_core.exemplar_encoder import ExemplarEncoder
 
-# Relative tolerance of the fp32 comparison (issue 2): max |ours - diffusers| / max |diffusers|.
+# Relative tolerance of the fp32 comparison: max |ours - diffusers| / max |diffusers|.
 RTOL = 1e-5
 
 
@@ -65,7 +65,7 @@ def test_value_rows_of_c_qkv_are_the_ones_that_matter(fixture_paths, tiny_module
 
 
 def test_q_and_k_weights_match_the_file(fixture_paths, tiny_modules):
-    """q/k never affect an output (REFERENCE.md section 7), so check those tensors against the file directly."""
+    """q/k never affect an output (docs/design/model.md), so check those tensors against the file directly."""
     _, _, oracle = tiny_modules
     ckpt = load_checkpoint(fixture_paths["diffusers-hub"])
     enc = ExemplarEncoder.from_checkpoint(ckpt)
@@ -171,3 +171,21 @@ def test_exemplar_mask_cuts_out_and_crops():
         pre.apply_exemplar_mask(image, torch.zeros(1, 100, 120))
     with pytest.raises(ValueError, match="Exemplar mask is 60x50 but the exemplar image is 120x100"):
         pre.apply_exemplar_mask(image, torch.ones(1, 50, 60))
+
+
+def test_exemplar_mask_of_a_cut_out_and_of_a_painted_object_both_give_the_object():
+    """LoadImage of a cut-out PNG gives 1 where the PNG is transparent (the background); the mask editor gives 1 where
+    the object is painted. 'auto' takes both to the object; 'object' / 'background' say it outright."""
+    h, w = 80, 60
+    obj = torch.zeros(1, h, w)
+    obj[:, 20:60, 15:45] = 1  # the object, off the border
+    cut_out = 1.0 - obj  # LoadImage's MASK of the cut-out: 1 - alpha
+    assert torch.equal(pre.object_mask(obj, "auto"), obj)
+    assert torch.equal(pre.object_mask(cut_out, "auto"), obj)
+    assert torch.equal(pre.object_mask(cut_out, "background"), obj)
+    assert torch.equal(pre.object_mask(cut_out, "object"), cut_out)  # said outright: taken as it is
+    both = torch.cat([obj, cut_out])
+    assert torch.equal(pre.object_mask(both, "auto"), torch.cat([obj, obj]))
+    # an exemplar whose object fills it, border included, stays as it is (nothing left to call background)
+    full = torch.ones(1, h, w)
+    assert torch.equal(pre.object_mask(full, "auto"), full)

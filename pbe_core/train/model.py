@@ -1,6 +1,6 @@
 """The model being fine-tuned: where its weights start, which parts train, and the file it ends as.
 
-Start (REFERENCE.md section 4):
+Start (docs/design/training.md):
 
 * **from SD-1.x** (as the paper): the UNet's input conv grows from 4 to 9 input channels, the 5 new ones
   (masked-image latent, keep-mask; :data:`pbe_core.edit_conditioning.UNET_INPUT_ORDER`) zero, so the model starts as
@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import layouts
 from ..checkpoint import CheckpointError, PbECheckpoint, infer_info, load_checkpoint, read_state_dict
-from ..exemplar_encoder import ExemplarEncoder, Mapper
+from ..exemplar_encoder import ExemplarEncoder, ExemplarHead
 from ..safetensors_writer import write_safetensors
 
 log = logging.getLogger(__name__)
@@ -122,24 +122,6 @@ def initial_checkpoint(init_from: str | Path, clip_weights: str | Path = "", map
 
 
 # --- the modules ----------------------------------------------------------------------------------------------------
-class ExemplarHead(nn.Module):
-    """The trained half of the exemplar encoder: mapper -> final LayerNorm -> ``proj_out``, and the learned vector.
-
-    ``forward(pooled)``: CLIP's pooled class token (B, W) -> context (B, 1, C). Module names are the original
-    layout's (``mapper.resblocks.*``, ``final_ln``, ``proj_out``, ``learnable_vector``).
-    """
-
-    def __init__(self, width: int, depth: int, context: int):
-        super().__init__()
-        self.mapper = Mapper(width, depth)
-        self.final_ln = nn.LayerNorm(width)
-        self.proj_out = nn.Linear(width, context)
-        self.learnable_vector = nn.Parameter(torch.randn(1, 1, context))
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(self.final_ln(self.mapper(pooled[:, None])))
-
-
 class TrainablePbE(nn.Module):
     """Everything that trains: the UNet (diffusers) and the exemplar head.
 
