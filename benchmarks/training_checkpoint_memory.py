@@ -72,7 +72,8 @@ import_host(sys.argv[2])
 import folder_paths
 loader = pack_module("nodes.loader")
 folder = sys.argv[1]
-folder_paths.folder_names_and_paths[loader.FOLDER] = ([folder], set(loader.CHECKPOINT_EXTENSIONS))
+extensions = pack_module("pbe_core.checkpoint").CHECKPOINT_EXTENSIONS
+folder_paths.folder_names_and_paths["paint_by_example"] = ([folder], set(extensions))
 {body}
 """
 

@@ -107,8 +107,8 @@ class Ours:
         self.torch = torch
         self.loader = pack_module("nodes.loader")
         self.sampler = pack_module("nodes.sampler")
-        self.sta = pack_module("nodes.single_token_attention")
-        self.shared = pack_module("nodes.shared_cfg_prefix")
+        self.sta = pack_module("nodes.host.single_token_attention")
+        self.shared = pack_module("nodes.host.shared_cfg_prefix")
         self.mm = sys.modules["comfy.model_management"]
         import comfy.ldm.modules.attention as attention
 

@@ -6,13 +6,14 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .conditioning import ExemplarEncode, InpaintConditioning
-from .loader import LoadModel, register_model_folder
+from .host.models_folder import register_model_folder
+from .loader import LoadModel
 from .photo_tools import NODES as PHOTO_TOOLS
-from .sampler import Sampler
+from .sampler import Sampler, SamplerSelect
 
 register_model_folder()
 
-NODES: list[type[io.ComfyNode]] = [LoadModel, ExemplarEncode, InpaintConditioning, Sampler, *PHOTO_TOOLS]
+NODES: list[type[io.ComfyNode]] = [LoadModel, ExemplarEncode, InpaintConditioning, Sampler, SamplerSelect, *PHOTO_TOOLS]
 
 
 class PaintByExampleExtension(ComfyExtension):

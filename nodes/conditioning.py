@@ -1,68 +1,30 @@
-"""PBE_ExemplarEncode and PBE_InpaintConditioning: the two halves of Paint by Example's conditioning.
+"""PBE_ExemplarEncode and PBE_InpaintConditioning: the two halves of Paint by Example's conditioning, as nodes.
 
-Shared helpers here are also used by the one-node ``PBE_Sampler``.
+With them any host sampler (KSampler, SamplerCustomAdvanced, ...) edits with the model; ``PBE_Sampler`` does the same
+in one node. The work is ``nodes/host`` (encoder, conditioning) over ``pbe_core`` (preprocessing, the edit plan).
 """
 
 from __future__ import annotations
 
-import logging
-
-import node_helpers
-import torch
 from comfy_api.latest import io
 
-from ..pbe_core import edit_conditioning as ec
-from ..pbe_core import inputs, mask_ops
-from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES, prepare_exemplars
-from .loader import EncoderType
-
-log = logging.getLogger(__name__)
-
-MASK_TOOLTIP = "Region to replace: 1 (white) = paint the exemplar here, 0 = keep. As LoadImage's alpha / the mask editor."
-
-
-def encode_exemplars(encoder, image, mask=None, preprocess="squash", crop_padding=10):
-    """Exemplar IMAGE (B, H, W, C) (+ object MASK) -> (cond (B, 1, C), uncond (B, 1, C)), float32."""
-    image = inputs.check_image(image, "Exemplar image")
-    if mask is not None and mask_ops.is_placeholder_mask(mask, tuple(image.shape[1:3])):
-        mask = None  # LoadImage's stand-in for "no alpha": use the whole exemplar
-    pixels = prepare_exemplars(image, mask, preprocess, encoder.info.clip_image_size, crop_padding)
-    cond = encoder.encode(pixels)
-    return cond, encoder.unconditional(cond.shape[0])
+from ..pbe_core import inputs
+from ..pbe_core.edit import EditSettings, plan_edit
+from ..pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES
+from .host.conditioning import LATENTS, window_conditioning
+from .host.encoder import EncoderType, encode_exemplars
+from .host.tooltips import (
+    ENCODER_TOOLTIP,
+    EXEMPLAR_MASK_TOOLTIP,
+    MASK_MARKS_TOOLTIP,
+    MASK_TOOLTIP,
+    PREPROCESS_TOOLTIP,
+)
 
 
 def conditioning_batch(conditioning) -> int:
     """Largest batch among a CONDITIONING's entries (the number of exemplars it carries)."""
     return max(int(c[0].shape[0]) for c in conditioning)
-
-
-def inpaint_conditioning(positive, negative, vae, image, mask, *, source_latent=True):
-    """Attach the masked-source latent and the mask to both conditionings; build the LATENT to sample.
-
-    image (B_s, H, W, C), mask (B_m, H, W) in ComfyUI polarity. Sides that are not multiples of 8 are padded
-    (edge pixels, kept region) and the LATENT covers the padded size. Returns (positive, negative, latent dict,
-    (H, W) of the unpadded source).
-    """
-    image = inputs.check_image(image, "Source image")
-    mask = inputs.check_mask(mask, image)
-    n = inputs.batch_size(source=image.shape[0], mask=mask.shape[0], exemplar=conditioning_batch(positive))
-    image, mask, hw = ec.pad_to_multiple(inputs.repeat_to(image, n), inputs.repeat_to(mask, n), multiple=8)
-    keep = ec.keep_mask(mask)
-    region = ec.region_mask(mask)[:, 0]
-    masked_latent = vae.encode(ec.masked_source(image, keep))
-    out = []
-    for conditioning in (positive, negative):
-        out.append(
-            node_helpers.conditioning_set_values(
-                conditioning, {"concat_latent_image": masked_latent, "concat_mask": region}
-            )
-        )
-    if source_latent:
-        samples = vae.encode(image)
-    else:
-        samples = torch.zeros_like(masked_latent)
-    latent = {"samples": samples, "noise_mask": region.unsqueeze(1)}
-    return out[0], out[1], latent, hw
 
 
 class ExemplarEncode(io.ComfyNode):
@@ -78,26 +40,17 @@ class ExemplarEncode(io.ComfyNode):
                 "unconditional vector, one per exemplar. A batch of exemplars gives one edit per exemplar."
             ),
             inputs=[
-                EncoderType.Input("encoder", tooltip="PBE_ENCODER from 'Load Paint-by-Example Model'."),
+                EncoderType.Input("encoder", tooltip=ENCODER_TOOLTIP),
                 io.Image.Input("exemplar", tooltip="The object to paint in; a batch gives one result per exemplar."),
-                io.Combo.Input(
-                    "preprocess",
-                    options=list(PREPROCESS_MODES),
-                    default="squash",
-                    tooltip=(
-                        "squash: whole exemplar resized to 224x224 ignoring aspect (official, default). "
-                        "center_crop: short side to 224 then the central square (diffusers; may cut a wide object). "
-                        "pad: long side to 224, short side padded (keeps the aspect ratio)."
-                    ),
-                ),
-                io.Mask.Input(
-                    "exemplar_mask",
-                    optional=True,
-                    tooltip="Optional: 1 = the object. Outside it the exemplar is filled neutrally, then cropped to it.",
-                ),
+                io.Combo.Input("preprocess", options=list(PREPROCESS_MODES), default="squash", tooltip=PREPROCESS_TOOLTIP),
+                io.Mask.Input("exemplar_mask", optional=True, tooltip=EXEMPLAR_MASK_TOOLTIP),
                 io.Int.Input(
                     "crop_padding", default=10, min=0, max=512, optional=True,
                     tooltip="With an exemplar mask: pixels kept around the object's box when cropping (paper: <= 10).",
+                ),
+                io.Combo.Input(
+                    "exemplar_mask_marks", options=list(MASK_MARKS), default="auto", optional=True,
+                    tooltip=MASK_MARKS_TOOLTIP,
                 ),
             ],
             outputs=[
@@ -107,8 +60,9 @@ class ExemplarEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, encoder, exemplar, preprocess="squash", exemplar_mask=None, crop_padding=10) -> io.NodeOutput:
-        cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, preprocess, crop_padding)
+    def execute(cls, encoder, exemplar, preprocess="squash", exemplar_mask=None, crop_padding=10,
+                exemplar_mask_marks="auto") -> io.NodeOutput:
+        cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, preprocess, crop_padding, exemplar_mask_marks)
         return io.NodeOutput([[cond, {}]], [[uncond, {}]])
 
 
@@ -122,8 +76,9 @@ class InpaintConditioning(io.ComfyNode):
             description=(
                 "Gives Paint by Example the source and the region to replace: encodes the source with the region "
                 "greyed out and attaches it and the mask to both conditionings (in the model's own channel order and "
-                "keep-mask polarity). Outputs the LATENT to sample, with the mask as noise_mask. Sides that are not "
-                "multiples of 8 are padded; VAEDecode then returns the padded size."
+                "keep-mask polarity). Outputs the LATENT to sample: empty by default, so that a sampler at denoise 1 "
+                "samples what the paper samples (the whole latent from noise; paste the result back through the mask "
+                "afterwards). Sides that are not multiples of 8 are padded; VAEDecode then returns the padded size."
             ),
             inputs=[
                 io.Conditioning.Input("positive", tooltip="From PBE_ExemplarEncode."),
@@ -131,18 +86,30 @@ class InpaintConditioning(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The VAE from 'Load Paint-by-Example Model'."),
                 io.Image.Input("image", tooltip="Source photo (any size; batches allowed)."),
                 io.Mask.Input("mask", tooltip=MASK_TOOLTIP),
+                io.Combo.Input(
+                    "latent", options=list(LATENTS), default="empty", optional=True,
+                    tooltip=(
+                        "empty: the LATENT is zeros without a noise mask, so a sampler at denoise 1 starts from pure "
+                        "noise everywhere, as the paper does (the official results). source: the source's own latent "
+                        "with noise_mask = the region, so samplers keep the unmasked source at every step; for "
+                        "denoise below 1."
+                    ),
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="Exemplar context + masked source + mask."),
                 io.Conditioning.Output(display_name="negative", tooltip="Unconditional context + masked source + mask."),
                 io.Latent.Output(
                     display_name="latent",
-                    tooltip="The source's latent with noise_mask = the region (samplers keep the rest).",
+                    tooltip="What to sample: empty (from noise, as the paper) or the source with its noise mask.",
                 ),
             ],
         )
 
     @classmethod
-    def execute(cls, positive, negative, vae, image, mask) -> io.NodeOutput:
-        pos, neg, latent, _ = inpaint_conditioning(positive, negative, vae, image, mask)
-        return io.NodeOutput(pos, neg, latent)
+    def execute(cls, positive, negative, vae, image, mask, latent="empty") -> io.NodeOutput:
+        inputs.check_choice("latent", latent, LATENTS)
+        # the whole source is one window of an edit plan: checked, binarised, padded to multiples of 8
+        plan = plan_edit(image, mask, EditSettings(working_size=0, mask_feather=0), batch=conditioning_batch(positive))
+        pos, neg, samples = window_conditioning(positive, negative, vae, plan.windows[0], latent)
+        return io.NodeOutput(pos, neg, samples)

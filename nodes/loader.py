@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 
-import folder_paths
 from comfy_api.latest import io
 
-from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint, precheck
-from ..pbe_core.model_listing import list_model_names
-from .attention_choice import with_sdpa_on_cpu
-from .model_type import WEIGHT_DTYPES, build_all
-from .shared_cfg_prefix import with_shared_cfg_prefix
-from .single_token_attention import with_single_token_attention
+from ..pbe_core.checkpoint import load_checkpoint, precheck
+from .host.attention_choice import with_sdpa_on_cpu
+from .host.encoder import EncoderType
+from .host.model_type import WEIGHT_DTYPES, build_all
+from .host.models_folder import FOLDER, list_models, resolve_model
+from .host.shared_cfg_prefix import with_shared_cfg_prefix
+from .host.single_token_attention import with_single_token_attention
 
 log = logging.getLogger(__name__)
-
-FOLDER = "paint_by_example"
-
-EncoderType = io.Custom("PBE_ENCODER")
-
-
-def register_model_folder() -> None:
-    """Register ``models/paint_by_example`` with our extensions, keeping folders from extra_model_paths.yaml."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    paths, _ = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
-    if default not in paths:
-        paths = [default, *paths]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(CHECKPOINT_EXTENSIONS))
-
-
-def list_models() -> list[str]:
-    """Checkpoint files and diffusers folders (a folder holding model_index.json) under every registered path."""
-    names: set[str] = set()
-    for base in folder_paths.get_folder_paths(FOLDER):
-        names.update(list_model_names(base, CHECKPOINT_EXTENSIONS))
-    return sorted(names)
-
-
-def resolve_model(name: str) -> str:
-    """Full path of a listed file or folder; a clear error if it is not under models/paint_by_example."""
-    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise ValueError(f"Model name {name!r} must be relative to models/{FOLDER}/.")
-    for base in folder_paths.get_folder_paths(FOLDER):
-        p = os.path.join(base, name)
-        if os.path.exists(p):
-            return p
-    raise ValueError(
-        f"Paint-by-Example model {name!r} was not found in {', '.join(folder_paths.get_folder_paths(FOLDER))}. "
-        f"Put the checkpoint (or diffusers folder) into ComfyUI/models/{FOLDER}/ and refresh the page."
-    )
 
 
 class LoadModel(io.ComfyNode):
@@ -91,6 +55,16 @@ class LoadModel(io.ComfyNode):
                         "at every pixel and is computed once instead of per pixel. Exact; turn off only to compare."
                     ),
                 ),
+                io.Boolean.Input(
+                    "cpu_channels_last_vae",
+                    default=False,
+                    optional=True,
+                    tooltip=(
+                        "On the CPU only: re-order the VAE's convolution kernels channels-last (in place, no extra "
+                        "memory), which makes VAE encoding and decoding about 1.2x faster at 512x512. It changes "
+                        "results by about 1e-3, more than fp32's own noise, so it is off by default."
+                    ),
+                ),
             ],
             outputs=[
                 io.Model.Output(
@@ -121,11 +95,12 @@ class LoadModel(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model_name, weight_dtype="default", single_token_attention=True) -> io.NodeOutput:
+    def execute(cls, model_name, weight_dtype="default", single_token_attention=True,
+                cpu_channels_last_vae=False) -> io.NodeOutput:
         path = resolve_model(model_name)
         ckpt = load_checkpoint(path)  # CheckpointError names the problem and the fix
         log.info("Paint by Example: loaded %s (%s); %s", model_name, ckpt.layout, ckpt.info)
-        model, encoder, vae = build_all(ckpt, weight_dtype)
+        model, encoder, vae = build_all(ckpt, weight_dtype, channels_last_vae=bool(cpu_channels_last_vae))
         del ckpt  # the models hold what they need; the rest of the file's tensors can go
         if single_token_attention:
             model = with_single_token_attention(model)

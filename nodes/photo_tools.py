@@ -6,29 +6,16 @@ Thin glue over ``pbe_core.mask_ops``, ``pbe_core.crop_stitch``, ``pbe_core.exemp
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-
-import torch
 from comfy_api.latest import io
 
 from ..pbe_core import color_match, crop_stitch, exemplar_mixing, inputs, mask_ops
-from .conditioning import MASK_TOOLTIP
-
-log = logging.getLogger(__name__)
+from ..pbe_core.edit import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
+from .host.tooltips import MASK_TOOLTIP
 
 CATEGORY = "paint_by_example/tools"
 
+#: from 'Crop for Edit' to 'Stitch Edit'; its value is the edit plan (``pbe_core.edit.EditPlan``) with one window
 StitchType = io.Custom("PBE_STITCH")
-
-
-@dataclass
-class StitchInfo:
-    """What ``PBE_StitchEdit`` needs to put a cropped edit back: the source, the window and the paste mask."""
-
-    source: torch.Tensor  # (B, H, W, 3)
-    window: crop_stitch.CropWindow
-    paste: torch.Tensor  # (B, H, W) in [0, 1]
 
 
 class MaskTools(io.ComfyNode):
@@ -57,9 +44,8 @@ class MaskTools(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask, grow, feather, fill_holes, shape) -> io.NodeOutput:
-        m = mask.float()
-        if m.ndim == 2:
-            m = m.unsqueeze(0)
+        inputs.check_choice("shape", shape, ("as_is", "box"))
+        m = inputs.check_mask_values(mask)
         if fill_holes:
             m = mask_ops.fill_holes(m)
         if shape == "box":
@@ -90,7 +76,7 @@ class CropForEdit(io.ComfyNode):
                              tooltip="Long side of the crop in pixels (a multiple of 8)."),
                 io.Float.Input("context_margin", default=0.25, min=0.0, max=4.0, step=0.05,
                                tooltip="Context around the mask, as a fraction of the mask box's long side."),
-                io.Combo.Input("window_shape", options=["square", "mask_aspect"], default="square",
+                io.Combo.Input("window_shape", options=list(WINDOW_SHAPES), default="square",
                                tooltip="square: like the model's training crops; mask_aspect: the mask box's shape."),
                 io.Int.Input("feather", default=8, min=0, max=256,
                              tooltip="Width in pixels of the soft seam outside the mask when stitching back."),
@@ -104,18 +90,12 @@ class CropForEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, mask, working_size, context_margin, window_shape, feather) -> io.NodeOutput:
-        image = inputs.check_image(image, "Source image")
-        mask = inputs.check_mask(mask, image)
-        n = inputs.batch_size(source=image.shape[0], mask=mask.shape[0])
-        image, region = inputs.repeat_to(image, n), mask_ops.binarize(inputs.repeat_to(mask, n))
-        paste = mask_ops.feather_mask(region, feather) if feather else region
-        box = mask_ops.mask_bbox(paste)
-        window = crop_stitch.plan_window(
-            tuple(image.shape[1:3]), box, margin=context_margin, shape=window_shape, working_size=working_size
-        )
-        crop = crop_stitch.crop_to_window(image, window)
-        crop_mask = mask_ops.binarize(crop_stitch.crop_to_window(region, window))
-        return io.NodeOutput(crop, crop_mask, StitchInfo(image, window, paste))
+        # the same plan as the one-node sampler's, with one window for all mask regions
+        settings = EditSettings(mask_feather=feather, working_size=working_size, context_margin=context_margin,
+                                window_shape=window_shape, one_window=True)
+        plan = plan_edit(image, mask, settings)
+        (window,) = plan.windows
+        return io.NodeOutput(window.image, window.region, plan)
 
 
 class StitchEdit(io.ComfyNode):
@@ -135,13 +115,7 @@ class StitchEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, stitch, edited) -> io.NodeOutput:
-        th, tw = stitch.window.target
-        if tuple(edited.shape[1:3]) != (th, tw):
-            raise ValueError(
-                f"The edited image is {edited.shape[2]}x{edited.shape[1]} but the crop was {tw}x{th}; connect the "
-                f"decoded result of the crop from 'Crop for Edit' (a VAE Decode of its latent gives that size)."
-            )
-        return io.NodeOutput(crop_stitch.stitch(stitch.source, edited[..., :3].float(), stitch.window, stitch.paste))
+        return io.NodeOutput(paste_back(stitch, [inputs.check_image(edited, "Edited image")]))
 
 
 class ExemplarStrength(io.ComfyNode):
@@ -232,10 +206,9 @@ class ColorMatch(io.ComfyNode):
         mask = inputs.check_mask(mask, source)
         region = mask_ops.binarize(mask)
         n = inputs.batch_size(edited=edited.shape[0], source=source.shape[0], mask=region.shape[0])
-        region = inputs.repeat_to(region, n)
-        matched = color_match.color_match(inputs.repeat_to(edited, n), source, region, ring_width)
-        m = region[..., None]
-        return io.NodeOutput(torch.where(m > 0, matched, inputs.repeat_to(edited, n)))
+        edited, region = inputs.repeat_to(edited, n), inputs.repeat_to(region, n)
+        matched = color_match.color_match(edited, source, region, ring_width)
+        return io.NodeOutput(crop_stitch.blend(edited, matched, region))
 
 
 NODES = [MaskTools, CropForEdit, StitchEdit, ExemplarStrength, ExemplarBlend, ColorMatch]

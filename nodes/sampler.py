@@ -1,58 +1,30 @@
-"""PBE_Sampler: the whole Paint-by-Example edit in one node, and the 'reference' sampler.
+"""PBE_Sampler: the whole Paint-by-Example edit in one node.
 
-The edit: encode the exemplar, grow the mask, condition on the masked source, sample (the official PLMS
-'reference' or any ComfyUI sampler/scheduler), decode, and paste the result back through the feathered mask so that
-every pixel outside it is bit-identical to the source.
+The edit, as numbered steps (``execute``): encode the exemplars; plan the edit (``pbe_core.edit``: the inputs
+checked, the mask grown and feathered, the windows chosen); sample each window with the host (the official PLMS
+'reference' or any ComfyUI sampler and scheduler) and decode it; paste the results back through the feathered mask,
+so that every pixel outside it is bit-identical to the source.
 """
 
 from __future__ import annotations
 
-import logging
-
-import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
-import torch
 from comfy_api.latest import io
 
-from ..pbe_core import crop_stitch, exemplar_mixing, inputs, mask_ops, sampling
-from ..pbe_core.color_match import color_match as color_match_fn
-from ..pbe_core.exemplar_preprocess import PREPROCESS_MODES
-from .conditioning import MASK_TOOLTIP, encode_exemplars, inpaint_conditioning
-from .loader import EncoderType
-
-log = logging.getLogger(__name__)
-
-REFERENCE = "reference"
-WINDOW_SHAPES = ("square", "mask_aspect")
-
-
-class ReferenceSampler(comfy.samplers.KSAMPLER):
-    """Official Paint-by-Example inference: PLMS (eta 0) over the uniform timesteps 981, 961, ..., 1.
-
-    The host starts a sampler from unit-variance noise (``noise * sqrt(1 + sigma0^2)``) only when ``sigmas[0]`` is
-    the model's largest sigma (``comfy.samplers.Sampler.max_denoise``); the official first timestep is 981, not 999,
-    so a full denoise is declared here instead.
-    """
-
-    def __init__(self, full_denoise: bool):
-        super().__init__(sampling.sample_plms)
-        self.full_denoise = full_denoise
-
-    def max_denoise(self, model_wrap, sigmas):
-        return self.full_denoise
-
-
-def reference_sigmas(model, steps: int, denoise: float) -> torch.Tensor:
-    """The official sigma list, taken from the model's own sigma table so every step lands on an exact timestep."""
-    table = model.get_model_object("model_sampling").sigmas.double().cpu()
-    alphas_cumprod = 1.0 / (1.0 + table**2)
-    return sampling.official_sigmas(steps, alphas_cumprod, denoise).float()
-
-
-def sampler_names() -> list[str]:
-    return [REFERENCE, *comfy.samplers.KSampler.SAMPLERS]
+from ..pbe_core import exemplar_mixing, inputs
+from ..pbe_core.edit import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
+from ..pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES
+from .host.encoder import EncoderType, encode_exemplars
+from .host.model_type import check_same_checkpoint
+from .host.sampling import REFERENCE, check_memory, host_sampler, sample_window, sampler_names
+from .host.tooltips import (
+    ENCODER_TOOLTIP,
+    EXEMPLAR_MASK_TOOLTIP,
+    MASK_MARKS_TOOLTIP,
+    MASK_TOOLTIP,
+    MODEL_TOOLTIP,
+    VAE_TOOLTIP,
+)
 
 
 class Sampler(io.ComfyNode):
@@ -69,9 +41,9 @@ class Sampler(io.ComfyNode):
                 "are exactly the input's."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="MODEL from 'Load Paint-by-Example Model'."),
-                EncoderType.Input("encoder", tooltip="PBE_ENCODER from 'Load Paint-by-Example Model'."),
-                io.Vae.Input("vae", tooltip="VAE from 'Load Paint-by-Example Model'."),
+                io.Model.Input("model", tooltip=MODEL_TOOLTIP),
+                EncoderType.Input("encoder", tooltip=ENCODER_TOOLTIP),
+                io.Vae.Input("vae", tooltip=VAE_TOOLTIP),
                 io.Image.Input("image", tooltip="Source photo (batches allowed: 1 or N, matching mask and exemplar)."),
                 io.Mask.Input("mask", tooltip=MASK_TOOLTIP),
                 io.Image.Input("exemplar", tooltip="The object to paint in; a batch of N gives N results."),
@@ -108,10 +80,7 @@ class Sampler(io.ComfyNode):
                     "exemplar_preprocess", options=list(PREPROCESS_MODES), default="squash", optional=True,
                     tooltip="squash (official): exemplar to 224x224 ignoring aspect; center_crop: diffusers' crop; pad: keep aspect.",
                 ),
-                io.Mask.Input(
-                    "exemplar_mask", optional=True,
-                    tooltip="Optional: 1 = the object in the exemplar; the rest is filled neutrally and cropped away.",
-                ),
+                io.Mask.Input("exemplar_mask", optional=True, tooltip=EXEMPLAR_MASK_TOOLTIP),
                 io.Int.Input(
                     "working_size", default=512, min=0, max=4096, step=8, optional=True,
                     tooltip=(
@@ -140,6 +109,10 @@ class Sampler(io.ComfyNode):
                     "color_match", default=False, optional=True,
                     tooltip="Correct the edit's colour shift against a ring of the photo around the mask (Lab mean/std).",
                 ),
+                io.Combo.Input(
+                    "exemplar_mask_marks", options=list(MASK_MARKS), default="auto", optional=True,
+                    tooltip=MASK_MARKS_TOOLTIP,
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="IMAGE", tooltip="The edited image, same size as the input."),
@@ -155,11 +128,10 @@ class Sampler(io.ComfyNode):
         # Only what the host cannot check at validation: it checks every other widget's range itself (for the inputs
         # this function does not take), and it reports this function's answer once per input taken. (Combo options:
         # ComfyUI 0.3.64 does not check them for V3 nodes, later versions do; execute checks them once.)
-        if isinstance(working_size, int) and working_size % 8:
-            return (
-                f"working_size={working_size} must be 0 (edit the whole image) or a multiple of 8; "
-                f"use {max(8, round(working_size / 8) * 8)}."
-            )
+        try:
+            EditSettings(working_size=working_size).check()
+        except ValueError as e:
+            return str(e)
         return True
 
     @classmethod
@@ -167,94 +139,59 @@ class Sampler(io.ComfyNode):
         cls, model, encoder, vae, image, mask, exemplar, seed, steps, cfg, sampler_name, scheduler, denoise,
         mask_grow, mask_feather, exemplar_preprocess="squash", exemplar_mask=None, working_size=512,
         context_margin=0.25, window_shape="square", exemplar_strength=1.0, exemplar_weights="", color_match=False,
+        exemplar_mask_marks="auto",
     ) -> io.NodeOutput:
-        inputs.check_finite(cfg=cfg, denoise=denoise, context_margin=context_margin,
-                            exemplar_strength=exemplar_strength)
+        inputs.check_finite(cfg=cfg, denoise=denoise, exemplar_strength=exemplar_strength)
         inputs.check_choice("sampler_name", sampler_name, sampler_names())
         inputs.check_choice("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)
-        inputs.check_choice("window_shape", window_shape, WINDOW_SHAPES)
-        inputs.check_choice("exemplar_preprocess", exemplar_preprocess, PREPROCESS_MODES)
-        image = inputs.check_image(image, "Source image")
-        mask = inputs.check_mask(mask, image)
-        cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, exemplar_preprocess)
-        if exemplar_weights.strip():
-            cond = exemplar_mixing.blend(cond, exemplar_mixing.parse_weights(exemplar_weights, cond.shape[0]))
-            uncond = uncond[:1]
-        cond = exemplar_mixing.strength(cond, uncond, float(exemplar_strength))
-        n = inputs.batch_size(source=image.shape[0], mask=mask.shape[0], exemplar=cond.shape[0])
-        image, mask = inputs.repeat_to(image, n), inputs.repeat_to(mask, n)
+        check_same_checkpoint(model, encoder, vae)
+        # 1. Encode the exemplars (the encoder remembers recent ones) and mix them as asked
+        cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, exemplar_preprocess,
+                                        mask_marks=exemplar_mask_marks)
+        cond, uncond = exemplar_mixing.mix(cond, uncond, exemplar_weights, float(exemplar_strength))
+        # 2. Plan the edit: the inputs checked, the mask grown and feathered, the windows the model edits
+        settings = EditSettings(mask_grow, mask_feather, working_size, context_margin, window_shape,
+                                color_match=bool(color_match))
+        plan = plan_edit(image, mask, settings, batch=cond.shape[0])
+        n = plan.source.shape[0]
         cond, uncond = inputs.repeat_to(cond, n), inputs.repeat_to(uncond, n)
-        region = mask_ops.binarize(mask)
-        if mask_grow:
-            region = mask_ops.grow_mask(region, mask_grow)
-            if not bool(region.any()):
-                raise ValueError(f"mask_grow={mask_grow} shrinks the mask to nothing; use a smaller shrink.")
-        paste = mask_ops.feather_mask(region, mask_feather) if mask_feather else region
+        for window in plan.windows:
+            check_memory(vae, window)
+        # 3. Each window: condition on its masked source, sample with the host, decode
+        edits, samples = [], None
+        for window in plan.windows:
+            samples, decoded = sample_window(
+                model, vae, window, cond, uncond, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                scheduler=scheduler, denoise=denoise,
+            )  # fmt: skip
+            edits.append(decoded)
+        # 4. Paste back: outside the feathered mask every pixel is the source's
+        return io.NodeOutput(paste_back(plan, edits), {"samples": samples})
 
-        settings = dict(
-            seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
-            color_match=color_match,
+
+class SamplerSelect(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_SamplerSelect",
+            display_name="Paint-by-Example Sampler Select",
+            category="paint_by_example",
+            description=(
+                "A SAMPLER for SamplerCustomAdvanced that starts a full-denoise edit from unit-variance noise, as the "
+                "paper's samplers do (ComfyUI does so only when the schedule starts at the model's largest sigma, "
+                "which ddim_uniform, for one, does not). 'reference' is the official PLMS sampler. For a partial "
+                "denoise use ComfyUI's KSamplerSelect."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "sampler_name", options=sampler_names(), default="ddim",
+                    tooltip="'reference' = the official PLMS sampler; or any ComfyUI sampler.",
+                ),
+            ],
+            outputs=[io.Sampler.Output(display_name="SAMPLER", tooltip="For SamplerCustomAdvanced, at denoise 1.")],
         )
-        windows = edit_windows(tuple(image.shape[1:3]), paste, working_size, context_margin, window_shape)
-        if windows is None:  # the source is at the working size (or working_size is 0): edit it whole
-            samples, decoded = _edit(model, vae, image, region, cond, uncond, **settings)
-            m = paste[..., None]
-            # torch.where, not arithmetic: where the paste mask is 0 the output is the source's values, bit for bit
-            result = torch.where(m > 0, image * (1 - m) + decoded * m, image)
-            return io.NodeOutput(result, {"samples": samples})
-        result, samples = image, None
-        for window in windows:
-            log.info(
-                "Paint by Example: editing the %dx%d window at (x %d, y %d) at %dx%d",
-                window.width, window.height, window.x0, window.y0, window.target[1], window.target[0],
-            )
-            crop = crop_stitch.crop_to_window(image, window)
-            crop_region = mask_ops.binarize(crop_stitch.crop_to_window(region, window))
-            if not bool(crop_region.any()):
-                continue  # the window only holds feathering of a neighbour's region
-            samples, decoded = _edit(model, vae, crop, crop_region, cond, uncond, **settings)
-            result = crop_stitch.stitch(result, decoded, window, paste)
-        return io.NodeOutput(result, {"samples": samples})
 
-
-def edit_windows(image_hw, paste, working_size, margin, shape):
-    """Crop windows for the edit, or None when the whole source is edited as it is.
-
-    The whole source is used when ``working_size`` is 0 or the source already is at the working size (long side
-    == working_size, both sides multiples of 8), as the official inference does. Otherwise each cluster of mask
-    regions (of the feathered paste mask, so the seam lies inside its window) gets its own window.
-    """
-    h, w = image_hw
-    if working_size == 0 or (max(h, w) == working_size and h % 8 == 0 and w % 8 == 0):
-        return None
-    boxes = mask_ops.connected_regions(paste)
-    return crop_stitch.plan_windows(image_hw, boxes, margin=margin, shape=shape, working_size=working_size)
-
-
-def _edit(model, vae, image, region, cond, uncond, *, seed, steps, cfg, sampler_name, scheduler, denoise,
-          color_match=False):
-    """Sample one edit of ``image`` (B, H, W, 3) in ``region`` (B, H, W, 0/1). Returns (latent, decoded (B,H,W,3))."""
-    full = denoise >= 0.9999
-    positive, negative, latent, (h, w) = inpaint_conditioning(
-        [[cond, {}]], [[uncond, {}]], vae, image, region, source_latent=not full
-    )
-    # Like the reference, the whole latent is denoised (no noise_mask): the paste-back restores the rest.
-    latent_image = latent["samples"]
-    noise = comfy.sample.prepare_noise(latent_image, seed)
-    callback = latent_preview.prepare_callback(model, steps)
-    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-    if sampler_name == REFERENCE:
-        sigmas = reference_sigmas(model, steps, float(denoise))
-        samples = comfy.sample.sample_custom(
-            model, noise, cfg, ReferenceSampler(full), sigmas, positive, negative, latent_image,
-            callback=callback, disable_pbar=disable_pbar, seed=seed,
-        )
-    else:
-        samples = comfy.sample.sample(
-            model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-            denoise=denoise, callback=callback, disable_pbar=disable_pbar, seed=seed,
-        )
-    decoded = vae.decode(samples)[:, :h, :w, :3].float().to(image.device)
-    if color_match:
-        decoded = color_match_fn(decoded, image, region)
-    return samples, decoded
+    @classmethod
+    def execute(cls, sampler_name) -> io.NodeOutput:
+        inputs.check_choice("sampler_name", sampler_name, sampler_names())
+        return io.NodeOutput(host_sampler(sampler_name, full_denoise=True))

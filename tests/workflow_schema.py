@@ -31,15 +31,15 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 IO_TYPES = {
     "Int": "INT", "Float": "FLOAT", "String": "STRING", "Boolean": "BOOLEAN", "Combo": "COMBO",
     "Model": "MODEL", "Vae": "VAE", "Image": "IMAGE", "Mask": "MASK", "Conditioning": "CONDITIONING",
-    "Latent": "LATENT", "Clip": "CLIP", "ClipVision": "CLIP_VISION",
+    "Latent": "LATENT", "Clip": "CLIP", "ClipVision": "CLIP_VISION", "Sampler": "SAMPLER", "Sigmas": "SIGMAS",
 }
 
 
 # --- the pack's own schemas, read from its source -----------------------------------------------------------------------
 def pack_schemas(nodes_dir: Path = NODES_DIR) -> dict[str, dict]:
     trees = {p: ast.parse(p.read_text(), str(p)) for p in sorted(nodes_dir.glob("*.py"))}
-    custom = {}  # module-level ``Name = io.Custom("TYPE")``
-    for tree in trees.values():
+    custom = {}  # module-level ``Name = io.Custom("TYPE")``, in the node modules or the host plumbing below them
+    for tree in [*trees.values(), *(ast.parse(p.read_text(), str(p)) for p in sorted(nodes_dir.glob("*/*.py")))]:
         for stmt in tree.body:
             if isinstance(stmt, ast.Assign) and _is_io_call(stmt.value, "Custom"):
                 for target in stmt.targets:

@@ -13,9 +13,7 @@ loading below follows) and ``VAE(sd=..., config=...)``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import OrderedDict
 
 import comfy.latent_formats
 import comfy.ldm.models.autoencoder
@@ -28,10 +26,10 @@ import comfy.supported_models
 import comfy.utils
 import torch
 
-from ..pbe_core import edit_conditioning as ec
-from ..pbe_core.checkpoint import CheckpointError, PbECheckpoint, check_fits
-from ..pbe_core.exemplar_encoder import ExemplarEncoder
-from ..pbe_core.memory_format import conv_weights_to_channels_last_
+from ...pbe_core import edit_conditioning as ec
+from ...pbe_core.checkpoint import CheckpointError, PbECheckpoint, check_fits
+from ...pbe_core.memory_format import conv_weights_to_channels_last_
+from .encoder import PbEEncoder
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +44,21 @@ class PaintByExampleModel(comfy.model_base.BaseModel):
     output; scaled here by the latent format, x0.18215); ``concat_mask``: the region to replace, (B, H, W) or
     (B, 1, H, W) at pixel or latent size, ComfyUI polarity (1 = replace).
     """
+
+    #: set by :func:`build_model_patcher`: the checkpoint's path and inferred sizes, to name it in errors
+    pbe_source: str = "?"
+    pbe_context_dim: int | None = None
+
+    def extra_conds(self, **kwargs):
+        context = kwargs.get("cross_attn")
+        if context is not None and self.pbe_context_dim is not None and context.shape[-1] != self.pbe_context_dim:
+            raise ValueError(
+                f"The exemplar conditioning is {context.shape[-1]} wide, but the Paint-by-Example model (from "
+                f"{self.pbe_source}) takes {self.pbe_context_dim}-wide exemplar tokens: the exemplar was encoded by "
+                f"the PBE_ENCODER of another checkpoint. Connect MODEL, PBE_ENCODER and VAE from the same 'Load "
+                f"Paint-by-Example Model' node."
+            )
+        return super().extra_conds(**kwargs)
 
     def concat_cond(self, **kwargs):
         noise = kwargs.get("noise")
@@ -110,6 +123,7 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
     model = config.get_model(sd, "")
     # the host only warns about missing UNet weights (and leaves them uninitialised): refuse such a file instead
     check_fits(model.diffusion_model.state_dict(), sd, "UNet", ckpt.source)
+    model.pbe_source, model.pbe_context_dim = ckpt.source, ckpt.info.unet_context_dim
     # Instead of BaseModel.load_model_weights (which copies every tensor into the freshly allocated weights), the
     # checkpoint's tensors become the weights: the fresh ones are never touched, so they never take memory.
     adopt_weights(model.diffusion_model, config.process_unet_state_dict(sd), ckpt.source, "UNet")
@@ -118,12 +132,14 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
 
 
 def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device) -> None:
-    """Where the VAE runs on the CPU, re-order its convolution kernels channels-last, in place.
+    """Where the VAE runs on the CPU, re-order its convolution kernels channels-last, in place (opt-in).
 
     oneDNN then runs the VAE's convolutions on channels-last activations, which is faster on the CPU
     (docs/benchmarks.md, "Channels-last convolution kernels"; the UNet gained nothing consistent that way and stays as
     loaded). The bytes move inside the checkpoint's own memory (``pbe_core.memory_format``), so memory does not grow;
-    on an accelerator nothing changes (not measured there).
+    on an accelerator nothing changes (not measured there). It is off unless asked for: the other summation order of
+    those kernels moves the masked-image latent by about 1e-3, more than a change of thread count moves it (the fp32
+    noise floor the pack's defaults stay within; ``tests/host/test_inprocess_host.py``).
     """
     if torch.device(device).type != "cpu":
         return
@@ -152,7 +168,7 @@ def adopt_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: 
     module.load_state_dict(adopted, strict=True, assign=True)
 
 
-def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
+def build_vae(ckpt: PbECheckpoint, channels_last: bool = False) -> comfy.sd.VAE:
     """The host VAE, its architecture given explicitly from the inferred sizes (the tiny test VAE included)."""
     info = ckpt.info
     ddconfig = {
@@ -172,80 +188,51 @@ def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
         expected = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"]).state_dict()
     check_fits(expected, ckpt.vae, "VAE", ckpt.source)
     vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config)
-    vae_channels_last_on_cpu(ckpt, vae.device)
+    if channels_last:
+        vae_channels_last_on_cpu(ckpt, vae.device)
     # the host copied the weights in; share the checkpoint's instead so that one copy stays in memory
     adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE")
     factor = 2 ** (len(info.vae_channel_mult) - 1)
     vae.downscale_ratio = vae.upscale_ratio = factor
+    vae.pbe_source = ckpt.source
     return vae
 
 
-#: exemplar encodings each PBE_ENCODER remembers (a few KB each: one 768-wide token per exemplar)
-ENCODE_CACHE_SIZE = 8
+def check_same_checkpoint(model, encoder, vae) -> None:
+    """Refuse a MODEL, PBE_ENCODER and VAE that do not fit together (from different 'Load Paint-by-Example Model'
+    nodes with different checkpoints), naming both files, before anything runs."""
+    base = model.model
+    width = getattr(base, "pbe_context_dim", None)
+    if not isinstance(base, PaintByExampleModel):
+        raise ValueError(
+            "The MODEL is not a Paint-by-Example model (it came from another loader). Connect the MODEL output of "
+            "'Load Paint-by-Example Model'."
+        )
+    if width is not None and encoder.info.context_dim != width:
+        raise ValueError(
+            f"The PBE_ENCODER (from {encoder.source}) makes {encoder.info.context_dim}-wide exemplar tokens, but the "
+            f"MODEL (from {base.pbe_source}) takes {width}-wide ones: they come from different checkpoints. Connect "
+            f"MODEL, PBE_ENCODER and VAE from the same 'Load Paint-by-Example Model' node."
+        )
+    channels = getattr(getattr(vae, "first_stage_model", None), "embed_dim", None)
+    in_channels = base.model_config.unet_config.get("in_channels")
+    if channels is not None and in_channels is not None and 2 * channels + 1 != in_channels:
+        raise ValueError(
+            f"The VAE (from {getattr(vae, 'pbe_source', 'another loader')}) has {channels} latent channels, but the "
+            f"MODEL (from {base.pbe_source}) takes {in_channels} input channels (2 x 4 + 1 for Paint by Example). "
+            f"Connect the VAE of the same 'Load Paint-by-Example Model' node."
+        )
 
 
-def _pixels_key(pixels: torch.Tensor) -> tuple:
-    """Exact identity of a batch of preprocessed exemplar pixels: shape, dtype and a digest of the values."""
-    data = pixels.detach().to("cpu").contiguous()
-    digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=32).hexdigest()
-    return tuple(data.shape), str(data.dtype), digest
-
-
-class PbEEncoder:
-    """The ``PBE_ENCODER`` value: the exemplar encoder, placed and offloaded by the host's model management."""
-
-    def __init__(self, ckpt: PbECheckpoint, weight_dtype: torch.dtype | None):
-        self.info = ckpt.info
-        self.source = ckpt.source
-        self.load_device = comfy.model_management.text_encoder_device()
-        offload_device = comfy.model_management.text_encoder_offload_device()
-        if weight_dtype is None:
-            # fp32 on the CPU (fp16 there is slow and inexact); the host's text-encoder dtype on an accelerator
-            cpu = self.load_device.type == "cpu"
-            weight_dtype = torch.float32 if cpu else comfy.model_management.text_encoder_dtype(self.load_device)
-        self.dtype = weight_dtype
-        self.model = ExemplarEncoder.from_checkpoint(ckpt, dtype=weight_dtype).to(offload_device)
-        self.patcher = comfy.model_patcher.ModelPatcher(self.model, load_device=self.load_device, offload_device=offload_device)
-        # encodings of recent exemplars: lives and dies with this encoder (weights never change under it)
-        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """CLIP-normalised pixels (B, 3, S, S) -> context (B, 1, C) float32 on the intermediate device.
-
-        Remembers the last few results (keyed on the exact pixel values): the one-node sampler runs again when only
-        the seed changes, and the exemplar is then not encoded again (the modular graph gets the same from the
-        host's own cache of PBE_ExemplarEncode's output).
-        """
-        key = _pixels_key(pixels)
-        out = self._cache.get(key)
-        if out is None:
-            log.info("Paint by Example: encoding %d exemplar(s)", pixels.shape[0])
-            comfy.model_management.load_model_gpu(self.patcher)
-            out = self.model(pixels.to(self.load_device, self.dtype)).float()
-            out = out.to(comfy.model_management.intermediate_device())
-            self._cache[key] = out
-            while len(self._cache) > ENCODE_CACHE_SIZE:
-                self._cache.popitem(last=False)
-        else:
-            log.debug("Paint by Example: %d exemplar(s) already encoded", pixels.shape[0])
-            self._cache.move_to_end(key)
-        return out.clone()
-
-    @torch.no_grad()
-    def unconditional(self, batch: int) -> torch.Tensor:
-        """The learned unconditional context, (batch, 1, C) float32."""
-        return self.model.unconditional(batch).float().to(comfy.model_management.intermediate_device()).clone()
-
-
-def build_all(ckpt: PbECheckpoint, weight_dtype: str = "default"):
-    """(MODEL, PBE_ENCODER, VAE) from a loaded checkpoint."""
+def build_all(ckpt: PbECheckpoint, weight_dtype: str = "default", channels_last_vae: bool = False):
+    """(MODEL, PBE_ENCODER, VAE) from a loaded checkpoint. ``channels_last_vae``: see
+    :func:`vae_channels_last_on_cpu` (opt-in: it moves results beyond the fp32 noise floor)."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}.")
     dtype = WEIGHT_DTYPES[weight_dtype]
     # The VAE first: the host copies its weights before they are shared (adopt_weights), and that transient copy
     # is smallest while little else of the file has been read.
-    vae = build_vae(ckpt)
+    vae = build_vae(ckpt, channels_last_vae)
     model = build_model_patcher(ckpt, dtype)
     encoder = PbEEncoder(ckpt, dtype)
     return model, encoder, vae

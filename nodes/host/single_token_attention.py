@@ -1,7 +1,7 @@
 """Single-token cross-attention: Paint by Example's context is one token, so cross-attention is two small matmuls.
 
 Every cross-attention (``attn2``) of the UNet attends from the image tokens to Paint by Example's context, which is a
-*single* token (B, 1, 768) (REFERENCE.md section 1). With one key the softmax is exactly 1 at every query, so the
+*single* token (B, 1, 768) (docs/design/model.md). With one key the softmax is exactly 1 at every query, so the
 output at every position is the same row, ``to_out(to_v(context))``: it depends on the exemplar (or the learned
 unconditional vector), never on the image or the timestep. The normal path still projects every image token through
 ``to_q``, runs the attention kernel and projects every token through ``to_out``; this path computes the one row per

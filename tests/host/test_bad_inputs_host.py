@@ -1,4 +1,4 @@
-"""Issue 7 on a live headless ComfyUI, through ``POST /prompt`` only: every bad input of the matrix ends its prompt
+"""The bad-input matrix on a live headless ComfyUI, through ``POST /prompt`` only: every bad input of the matrix ends its prompt
 with an error that names the problem and the fix (HTTP 400 from validation, or the prompt's execution_error), a
 malicious pickle creates nothing, no file is left in the output or temp folder, the server stays up, and the very
 next valid prompt succeeds. Legitimate odd inputs (any size, a full mask, grey, RGBA, batches, a 1x1 exemplar) give
@@ -116,7 +116,7 @@ def _validation_text(body):
 
 
 def expect_refusal(server, prompt, problem, fix, *, at_validation=None):
-    """Queue a bad prompt; return the error text after checking everything issue 7 asks of a refusal."""
+    """Queue a bad prompt; return the error text after checking everything a refusal must do."""
     before = _files(server)
     try:
         pid = server.queue(prompt)
@@ -334,7 +334,7 @@ def test_nan_inf_and_out_of_range_pixels(comfy_server, uploads, tensor, role, pr
         ("window_shape", "round", r"window_shape", r"'round' not in|must be one of square, mask_aspect", None),
         ("denoise", 0.0, r"Value 0\.0 smaller than min of 0\.01", r"denoise", True),
         # what the host cannot check: the node's own validate_inputs (working_size) and its entry (NaN)
-        ("working_size", 13, r"working_size=13 must be 0 \(edit the whole image\) or a multiple of 8", r"use 16", True),
+        ("working_size", 13, r"working_size=13 must be 0 \(edit the whole image\) or a multiple of 8", r"use 64", True),
         ("cfg", float("nan"), r"cfg=nan: settings must be finite numbers", r"set it to a number", False),
     ],
 )  # fmt: skip
