@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO))
 
 from comfy_host import ComfyServer  # noqa: E402
 from frontend import Browser  # noqa: E402

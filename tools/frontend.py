@@ -1,7 +1,7 @@
 """Drive the real ComfyUI frontend in headless Chromium over the DevTools protocol (developer tool, not shipped).
 
 Used by ``build_workflows.py`` to let the frontend itself build and serialise the UI workflows and to screenshot them.
-Needs Debian's ``chromium`` and the ``websocket-client`` package (in ComfyUI's requirements).
+Needs Debian's ``chromium`` and the ``websocket-client`` package (``pip install websocket-client``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class Browser:
             [
                 self.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                f"--user-data-dir={self.profile}", f"--remote-debugging-port={port}", "about:blank",
+                f"--user-data-dir={self.profile}", f"--remote-debugging-port={port}",
+                # recent Chromium refuses DevTools connections whose Origin it was not told about
+                f"--remote-allow-origins=http://127.0.0.1:{port}", "about:blank",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
