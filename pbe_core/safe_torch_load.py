@@ -42,7 +42,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "LazyTensor", "Placeholder", "is_torch_zip", "load_state_dict", "read_torch_zip"]
+__all__ = [
+    "CheckpointError",
+    "LazyTensor",
+    "Placeholder",
+    "check_pickle",
+    "is_torch_zip",
+    "load_state_dict",
+    "read_torch_zip",
+]
 
 _MAX_PICKLE_BYTES = 64 << 20  # the 12.6 GB official checkpoint's data.pkl is well under 1 MB
 _MAX_DEPTH = 200  # nesting guard: CPython's tuple hash recurses without a limit and segfaults
@@ -413,6 +421,13 @@ def _check_pickle(data: bytes) -> None:
         raise
     except Exception as e:  # genops' ValueError, stack underflow, unknown memo key
         raise _Malformed(f"data.pkl is not a valid pickle ({type(e).__name__}: {_short(str(e))})") from None
+
+
+def check_pickle(data: bytes) -> None:
+    """:func:`_check_pickle` for the pack's other restricted unpicklers (the QS model reader,
+    :mod:`pbe_core.eval.gmm_pickle`): raises :class:`CheckpointError` for nesting deeper than ``_MAX_DEPTH`` or memo
+    entries out of sequence. Its messages call the pickle "data.pkl"."""
+    _check_pickle(data)
 
 
 class _Unpickler(pickle.Unpickler):  # restricted: find_class never imports, see the module docstring
