@@ -9,11 +9,11 @@ from .conditioning import ExemplarEncode, InpaintConditioning
 from .host.models_folder import register_model_folder
 from .loader import LoadModel
 from .photo_tools import NODES as PHOTO_TOOLS
-from .sampler import Sampler, SamplerSelect
+from .sampler import ReferenceScheduler, Sampler, SamplerSelect
 
 register_model_folder()
 
-NODES: list[type[io.ComfyNode]] = [LoadModel, ExemplarEncode, InpaintConditioning, Sampler, SamplerSelect, *PHOTO_TOOLS]
+NODES: list[type[io.ComfyNode]] = [LoadModel, ExemplarEncode, InpaintConditioning, Sampler, SamplerSelect, ReferenceScheduler, *PHOTO_TOOLS]
 
 
 class PaintByExampleExtension(ComfyExtension):

@@ -16,7 +16,7 @@ from ..pbe_core.edit import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
 from ..pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES
 from .host.encoder import EncoderType, encode_exemplars
 from .host.model_type import check_same_checkpoint
-from .host.sampling import REFERENCE, check_memory, host_sampler, sample_window, sampler_names
+from .host.sampling import REFERENCE, check_memory, host_sampler, reference_sigmas, sample_window, sampler_names
 from .host.tooltips import (
     ENCODER_TOOLTIP,
     EXEMPLAR_MASK_TOOLTIP,
@@ -195,3 +195,33 @@ class SamplerSelect(io.ComfyNode):
     def execute(cls, sampler_name) -> io.NodeOutput:
         inputs.check_choice("sampler_name", sampler_name, sampler_names())
         return io.NodeOutput(host_sampler(sampler_name, full_denoise=True))
+
+
+class ReferenceScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_ReferenceScheduler",
+            display_name="Paint-by-Example Reference Scheduler",
+            category="paint_by_example",
+            description=(
+                "The official sampler's SIGMAS: the uniform timesteps 981, 961, ..., 1 for 50 steps (1000 // steps "
+                "apart, offset 1), ending at timestep 0's noise level, on the model's own sigma table. With 'Sampler "
+                "Select' set to 'reference' in SamplerCustomAdvanced it samples exactly what 'Paint by Example' with "
+                "the reference sampler samples."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip=MODEL_TOOLTIP),
+                io.Int.Input("steps", default=50, min=1, max=999, tooltip="Sampling steps (official: 50)."),
+                io.Float.Input(
+                    "denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                    tooltip="1 = from pure noise (official); below, the last steps of a longer schedule.",
+                ),
+            ],
+            outputs=[io.Sigmas.Output(display_name="SIGMAS", tooltip="For SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps, denoise) -> io.NodeOutput:
+        inputs.check_finite(denoise=denoise)
+        return io.NodeOutput(reference_sigmas(model, steps, float(denoise)))

@@ -294,6 +294,22 @@ def test_modular_graph_samples_what_the_paper_samples(comfy_server, images, tiny
     assert diff.max() <= atol
 
 
+def test_modular_graph_with_the_reference_scheduler_is_the_official_sampler(comfy_server, images, tiny_modules):
+    """SamplerCustomAdvanced + PBE_SamplerSelect('reference') + PBE_ReferenceScheduler: the official PLMS in a
+    modular graph (the whole decoded frame, as the official script saves it), against diffusers' PNDM."""
+    from diffusers import PNDMScheduler
+
+    steps, seed = 10, 1234
+    p = _modular_ddim(steps, seed, custom=True)
+    p["ksel"]["inputs"]["sampler_name"] = "reference"
+    p["sched"] = {"class_type": "PBE_ReferenceScheduler", "inputs": {"model": ["load", 0], "steps": steps, "denoise": 1.0}}
+    ours = fetch_tensor(comfy_server, run_ok(comfy_server, p), "save")[0]
+    sched = PNDMScheduler(**{k: v for k, v in pbe_fixtures.SCHEDULER_CONFIG.items() if not k.startswith("_")})
+    diff = _inside(ours, _diffusers_edit(_diffusers_pipeline(tiny_modules, sched), images, seed, steps), images)
+    print(f"modular reference vs diffusers PNDM: max abs {diff.max():.2e}, mean {diff.mean():.2e}")  # noqa: T201
+    assert diff.max() <= PARITY_ATOL
+
+
 # --- behaviour ---------------------------------------------------------------------------------------------------------
 def test_two_exemplars_give_two_different_results(comfy_server, images):
     p = one_node_prompt("original-fp32.safetensors", steps=4, exemplar_link=("batch", 0))
