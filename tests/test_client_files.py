@@ -319,3 +319,29 @@ def test_a_batch_without_a_server_still_reports_every_row(tmp_path):
     reason = f"cannot reach ComfyUI at http://127.0.0.1:{port}: Connection refused"
     assert [row["error"] for row in report["rows"]] == [reason] + [f"not tried: {reason}"] * 2
     assert (report["succeeded"], report["failed"], report["stopped"]) == (0, 3, reason)
+
+
+def test_a_rerun_with_every_row_done_needs_no_comfyui(tmp_path):
+    """Rows whose result is there for the same settings are skipped before any server is contacted, so a finished
+    batch run again starts no ComfyUI (here: --comfyui names no ComfyUI at all). A changed input is done again."""
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.png").write_bytes(_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+        (tmp_path / f"{name}_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+        (tmp_path / f"{name}_exemplar.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    out = tmp_path / "out"
+    settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=out, values={"steps": 3})
+    store = results.ResultStore(out)
+    for job in jobs.jobs_from_folder(tmp_path):
+        store.write(job.name, jobs.job_key(job, settings)[2], [(".png", b"result of " + job.name.encode())])
+    args = ["batch", str(tmp_path), "-o", str(out), "--comfyui", str(tmp_path / "no_comfyui_here")]
+    r = _client(*args, "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert "2 of 2 rows succeeded (2 already done)" in r.stdout
+    assert json.loads((out / "report.json").read_text())["skipped"] == 2
+    r = _client(*args, "--steps", "4")  # other settings: the rows need the (missing) ComfyUI
+    assert r.returncode == 1 and "is not a ComfyUI folder" in r.stderr, r.stderr
+    (tmp_path / "b_exemplar.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    r = _client(*args, "--steps", "3")  # row b's exemplar changed: b is done again, a skipped
+    report = json.loads((out / "report.json").read_text())
+    assert [row["status"] for row in report["rows"]] == ["skipped", "failed"]
