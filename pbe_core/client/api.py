@@ -18,6 +18,7 @@ means "wait for it": the client retries with growing pauses (1, 2, 3, then every
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import logging
 import socket
@@ -163,7 +164,7 @@ class ComfyClient:
         log.warning("lost the connection to ComfyUI at %s (%s); waiting up to %.0f s for it to come back",
                     self.base, reason, self.reconnect_wait)
         started = time.monotonic()
-        for attempt in range(1, 1 << 30):
+        for attempt in itertools.count(1):
             if self.revive is not None:
                 try:
                     self.revive()

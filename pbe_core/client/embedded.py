@@ -12,7 +12,9 @@ What "private" means:
   file: the private ``models/paint_by_example`` (model files given by path are linked there) and the installation's
   own ``models/paint_by_example`` (so a model name the user's ComfyUI lists works too);
 * it stops with the run (``stop``, or leaving the ``with`` block; on Linux also when this process dies, through the
-  parent-death signal) and its folder is removed, results having been downloaded by then.
+  parent-death signal) and its folder is removed, results having been downloaded by then;
+* if it exits during the run (a crash, the out-of-memory killer), the client starts it again (``restart``: the same
+  port, folders and options), at most twice per run; ``kill`` ends it the way such a crash does (the tests use it).
 
 ComfyUI's Python: ``python`` if given; else the virtual environment inside the ComfyUI folder (``venv``, ``.venv``),
 the Windows portable build's ``python_embeded`` beside it, or the Python running this code if it has torch.

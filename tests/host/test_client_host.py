@@ -319,8 +319,11 @@ def server(comfy_server):
 
 
 def _rows_csv(folder: Path, n: int, exemplar: Path) -> Path:
+    """A CSV of ``n`` rows; seeds new to the server, so that no prompt is answered from ComfyUI's cache (at once,
+    with no progress to wait for)."""
     photos = _photos(folder / "in", n)
-    rows = ["source,mask,exemplar,seed"] + [f"in/{s.name},in/{m.name},{exemplar.name},{k}"
+    seed = uuid.uuid4().int % 10**9
+    rows = ["source,mask,exemplar,seed"] + [f"in/{s.name},in/{m.name},{exemplar.name},{seed + k}"
                                             for k, (s, m) in enumerate(photos)]  # fmt: skip
     (folder / exemplar.name).write_bytes(exemplar.read_bytes())
     (folder / "rows.csv").write_text("\n".join(rows) + "\n")
