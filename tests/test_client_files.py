@@ -114,10 +114,12 @@ def test_no_traceback_reaches_the_user_for_a_workflow_file(tmp_path):
     for name, content in cases.items():
         path = tmp_path / name
         path.mkdir() if content is None else path.write_bytes(content)
-        r = _client("edit", "a.png", "m.png", "e.png", "--workflow", str(path), "--server", "127.0.0.1:9")
+        r = _client("edit", "a.png", "m.png", "e.png", "--workflow", str(path), "--server", "127.0.0.1:9", "-o",
+                    str(tmp_path / "out"))
         assert r.returncode == 1, (name, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.startswith("error: "), (name, r.stderr)
-    r = _client("edit", "a.png", "m.png", "e.png", "--workflow", str(tmp_path / "comma.json"), "--server", "x:9")
+    r = _client("edit", "a.png", "m.png", "e.png", "--workflow", str(tmp_path / "comma.json"), "--server", "x:9",
+                "-o", str(tmp_path / "out"))
     column = cases["comma.json"].index(b"},}") + 2  # the first comma after the inputs, counted from 1
     assert f"error: {tmp_path / 'comma.json'}: line 1: a trailing comma at column {column}" in r.stderr
 
@@ -345,3 +347,17 @@ def test_a_rerun_with_every_row_done_needs_no_comfyui(tmp_path):
     r = _client(*args, "--steps", "3")  # row b's exemplar changed: b is done again, a skipped
     report = json.loads((out / "report.json").read_text())
     assert [row["status"] for row in report["rows"]] == ["skipped", "failed"]
+
+
+def test_broken_csv_files_get_a_message(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes(b"source,mask,exemplar\nfoto_\xe9t\xe9.png,m.png,e.png\n")
+    with pytest.raises(ClientError, match=r"latin1\.csv: line 2: byte 0xe9 at column 6 is not UTF-8 text"):
+        jobs.jobs_from_csv(tmp_path / "latin1.csv")
+    (tmp_path / "quote.csv").write_text('source,mask,exemplar\n"a.png,m.png,e.png\n')
+    r = _client("batch", str(tmp_path / "quote.csv"), "-o", str(tmp_path / "out"), "--server", "127.0.0.1:9")
+    assert "Traceback" not in r.stderr
+    (tmp_path / "dup.csv").write_text("source,mask,exemplar,Exemplar 1\n")
+    with pytest.raises(ClientError, match=r"line 1: the header names 'exemplar' twice"):
+        jobs.jobs_from_csv(tmp_path / "dup.csv")
+    r = _client("batch", str(tmp_path / "latin1.csv"), "-o", str(tmp_path / "out"), "--server", "127.0.0.1:9")
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {tmp_path / 'latin1.csv'}: line 2:"), r.stderr
