@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -105,8 +106,9 @@ def test_image_size_and_orientation():
 
 
 # --- WebSocket ----------------------------------------------------------------------------------------------------------
-def _serve_once(frames: list[bytes]):
-    """A one-connection server: answers the upgrade, sends ``frames`` raw, then records what the client sends."""
+def _serve_once(frames: list):
+    """A one-connection server: answers the upgrade, sends ``frames`` raw (a float: pause that many seconds), then
+    records what the client sends."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
@@ -124,7 +126,10 @@ def _serve_once(frames: list[bytes]):
         accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()  # noqa: S324
         conn.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".encode())
         for f in frames:
-            conn.sendall(f)
+            if isinstance(f, float):  # a pause, e.g. in the middle of a frame
+                time.sleep(f)
+            else:
+                conn.sendall(f)
         conn.settimeout(5)
         data = b""
         try:
@@ -264,6 +269,27 @@ def test_websocket_reads_text_binary_fragments_and_answers_pings():
     assert sent[0] == 0x8A and sent[1] == 0x80 | 2  # pong, masked, 2 bytes
     mask = sent[2:6]
     assert bytes(b ^ mask[i % 4] for i, b in enumerate(sent[6:8])) == b"hi"
+
+
+def test_websocket_timeout_in_the_middle_of_a_message_loses_nothing():
+    """The client waits on /ws with short timeouts: one that falls inside a frame, or between the fragments of a
+    message, must leave the stream where it was."""
+    first = _frame(0x1, b'{"type": "progress", "data": {"value": 1}}')
+    second = _frame(0x1, b'{"type": "exe', fin=False) + _frame(0x0, b'cuting"}')
+    cut = len(second) - 5
+    port, thread, _ = _serve_once([first[:3], 0.6, first[3:], second[:4], 0.6, second[4:cut], 0.6, second[cut:]])
+    ws = WebSocket(f"ws://127.0.0.1:{port}/ws", timeout=5)
+    ws.settimeout(0.2)
+    got, timeouts = [], 0
+    while len(got) < 2:
+        try:
+            got.append(ws.recv())
+        except socket.timeout:
+            timeouts += 1
+    assert got == ['{"type": "progress", "data": {"value": 1}}', '{"type": "executing"}']
+    assert timeouts >= 3  # each pause fell inside a message
+    ws.close()
+    thread.join(10)
 
 
 # --- prompts and rows ---------------------------------------------------------------------------------------------------

@@ -8,16 +8,24 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __doc__ as PACKAGE_DOC
-from .api import ClientError, ComfyClient
+from .api import ComfyClient
 from .embedded import PACK_DIR, EmbeddedError, PrivateComfyUI
+from .errors import ClientError, ServerStartError, ServerUnreachable
 from .jobs import Job, Settings, jobs_from_csv, jobs_from_folder, run_batch, run_job
-from .workflow import DEFAULT_WORKFLOW, OVERRIDES, load_workflow
+from .results import ResultStore, atomic_write
+from .workflow import DEFAULT_WORKFLOW, OVERRIDES, check_workflow, load_workflow
 
 log = logging.getLogger("pbe_core.client")
+
+#: times a private ComfyUI that exited is started again in one run
+PRIVATE_RESTARTS = 2
+
 
 # --- command line --------------------------------------------------------------------------------------------------------
 def _value(text: str):
@@ -46,11 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --comfyui: the Python that runs ComfyUI (default: its venv, or this Python)")
     common.add_argument("--comfy-args", default="", metavar="ARGS",
                         help="with --comfyui: more ComfyUI options, e.g. '--lowvram' or '--cpu'")
-    common.add_argument("--client-id", help="client id for /prompt and /ws (default: random)")
-    common.add_argument("--timeout", type=float, default=600, help="seconds to wait for one edit (default %(default)s)")
+    common.add_argument("--client-id", help="client id for /prompt and /ws (default: random for each run; two runs "
+                        "sharing one share its /ws messages)")
+    common.add_argument("--timeout", type=float, default=600, help="seconds to wait for one edit once queued; it is "
+                        "cancelled after (default %(default)s)")
+    common.add_argument("--reconnect-wait", type=float, default=120, metavar="SECONDS",
+                        help="when the server goes away: how long to wait for it to come back (default %(default)s)")
     common.add_argument("--workflow", default=DEFAULT_WORKFLOW,
                         help="API workflow: a name in workflows/api/ or a JSON file (default %(default)s)")
     common.add_argument("-o", "--output", type=Path, default=Path("pbe_results"), help="folder for the results")
+    common.add_argument("--force", action="store_true",
+                        help="edit again even where the result is there for the same settings (default: skip it)")
     common.add_argument("--model", help="the Paint-by-Example model: a name in ComfyUI/models/paint_by_example/, or "
                         "with a private ComfyUI also a path to a checkpoint file or diffusers folder")
     common.add_argument("--seed", type=int)
@@ -72,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("exemplar", type=Path, nargs="+", help="exemplar image(s); several for a multi-exemplar workflow")
     batch = sub.add_parser("batch", parents=[common], help="edit a folder or a CSV of rows")
     batch.add_argument("rows", type=Path, help="a folder (NAME, NAME_mask.png, NAME_exemplar.*) or a CSV file")
-    batch.add_argument("--exemplar", type=Path, help="exemplar for folder rows without their own")
+    batch.add_argument("--exemplar", type=Path, action="append", default=[],
+                       help="exemplar for folder rows without their own; repeat it for a workflow with several")
     batch.add_argument("--report", type=Path, help="where to write the JSON report (default OUTPUT/report.json)")
     return parser
 
@@ -91,69 +106,164 @@ def _comfyui_folder(args) -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def comfyui_address(args, settings: Settings):
-    """Yield the address of the ComfyUI to use: ``--server``'s, or a private one's, started here and stopped after
-    (a ``--model`` path is linked into its models folder, and the workflow gets the file's name)."""
-    folder = _comfyui_folder(args)
-    if folder is None:
-        if not args.server:
-            raise ClientError(
-                "no ComfyUI to use: give --comfyui /path/to/ComfyUI (a private one is started for this run) or "
-                "--server HOST:PORT (a ComfyUI already running, e.g. 127.0.0.1:8188)"
-            )
-        yield args.server
-        return
-    server = PrivateComfyUI(folder, python=args.comfy_python, extra_args=shlex.split(args.comfy_args))
+def _model_identity(path: Path) -> dict:
+    """What identifies a model given by path in a result's key: size and modification time of its file(s)."""
     try:
-        if settings.model and Path(settings.model).exists():
-            settings.model = server.add_model(Path(settings.model).name, settings.model)
-        server.start(progress=log.info)
-        yield server.base_url
-    finally:
-        server.stop()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            return {"model_files": [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+        st = path.stat()
+    except OSError as e:
+        raise ClientError(f"cannot read the model {str(path)!r}: {e.strerror or e}") from None
+    return {"model_file": [st.st_size, st.st_mtime_ns]}
+
+
+def _reviver(server: PrivateComfyUI) -> Callable[[], None]:
+    """``revive`` for the client: start the private ComfyUI again if it exited, at most PRIVATE_RESTARTS times."""
+    restarts = 0
+
+    def revive() -> None:
+        nonlocal restarts
+        if server.alive():
+            return
+        status = server.proc.returncode if server.proc is not None else None
+        if restarts >= PRIVATE_RESTARTS:
+            raise EmbeddedError(f"the private ComfyUI exited (status {status}) after {restarts} restarts; the end of "
+                                f"its log:\n{server.log()[-2000:]}")
+        restarts += 1
+        log.warning("the private ComfyUI exited (status %s); starting it again (restart %d of at most %d)", status,
+                    restarts, PRIVATE_RESTARTS)
+        server.restart(progress=log.info)
+
+    return revive
+
+
+def connector(args, settings: Settings, stack: contextlib.ExitStack) -> Callable[[], ComfyClient]:
+    """A function that returns the run's client, connecting on its first call: to ``--server``, or to a private
+    ComfyUI started then (a ``--model`` path linked into it) and stopped when ``stack`` closes. A run whose rows
+    are all done already starts no ComfyUI."""
+    made: list = []
+
+    def connect() -> ComfyClient:
+        if made:
+            if isinstance(made[0], Exception):
+                raise made[0]
+            return made[0]
+        folder = _comfyui_folder(args)
+        revive = None
+        address = args.server
+        if folder is not None:
+            try:
+                server = PrivateComfyUI(folder, python=args.comfy_python, extra_args=shlex.split(args.comfy_args))
+                stack.callback(server.stop)
+                if settings.model_path is not None:
+                    server.add_model(settings.model, settings.model_path)
+                server.start(progress=log.info)
+            except (EmbeddedError, OSError) as e:
+                made.append(ServerStartError(f"could not start a private ComfyUI: {e}"))
+                raise made[0] from None
+            address, revive = server.base_url, _reviver(server)
+        made.append(ComfyClient(address, args.client_id, args.timeout, progress=not args.no_progress,
+                                reconnect_wait=args.reconnect_wait, revive=revive))
+        return made[0]
+
+    return connect
+
+
+def _settings(args) -> Settings:
+    workflow = load_workflow(args.workflow)
+    check_workflow(workflow)
+    settings = Settings(
+        workflow=workflow,
+        out_dir=args.output,
+        model=args.model,
+        values={k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None},
+        sets=args.sets,
+        force=args.force,
+    )
+    if args.model and _comfyui_folder(args) is not None and Path(args.model).exists():
+        settings.model_path = Path(args.model)
+        settings.model = settings.model_path.name  # the name it is linked under in the private ComfyUI
+        settings.identity = _model_identity(settings.model_path)
+    return settings
+
+
+def _rows(args) -> list:
+    if args.rows.is_dir():
+        return jobs_from_folder(args.rows, args.exemplar)
+    if args.exemplar:
+        raise ClientError("--exemplar is for folder batches; a CSV names each row's exemplars (columns exemplar, "
+                          "exemplar2, ...)")
+    if args.rows.is_file():
+        return jobs_from_csv(args.rows)
+    raise ClientError(f"{str(args.rows)!r} is neither a folder nor a CSV file")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def write_report(report: dict, path: Path) -> bool:
+    try:
+        atomic_write(path, (json.dumps(report, indent=2) + "\n").encode())
+    except ClientError as e:
+        log.error("error: the report was not written: %s; the lines on stdout are all there is", e)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    with contextlib.suppress(ValueError):  # not in the main thread (called from other code): no handler then
+        signal.signal(signal.SIGTERM, _interrupt)  # a batch stopped by kill still cancels its prompt and reports
     try:
-        settings = Settings(
-            workflow=load_workflow(args.workflow),
-            out_dir=args.output,
-            model=args.model,
-            values={k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None},
-            sets=args.sets,
-        )
-        if args.command == "edit":
-            jobs = [Job(args.source.stem, args.source, args.mask, list(args.exemplar), args.seed)]
-        elif args.rows.is_dir():
-            jobs = jobs_from_folder(args.rows, args.exemplar)
-        elif args.rows.is_file():
-            jobs = jobs_from_csv(args.rows)
-        else:
-            raise ClientError(f"{str(args.rows)!r} is neither a folder nor a CSV file")
-        if not jobs:
-            raise ClientError(f"no rows in {str(args.rows)!r}")
-        with comfyui_address(args, settings) as address:
-            client = ComfyClient(address, args.client_id, args.timeout, progress=not args.no_progress)
+        return _main(args)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+def _main(args) -> int:
+    with contextlib.ExitStack() as stack:
+        try:
+            settings = _settings(args)
+            if _comfyui_folder(args) is None and not args.server:
+                raise ClientError(
+                    "no ComfyUI to use: give --comfyui /path/to/ComfyUI (a private one is started for this run) or "
+                    "--server HOST:PORT (a ComfyUI already running, e.g. 127.0.0.1:8188)"
+                )
+            connect = connector(args, settings, stack)
+            store = ResultStore(settings.out_dir)
             if args.command == "edit":
-                for path in run_job(client, jobs[0], settings):
+                job = Job(args.source.stem, args.source, args.mask, list(args.exemplar), args.seed)
+                store.check_writable()
+                result = run_job(connect, job, settings, store)
+                if result.skipped:
+                    log.info("%s: already done with the same settings; --force does it again", job.name)
+                for path in result.paths:
                     sys.stdout.write(f"{path}\n")
                 return 0
-            report = run_batch(client, jobs, settings)
-    except (ClientError, EmbeddedError) as e:
-        log.error("error: %s", e)
-        return 1
-    except ConnectionError as e:
-        log.error("error: %s", e)
-        return 2
-    failed = [r for r in report if not r["ok"]]
+            jobs = _rows(args)
+            if not jobs:
+                raise ClientError(f"no rows in {str(args.rows)!r}")
+        except ClientError as e:
+            log.error("error: %s", e)
+            return 1
+        except ServerUnreachable as e:
+            log.error("error: %s", e)
+            return 2
+        except OSError as e:  # a file problem nothing above named: still a message, not a traceback
+            log.debug("", exc_info=True)
+            log.error("error: %s", e)
+            return 1
+        report, status = run_batch(connect, jobs, settings, store)
     report_path = args.report or args.output / "report.json"
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps({"rows": report, "failed": len(failed), "succeeded": len(report) - len(failed)},
-                                      indent=2) + "\n")
-    sys.stdout.write(f"{len(report) - len(failed)} of {len(report)} rows succeeded; report: {report_path}\n")
-    for r in failed:
-        sys.stdout.write(f"FAILED {r['name']}: {r['error']}\n")
-    return 1 if failed else 0
+    written = write_report(report, report_path)
+    skipped = f" ({report['skipped']} already done)" if report["skipped"] else ""
+    sys.stdout.write(f"{report['succeeded']} of {len(report['rows'])} rows succeeded{skipped}; "
+                     + (f"report: {report_path}\n" if written else "no report written (see the error above)\n"))
+    for r in report["rows"]:
+        if not r["ok"]:
+            sys.stdout.write(f"FAILED {r['name']}: {r['error']}\n")
+    return status

@@ -12,7 +12,9 @@ What "private" means:
   file: the private ``models/paint_by_example`` (model files given by path are linked there) and the installation's
   own ``models/paint_by_example`` (so a model name the user's ComfyUI lists works too);
 * it stops with the run (``stop``, or leaving the ``with`` block; on Linux also when this process dies, through the
-  parent-death signal) and its folder is removed, results having been downloaded by then.
+  parent-death signal) and its folder is removed, results having been downloaded by then;
+* if it exits during the run (a crash, the out-of-memory killer), the client starts it again (``restart``: the same
+  port, folders and options), at most twice per run; ``kill`` ends it the way such a crash does (the tests use it).
 
 ComfyUI's Python: ``python`` if given; else the virtual environment inside the ComfyUI folder (``venv``, ``.venv``),
 the Windows portable build's ``python_embeded`` beside it, or the Python running this code if it has torch.
@@ -214,6 +216,33 @@ class PrivateComfyUI:
                 next_note = time.monotonic() + 5
             time.sleep(0.5)
         raise EmbeddedError(f"ComfyUI did not answer within {timeout:.0f} s; the end of its log:\n{self.log()[-3000:]}")
+
+    def restart(self, timeout: float = 300.0, progress: Callable[[str], None] | None = None) -> PrivateComfyUI:
+        """Start the server again after it exited or was stopped, with the same command: the same port, folders and
+        options (``--cpu`` included if :meth:`start` added it). ComfyUI keeps its queue and history in memory, so
+        those start empty; the input and output folders are the same as before."""
+        say = progress or (lambda line: None)
+        self._stop_process()
+        say(f"starting the private ComfyUI again on port {self.port}; log: {self.log_path}")
+        started = time.monotonic()
+        self._launch()
+        try:
+            self._wait(timeout, started, say)
+        except EmbeddedError:
+            self._stop_process()
+            raise
+        say(f"ComfyUI is ready again after {time.monotonic() - started:.0f} s")
+        return self
+
+    def kill(self) -> None:
+        """End the server at once with SIGKILL, as a crash or the out-of-memory killer would (it cleans nothing up);
+        the folders stay, so :meth:`restart` brings it back on the same port."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -27,7 +27,9 @@ class WebSocket:
         if u.scheme != "ws":
             raise WebSocketError(f"only ws:// URLs are supported, not {url!r}")
         self.sock = socket.create_connection((u.hostname, u.port or 80), timeout=timeout)
-        self._buf = b""
+        self._buf = bytearray()
+        self._parts: list[bytes] = []  # the fragments of a message being received
+        self._first_op = OP_TEXT
         try:
             self._handshake(u)
         except BaseException:
@@ -46,7 +48,8 @@ class WebSocket:
         )
         while b"\r\n\r\n" not in self._buf:
             self._fill()
-        head, self._buf = self._buf.split(b"\r\n\r\n", 1)
+        head, rest = bytes(self._buf).split(b"\r\n\r\n", 1)
+        self._buf = bytearray(rest)
         lines = head.decode("latin-1").split("\r\n")
         if " 101 " not in lines[0] + " ":
             raise WebSocketError(f"WebSocket upgrade refused: {lines[0]}")
@@ -60,12 +63,6 @@ class WebSocket:
         if not chunk:
             raise WebSocketError("connection closed by the server")
         self._buf += chunk
-
-    def _read(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            self._fill()
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
 
     def settimeout(self, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
@@ -86,21 +83,46 @@ class WebSocket:
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(head + mask + masked)
 
+    def _frame(self) -> tuple[bool, int, bytes] | None:
+        """The next whole frame ``(fin, opcode, payload)`` taken from the buffer, or None (nothing taken) if it has
+        not all arrived yet."""
+        buf = self._buf
+        if len(buf) < 2:
+            return None
+        b0, b1 = buf[0], buf[1]
+        n, at = b1 & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                return None
+            n, at = struct.unpack(">H", buf[2:4])[0], 4
+        elif n == 127:
+            if len(buf) < 10:
+                return None
+            n, at = struct.unpack(">Q", buf[2:10])[0], 10
+        mask = None
+        if b1 & 0x80:
+            if len(buf) < at + 4:
+                return None
+            mask, at = bytes(buf[at:at + 4]), at + 4
+        if len(buf) < at + n:
+            return None
+        data = bytes(buf[at:at + n])
+        del self._buf[:at + n]
+        if mask:
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        return bool(b0 & 0x80), b0 & 0x0F, data
+
     def recv(self) -> str | bytes:
-        """The next message (``socket.timeout`` if none arrives in time; ``WebSocketError`` when closed)."""
-        parts, first_op = [], None
+        """The next message (``socket.timeout`` if none arrives in time; ``WebSocketError`` when closed).
+
+        A timeout loses nothing: a frame is taken from the buffer only once it has arrived whole, and the fragments
+        of a message already read are kept for the next call."""
         while True:
-            b0, b1 = self._read(2)
-            fin, op = b0 & 0x80, b0 & 0x0F
-            n = b1 & 0x7F
-            if n == 126:
-                n = struct.unpack(">H", self._read(2))[0]
-            elif n == 127:
-                n = struct.unpack(">Q", self._read(8))[0]
-            mask = self._read(4) if b1 & 0x80 else None
-            data = self._read(n)
-            if mask:
-                data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+            frame = self._frame()
+            if frame is None:
+                self._fill()
+                continue
+            fin, op, data = frame
             if op == OP_PING:
                 self.send(data, OP_PONG)
                 continue
@@ -110,11 +132,12 @@ class WebSocket:
                 self._close_quietly()
                 raise WebSocketError("connection closed by the server")
             if op != OP_CONT:
-                first_op = op
-            parts.append(data)
+                self._first_op = op
+            self._parts.append(data)
             if fin:
-                msg = b"".join(parts)
-                return msg.decode("utf-8") if first_op == OP_TEXT else msg
+                msg = b"".join(self._parts)
+                self._parts = []
+                return msg.decode("utf-8") if self._first_op == OP_TEXT else msg
 
     def _close_quietly(self) -> None:
         try:
