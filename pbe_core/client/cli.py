@@ -170,7 +170,8 @@ def connector(args, settings: Settings, stack: contextlib.ExitStack) -> Callable
     return connect
 
 
-def _settings(args) -> Settings:
+def settings_from_args(args) -> Settings:
+    """The batch's Settings from the command line's options (the eval's ``generate`` builds its rows itself)."""
     workflow = load_workflow(args.workflow)
     check_workflow(workflow)
     settings = Settings(
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     with contextlib.ExitStack() as stack:
         try:
-            settings = _settings(args)
+            settings = settings_from_args(args)
             if _comfyui_folder(args) is None and not args.server:
                 raise ClientError(
                     "no ComfyUI to use: give --comfyui /path/to/ComfyUI (a private one is started for this run) or "

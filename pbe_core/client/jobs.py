@@ -433,8 +433,9 @@ def _already_done(job, settings: Settings, store: ResultStore) -> list[Path] | N
 
 
 def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, settings: Settings,
-              store: ResultStore | None = None) -> tuple[dict, int]:
-    """Run every row, going on past a row's own failure; returns the report and the exit status.
+              store: ResultStore | None = None, progress: Callable[[int, dict], None] | None = None) -> tuple[dict, int]:
+    """Run every row, going on past a row's own failure; returns the report and the exit status. ``progress(k, row)``
+    (optional) is called after each row with its number and its report entry.
 
     Report: ``{"rows": [{"name", "status": "done"|"skipped"|"failed", "ok", "error", "outputs"}], "succeeded",
     "failed", "skipped", "stopped": why the batch stopped early or None, "interrupted": bool}`` ("skipped": done
@@ -451,17 +452,23 @@ def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, sett
         log.error("error: %s", e)
         stopped, status = str(e), 1
     n, started = len(jobs), 0
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        if progress is not None:
+            progress(len(rows), row)
+
     try:
         for k, job in enumerate(jobs, 1):
             name = job.name if isinstance(job, Job) else job[0]
             if stopped is not None:
                 done = _already_done(job, settings, store)
-                rows.append(_row(name, "skipped", None, done) if done is not None else
+                add(_row(name, "skipped", None, done) if done is not None else
                             _row(name, "failed", f"not tried: {stopped}"))  # fmt: skip
                 continue
             if isinstance(job, tuple):
                 log.error("[%d/%d] %s: skipped: %s", k, n, name, job[1])
-                rows.append(_row(name, "failed", job[1]))
+                add(_row(name, "failed", job[1]))
                 continue
             log.info("[%d/%d] %s", k, n, name)
             started = k
@@ -469,19 +476,19 @@ def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, sett
                 result = run_job(connect, job, settings, store)
             except ServerUnreachable as e:
                 log.error("[%d/%d] %s: failed: %s", k, n, name, e)
-                rows.append(_row(name, "failed", str(e)))
+                add(_row(name, "failed", str(e)))
                 stopped, status = str(e), 2
                 continue
             except ClientError as e:
                 log.error("[%d/%d] %s: failed: %s", k, n, name, e)
-                rows.append(_row(name, "failed", str(e)))
+                add(_row(name, "failed", str(e)))
                 if isinstance(e, StopsBatch):
                     stopped, status = str(e), 1
                 continue
             if result.skipped:
                 log.info("[%d/%d] %s: already done with the same settings (%s); --force does it again", k, n, name,
                          ", ".join(p.name for p in result.paths))
-            rows.append(_row(name, "skipped" if result.skipped else "done", None, result.paths))
+            add(_row(name, "skipped" if result.skipped else "done", None, result.paths))
     except KeyboardInterrupt:
         log.error("interrupted: the rows not finished are reported as not tried")
         stopped, status = "interrupted (Ctrl-C)", 130

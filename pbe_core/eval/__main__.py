@@ -1,7 +1,7 @@
 """``python -m pbe_core.eval COMMAND ...``: one subcommand per step of a COCOEE evaluation.
 
-``score`` (:mod:`.score`) and ``gmm-convert`` are here; a ``generate`` command adds itself to :data:`COMMANDS` the same
-way: a function that adds its arguments to a sub-parser and a function that runs it and returns the exit status.
+``generate`` (:mod:`.generate`: the edits, through ComfyUI), ``score`` (:mod:`.score`) and ``gmm-convert``; each is a
+function that adds its arguments to a sub-parser and a function that runs it and returns the exit status.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from ..client.errors import ClientError
 
 log = logging.getLogger("pbe_core.eval")
 
@@ -67,8 +69,21 @@ def _run_gmm_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    from .generate import add_arguments
+
+    add_arguments(p)
+
+
+def _run_generate(args: argparse.Namespace, rest: list[str]) -> int:
+    from .generate import generate
+
+    return generate(args, rest)
+
+
 #: name -> (add arguments, run, help)
 COMMANDS = {
+    "generate": (_add_generate, _run_generate, "edit the COCOEE rows through ComfyUI (the official protocol by default)"),
     "score": (_add_score, _run_score, "compute FID, QS and CLIP score of a results folder and write the report"),
     "gmm-convert": (_add_gmm_convert, _run_gmm_convert, "turn the QS GaussianMixture pickle into a pickle-free .npz"),
 }
@@ -89,13 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add, _, help_text) in COMMANDS.items():
         add(sub.add_parser(name, help=help_text, description=help_text))
-    args = parser.parse_args(argv)
+    # generate hands every option it does not know to the client, whose options they are
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "generate":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "generate":
+            return _run_generate(args, rest)
         return COMMANDS[args.command][1](args)
     except ImportError as e:
         log.error("error: %s. Scoring needs the 'eval' extra: pip install %s", e, " ".join(EVAL_PACKAGES))
         return 2
+    except ClientError as e:  # generate: the client's own errors name the fix
+        log.error("error: %s", e)
+        return 1
     except (ValueError, OSError) as e:  # every error of this package names the file and the fix
         log.error("error: %s", e)
         return 2
