@@ -71,7 +71,9 @@ def other_model(comfy_server, tmp_path_factory):
                                clip={**pbe_fixtures.TINY.clip, "projection_dim": 32})  # fmt: skip
     path = tmp_path_factory.mktemp("other") / "other-32.safetensors"
     save_file(pbe_fixtures.original_state_dict(*pbe_fixtures.build_modules(spec, seed=5)), str(path))
-    return comfy_server.add_model("other-32.safetensors", path)
+    name = comfy_server.add_model("other-32.safetensors", path)
+    yield name
+    (comfy_server.models_dir / "paint_by_example" / name).unlink()  # the session server's list is the others' too
 
 
 def test_model_and_encoder_of_different_checkpoints_name_both(comfy_server, images, other_model):
