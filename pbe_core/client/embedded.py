@@ -17,7 +17,8 @@ What "private" means:
   port, folders and options), at most twice per run; ``kill`` ends it the way such a crash does (the tests use it).
 
 ComfyUI's Python: ``python`` if given; else the virtual environment inside the ComfyUI folder (``venv``, ``.venv``),
-the Windows portable build's ``python_embeded`` beside it, or the Python running this code if it has torch.
+the Windows portable build's ``python_embeded`` beside it, the Python running this code if it has torch, or the
+Python the test command builds (``.venv-host`` in this folder: ComfyUI's requirements and torch).
 
 A CUDA build of torch on a machine without a GPU makes ComfyUI exit at start-up unless it runs with ``--cpu``; when
 the log shows that, the server is started once more with ``--cpu``, and the message says so.
@@ -79,6 +80,9 @@ def find_comfy_python(comfyui: Path, python: str | None = None) -> str:
             return str(c)
     if importlib.util.find_spec("torch") is not None:
         return sys.executable
+    tests_env = PACK_DIR / ".venv-host" / "bin" / "python"  # what the test command (tests/run.sh) builds
+    if tests_env.is_file():
+        return str(tests_env)
     raise EmbeddedError(
         f"cannot tell which Python runs ComfyUI in {comfyui} (no venv/ or .venv/ inside it, no python_embeded beside "
         f"it, and this Python has no torch); give it with --comfy-python PATH"
