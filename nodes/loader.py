@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from ..pbe_core.checkpoint import CHECKPOINT_EXTENSIONS, load_checkpoint, precheck
 from .attention_choice import with_sdpa_on_cpu
-from .model_type import WEIGHT_DTYPES, build_all
+from .model_type import WEIGHT_DTYPES, build_all, read_dtypes
 from .shared_cfg_prefix import with_shared_cfg_prefix
 from .single_token_attention import with_single_token_attention
 
@@ -134,7 +134,7 @@ class LoadModel(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, weight_dtype="default", single_token_attention=True) -> io.NodeOutput:
         path = resolve_model(model_name)
-        ckpt = load_checkpoint(path)  # CheckpointError names the problem and the fix
+        ckpt = load_checkpoint(path, read_dtypes(weight_dtype))  # CheckpointError names the problem and the fix
         log.info("Paint by Example: loaded %s (%s); %s", model_name, ckpt.layout, ckpt.info)
         model, encoder, vae = build_all(ckpt, weight_dtype)
         del ckpt  # the models hold what they need; the rest of the file's tensors can go

@@ -17,6 +17,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 
+import comfy.cli_args
 import comfy.latent_formats
 import comfy.ldm.models.autoencoder
 import comfy.model_base
@@ -30,8 +31,9 @@ import torch
 
 from ..pbe_core import edit_conditioning as ec
 from ..pbe_core.checkpoint import CheckpointError, PbECheckpoint, check_fits
+from ..pbe_core.cpu_precision import cpu_computes_natively
 from ..pbe_core.exemplar_encoder import ExemplarEncoder
-from ..pbe_core.memory_format import conv_weights_to_channels_last_
+from ..pbe_core.memory_format import conv_weights_to_channels_last_, is_conv_kernel
 
 log = logging.getLogger(__name__)
 
@@ -106,34 +108,86 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
             model_params=params, supported_dtypes=list(config.supported_inference_dtypes), weight_dtype=comfy.utils.weight_dtype(sd)
         )
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
+    manual_cast = native_half_on_cpu(weight_dtype, load_device, manual_cast)
+    # the model config's inference dtype, as the host's own loaders set it (0.38's comfy/sd.py passes a further
+    # device=load_device keyword; 0.3.64 takes these two arguments only)
     config.set_inference_dtype(weight_dtype, manual_cast)
     model = config.get_model(sd, "")
     # the host only warns about missing UNet weights (and leaves them uninitialised): refuse such a file instead
     check_fits(model.diffusion_model.state_dict(), sd, "UNet", ckpt.source)
     # Instead of BaseModel.load_model_weights (which copies every tensor into the freshly allocated weights), the
     # checkpoint's tensors become the weights: the fresh ones are never touched, so they never take memory.
-    adopt_weights(model.diffusion_model, config.process_unet_state_dict(sd), ckpt.source, "UNet")
+    channels_last = unet_channels_last_on_cpu(ckpt, load_device, manual_cast or weight_dtype)
+    adopt_weights(model.diffusion_model, config.process_unet_state_dict(sd), ckpt.source, "UNet", channels_last)
     model = model.to(offload_device)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
-def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device) -> None:
-    """Where the VAE runs on the CPU, re-order its convolution kernels channels-last, in place.
+def native_half_on_cpu(weight_dtype: torch.dtype, device: torch.device, host_manual_cast: torch.dtype | None):
+    """The UNet's manual-cast dtype (the model config's inference dtype; None = compute in the weights' dtype).
 
-    oneDNN then runs the VAE's convolutions on channels-last activations, which is faster on the CPU
-    (docs/benchmarks.md, "Channels-last convolution kernels"; the UNet gained nothing consistent that way and stays as
-    loaded). The bytes move inside the checkpoint's own memory (``pbe_core.memory_format``), so memory does not grow;
-    on an accelerator nothing changes (not measured there).
+    The host's choice (``host_manual_cast``, from ``comfy.model_management.unet_manual_cast``), except for half-precision
+    weights on a CPU that computes that precision natively (``pbe_core.cpu_precision``: bf16 with AMX-BF16): None
+    there, so the host builds the UNet with plain bf16 layers (``comfy.ops.pick_operations`` gives
+    ``disable_weight_init`` when no cast is needed). The host never computes bf16 on a CPU: ``should_use_bf16`` is
+    False for a CPU device (ComfyUI 0.3.64 and 0.38 alike: "bf16 works on CPU but is extremely slow", true without
+    AMX-BF16), so bf16 weights would be cast to fp32 layer by layer at every call: measured 1.3x the fp32 time of a
+    UNet call, against 0.4x computed in bf16 (docs/benchmarks.md, "Precision").
+    """
+    if torch.device(device).type == "cpu" and weight_dtype != torch.float32 and cpu_computes_natively(weight_dtype):
+        return None
+    return host_manual_cast
+
+
+def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device, dtype: torch.dtype | None = None) -> bool:
+    """Where the VAE runs on the CPU, lay its convolution kernels out channels-last; True if it does.
+
+    oneDNN then runs the VAE's convolutions on channels-last activations, which is faster on the CPU in fp32 and in
+    bf16 (docs/benchmarks.md, "Channels-last convolution kernels" and "Precision"). Kernels already in the VAE's
+    ``dtype`` (None: all of them) are re-ordered here, in place inside the checkpoint's own memory
+    (``pbe_core.memory_format``), so memory does not grow; ``adopt_weights`` casts the others straight into
+    channels-last order (a cast copies anyway). On an accelerator nothing changes (not measured there).
     """
     if torch.device(device).type != "cpu":
-        return
-    others = [t for d in (ckpt.unet, ckpt.clip, ckpt.mapper, ckpt.final_ln, ckpt.proj_out) for t in d.values()]
-    done = conv_weights_to_channels_last_(ckpt.vae, also_in_memory=others)
+        return False
+    done = _kernels_channels_last_in_place(ckpt, "vae", dtype)
     log.debug("%s: %d VAE convolution kernels re-ordered channels-last", ckpt.source, len(done))
+    return True
 
 
-def adopt_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, what: str) -> None:
+def unet_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device, compute_dtype: torch.dtype) -> bool:
+    """Where the UNet computes in bf16 on the CPU, lay its convolution kernels out channels-last; True if it does.
+
+    Measured with AMX-BF16 (docs/benchmarks.md, "Precision"): the bf16 UNet call is faster with channels-last kernels
+    (oneDNN's bf16 convolutions prefer NHWC, and the transformer blocks' reshapes between image and token layout
+    become views instead of copies). Kernels already bf16 in the file are re-ordered in place, the others are cast
+    straight into channels-last order (``adopt_weights``), so this costs neither memory nor load time. In fp32 the
+    UNet stays as the file has it: there the gain was small and re-ordering 3.4 GB of kernels in place cost seconds.
+    """
+    if torch.device(device).type != "cpu" or compute_dtype != torch.bfloat16:
+        return False
+    done = _kernels_channels_last_in_place(ckpt, "unet", compute_dtype)
+    log.debug("%s: %d UNet convolution kernels re-ordered channels-last in place", ckpt.source, len(done))
+    return True
+
+
+def _kernels_channels_last_in_place(ckpt: PbECheckpoint, part: str, dtype: torch.dtype | None) -> list[str]:
+    """Re-order in place the convolution kernels of ``ckpt``'s ``part`` that are ``dtype`` (None: any); their names."""
+    parts = ckpt.parts()
+    same = {k: t for k, t in parts[part].items() if dtype is None or t.dtype == dtype}
+    # a kernel whose bytes another tensor of the file also views is left alone (pbe_core.memory_format)
+    others = [t for name, d in parts.items() for k, t in d.items() if name != part or k not in same]
+    return conv_weights_to_channels_last_(same, also_in_memory=others)
+
+
+def adopt_weights(
+    module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, what: str, channels_last: bool = False
+) -> None:
     """Make ``sd``'s tensors the weights of ``module`` (cast to each weight's dtype and device where they differ).
+
+    ``channels_last``: a convolution kernel that is cast is written in channels-last order (no extra copy: the cast
+    copies anyway); kernels that need no cast keep their layout (``vae_channels_last_on_cpu`` and
+    ``unet_channels_last_on_cpu`` re-order those in place).
 
     The one copy of the weights in memory is the checkpoint's: for an fp32 ``.safetensors`` file on the CPU these
     are views of the file's private, copy-on-write memory map (writes never reach the file), so peak memory while
@@ -148,12 +202,41 @@ def adopt_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: 
             f"{source}: the {what} weights do not fit the model ComfyUI built from their shapes: missing "
             f"{missing[:5]}, unexpected {unexpected[:5]}. The file is not a complete Paint-by-Example checkpoint."
         )
-    adopted = {k: v.to(device=own[k].device, dtype=own[k].dtype) for k, v in sd.items()}
-    module.load_state_dict(adopted, strict=True, assign=True)
+    def adopt(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        cast = v.dtype != like.dtype or v.device != like.device
+        if cast and channels_last and is_conv_kernel(v):
+            return v.to(device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
+        return v.to(device=like.device, dtype=like.dtype)
+
+    module.load_state_dict({k: adopt(v, own[k]) for k, v in sd.items()}, strict=True, assign=True)
 
 
-def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
-    """The host VAE, its architecture given explicitly from the inferred sizes (the tiny test VAE included)."""
+#: ComfyUI's command-line options that fix the VAE's precision (``comfy/cli_args.py``; read by
+#: ``comfy.model_management.vae_dtype`` in 0.3.64 and 0.38 alike)
+HOST_VAE_PRECISION_FLAGS = ("fp16_vae", "bf16_vae", "fp32_vae")
+
+
+def vae_dtype_on_cpu(weight_dtype: torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The ``dtype`` to give the host VAE: bf16 when bf16 was chosen and the VAE runs on a CPU that computes bf16
+    natively, unless ComfyUI was started with a VAE precision (``--fp32-vae``, ``--bf16-vae``, ``--fp16-vae``: those
+    win); None otherwise, which leaves the choice to the host (``comfy.model_management.vae_dtype``: fp32 on a CPU).
+
+    Measured on a CPU with AMX-BF16 (docs/benchmarks.md, "Precision"): the bf16 VAE encodes and decodes about 3x
+    faster than the fp32 one, within about 1 grey level on average of it. The host itself never picks bf16 for a CPU
+    VAE (``should_use_bf16`` is False for a CPU device), hence this choice here.
+    """
+    if weight_dtype != torch.bfloat16 or torch.device(device).type != "cpu":
+        return None
+    if any(getattr(comfy.cli_args.args, flag, False) for flag in HOST_VAE_PRECISION_FLAGS):
+        return None
+    return torch.bfloat16 if cpu_computes_natively(torch.bfloat16) else None
+
+
+def build_vae(ckpt: PbECheckpoint, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
+    """The host VAE, its architecture given explicitly from the inferred sizes (the tiny test VAE included).
+
+    ``dtype``: the host VAE's own ``dtype`` option (None: the host chooses, ``comfy.model_management.vae_dtype``).
+    """
     info = ckpt.info
     ddconfig = {
         "double_z": True,
@@ -171,10 +254,10 @@ def build_vae(ckpt: PbECheckpoint) -> comfy.sd.VAE:
     with torch.device("meta"):  # shapes only: the host only warns about missing VAE weights
         expected = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"]).state_dict()
     check_fits(expected, ckpt.vae, "VAE", ckpt.source)
-    vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config)
-    vae_channels_last_on_cpu(ckpt, vae.device)
+    vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config, dtype=dtype)
+    channels_last = vae_channels_last_on_cpu(ckpt, vae.device, vae.vae_dtype)
     # the host copied the weights in; share the checkpoint's instead so that one copy stays in memory
-    adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE")
+    adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE", channels_last)
     factor = 2 ** (len(info.vae_channel_mult) - 1)
     vae.downscale_ratio = vae.upscale_ratio = factor
     return vae
@@ -191,6 +274,40 @@ def _pixels_key(pixels: torch.Tensor) -> tuple:
     return tuple(data.shape), str(data.dtype), digest
 
 
+def encoder_dtype(weight_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The exemplar encoder's dtype for the loader's ``weight_dtype`` (None: "default") on ``device``.
+
+    Default: fp32 on the CPU (fp16 there is slow and inexact), the host's text-encoder dtype on an accelerator. A
+    chosen precision as it is, except on a CPU that does not compute it natively (``pbe_core.cpu_precision``: bf16
+    without AMX-BF16, fp16 on every CPU): fp32 there, because the encoder runs in plain torch, without the host's
+    per-layer casting that lets the UNet keep such weights and compute in fp32.
+    """
+    cpu = torch.device(device).type == "cpu"
+    if weight_dtype is None:
+        return torch.float32 if cpu else comfy.model_management.text_encoder_dtype(device)
+    if cpu and not cpu_computes_natively(weight_dtype):
+        return torch.float32
+    return weight_dtype
+
+
+def read_dtypes(weight_dtype: str) -> dict[str, torch.dtype]:
+    """The dtypes ``build_all(ckpt, weight_dtype)`` will give each part, for ``load_checkpoint(path, dtypes)`` to cast
+    to while reading (so a bf16 model from an fp32 file never holds the file and the bf16 copy in memory at once).
+
+    Only what is already known before reading: nothing for "default" (the host then chooses from the file's dtype),
+    else the UNet's (the choice), the exemplar encoder's (``encoder_dtype``) and the VAE's where the pack picks it
+    (``vae_dtype_on_cpu``; otherwise the host VAE casts it when it is built).
+    """
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    if dtype is None:
+        return {}
+    out = {"unet": dtype, "encoder": encoder_dtype(dtype, comfy.model_management.text_encoder_device())}
+    vae = vae_dtype_on_cpu(dtype, comfy.model_management.vae_device())
+    if vae is not None:
+        out["vae"] = vae
+    return out
+
+
 class PbEEncoder:
     """The ``PBE_ENCODER`` value: the exemplar encoder, placed and offloaded by the host's model management."""
 
@@ -199,10 +316,7 @@ class PbEEncoder:
         self.source = ckpt.source
         self.load_device = comfy.model_management.text_encoder_device()
         offload_device = comfy.model_management.text_encoder_offload_device()
-        if weight_dtype is None:
-            # fp32 on the CPU (fp16 there is slow and inexact); the host's text-encoder dtype on an accelerator
-            cpu = self.load_device.type == "cpu"
-            weight_dtype = torch.float32 if cpu else comfy.model_management.text_encoder_dtype(self.load_device)
+        weight_dtype = encoder_dtype(weight_dtype, self.load_device)
         self.dtype = weight_dtype
         self.model = ExemplarEncoder.from_checkpoint(ckpt, dtype=weight_dtype).to(offload_device)
         self.patcher = comfy.model_patcher.ModelPatcher(self.model, load_device=self.load_device, offload_device=offload_device)
@@ -245,7 +359,7 @@ def build_all(ckpt: PbECheckpoint, weight_dtype: str = "default"):
     dtype = WEIGHT_DTYPES[weight_dtype]
     # The VAE first: the host copies its weights before they are shared (adopt_weights), and that transient copy
     # is smallest while little else of the file has been read.
-    vae = build_vae(ckpt)
+    vae = build_vae(ckpt, vae_dtype_on_cpu(dtype, comfy.model_management.vae_device()))
     model = build_model_patcher(ckpt, dtype)
     encoder = PbEEncoder(ckpt, dtype)
     return model, encoder, vae
