@@ -822,7 +822,8 @@ def precision_markdown(report: dict) -> list[str]:
                             _met(s["peak_ratios"][key], 1.0)])
     if "ours_fp32/diffusers_fp32" in r:
         targets.append(["ours fp32 / diffusers fp32, edit time", f"{r['ours_fp32/diffusers_fp32']:.2f}", "", ""])
-    lines += [fmt_table(["target", "measured", "target", ""], targets), ""]
+    if targets:
+        lines += [fmt_table(["target", "measured", "target", ""], targets), ""]
     prec = []
     for name in ("ours_fp32", "ours_bf16"):
         if name in v:
@@ -861,9 +862,12 @@ def precision_markdown(report: dict) -> list[str]:
         fb = o["fallbacks"]
         lines += ["### The pack's fast paths in bf16", "",
                   f"Over its {o['checked_calls']} UNet calls (the timed edits of every repetition), the bf16 MODEL's "
-                  f"single-token cross-attention fell back to the normal path {fb['single_token']} times and its "
-                  f"shared CFG prefix {fb['shared_prefix']} times (0 = taken at every call; the worker counts calls "
-                  "of each patch's fallback)." + (f" Patched: {patched}." if patched else ""), ""]
+                  f"single-token cross-attention handed {fb['single_token']} cross-attention calls to the normal path "
+                  f"(0: the fast path at every one), and its shared CFG prefix ran its layers on one half of the batch "
+                  f"in {fb['shared_prefix_halved']} of {fb['shared_prefix']} calls (all: shared at every call). The "
+                  "worker counts the calls each patch hands to the forward it replaced."
+                  + (f" Patched blocks: {patched['single_token']} cross-attentions, {patched['shared_prefix']} "
+                     "shared-prefix layers." if patched else ""), ""]
     if "layout" in s:
         lay = s["layout"]
         names = {"unet_s": "UNet call (batch 2)", "vae_encode_s": "VAE encode", "vae_decode_s": "VAE decode"}

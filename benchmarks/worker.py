@@ -158,22 +158,29 @@ class Ours:
                 "encoder_dtype": str(self.encoder.dtype).replace("torch.", "")}
 
     def _count_fallbacks(self) -> dict:
-        """Counters of the calls the MODEL's fast paths hand to the forward they replaced (0 = the path was taken)."""
-        counts = {"single_token": 0, "shared_prefix": 0}
-        kinds = {self.sta.SingleTokenCrossAttention: "single_token", self.shared.SharedHalves: "shared_prefix"}
+        """Counters around the MODEL's fast paths: ``single_token`` counts the calls a single-token patch handed to
+        the forward it replaced (0 = the fast path was taken at every cross-attention); ``shared_prefix`` the calls
+        of a shared-prefix layer and ``shared_prefix_halved`` those it ran on half the batch (shared: equal to
+        ``shared_prefix`` when every call shared its first layers; the benchmark's edits have one image, so a CFG batch
+        of 2)."""
+        counts = {"single_token": 0, "shared_prefix": 0, "shared_prefix_halved": 0}
+        sta, shared = self.sta.SingleTokenCrossAttention, self.shared.SharedHalves
         for patch in self.model.object_patches.values():
-            kind = kinds.get(type(patch))
-            if kind is None:
+            if not isinstance(patch, (sta, shared)):
                 continue
-            inner = patch.fallback
+            inner, is_shared = patch.fallback, isinstance(patch, shared)
 
-            def counted(*args, _inner=inner, _kind=kind, **kwargs):
-                counts[_kind] += 1
+            def counted(*args, _inner=inner, _shared=is_shared, **kwargs):
+                if _shared:
+                    counts["shared_prefix"] += 1
+                    counts["shared_prefix_halved"] += int(args[0].shape[0] == 1)
+                else:
+                    counts["single_token"] += 1
                 return _inner(*args, **kwargs)
 
             patch.fallback = counted
-        counts["patched"] = {k: sum(isinstance(p, t) for p in self.model.object_patches.values())
-                             for t, k in kinds.items()}
+        counts["patched"] = {"single_token": sum(isinstance(p, sta) for p in self.model.object_patches.values()),
+                             "shared_prefix": sum(isinstance(p, shared) for p in self.model.object_patches.values())}
         return counts
 
     def _without(self, patch_type):
@@ -193,7 +200,7 @@ class Ours:
             self.encoder._cache.clear()  # an edit here includes encoding the exemplar, as diffusers' does
         for t in self.timers.values():
             t.take()
-        for k in ("single_token", "shared_prefix"):
+        for k in ("single_token", "shared_prefix", "shared_prefix_halved"):
             self.fallbacks[k] = 0
         model = self.model if fast else self.plain
         t0, c0 = time.perf_counter(), time.process_time()
@@ -207,7 +214,7 @@ class Ours:
         for k, t in self.timers.items():
             res[f"{k}_s"], res[f"{k}_calls"] = t.take()
         res["inside"] = out[0][torch.from_numpy(region).bool()].float().mean().item()
-        res["fallbacks"] = {k: self.fallbacks[k] for k in ("single_token", "shared_prefix")}
+        res["fallbacks"] = {k: self.fallbacks[k] for k in ("single_token", "shared_prefix", "shared_prefix_halved")}
         self.last = out[0]
         return res
 
