@@ -384,24 +384,30 @@ class Kernels:
         w32 = torch.randn(320, 320, 3, 3, generator=g) * 0.02
         a32, b32 = torch.randn(8192, 320, generator=g), torch.randn(1280, 320, generator=g) * 0.05
         q32 = torch.randn(2, 4096, 320, generator=g)
-        out: dict = {}
+        ops: dict = {}
         with torch.inference_mode():
             for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
                 x = x32.to(dt).contiguous(memory_format=torch.channels_last)
                 w = w32.to(dt).contiguous(memory_format=torch.channels_last)
                 a, b = a32.to(dt), b32.to(dt)
                 q = q32.to(dt).view(2, -1, 8, 40).transpose(1, 2)  # as the host's attention_pytorch passes it
-                ops = {"conv3x3": lambda x=x, w=w: F.conv2d(x, w, padding=1), "linear": lambda a=a, b=b: F.linear(a, b),
-                       "sdpa": lambda q=q: F.scaled_dot_product_attention(q, q, q)}
-                for op, fn in ops.items():
+                ops[name] = {"conv3x3": lambda x=x, w=w: F.conv2d(x, w, padding=1),
+                             "linear": lambda a=a, b=b: F.linear(a, b),
+                             "sdpa": lambda q=q: F.scaled_dot_product_attention(q, q, q)}
+            out: dict = {}
+            cpu: dict = {}
+            for fns in ops.values():  # warm-up: oneDNN builds each primitive once
+                for fn in fns.values():
                     fn()
-                    ts = []
-                    for _ in range(reps):
-                        t0 = time.perf_counter()
+            names = list(ops)
+            for r in range(reps):  # the precisions interleaved, their order rotating: drift hits all alike
+                for name in names[r % 3:] + names[: r % 3]:
+                    for op, fn in ops[name].items():
+                        t0, c0 = time.perf_counter(), time.process_time()
                         fn()
-                        ts.append(time.perf_counter() - t0)
-                    out.setdefault(op, {})[name] = ts
-        return {"times": out}
+                        out.setdefault(op, {}).setdefault(name, []).append(time.perf_counter() - t0)
+                        cpu.setdefault(op, {}).setdefault(name, []).append(time.process_time() - c0)
+        return {"times": out, "cpu_times": cpu}
 
 
 class Diffusers:

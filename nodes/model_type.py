@@ -8,7 +8,8 @@ the order and polarity themselves live in ``pbe_core.edit_conditioning``.
 
 Host references (ComfyUI 0.3.64): ``comfy/model_base.py`` ``BaseModel.concat_cond`` / ``extra_conds``,
 ``comfy/supported_models.py`` ``SD15``, ``comfy/sd.py`` ``load_diffusion_model_state_dict`` (whose steps the UNet
-loading below follows) and ``VAE(sd=..., config=...)``.
+loading below follows) and ``VAE(sd=..., config=..., dtype=...)``; for the precision, ``comfy/model_management.py``
+``unet_dtype`` / ``unet_manual_cast`` / ``should_use_bf16`` / ``vae_dtype``, read against 0.38 too (the same there).
 """
 
 from __future__ import annotations
@@ -129,10 +130,10 @@ def native_half_on_cpu(weight_dtype: torch.dtype, device: torch.device, host_man
     The host's choice (``host_manual_cast``, from ``comfy.model_management.unet_manual_cast``), except for half-precision
     weights on a CPU that computes that precision natively (``pbe_core.cpu_precision``: bf16 with AMX-BF16): None
     there, so the host builds the UNet with plain bf16 layers (``comfy.ops.pick_operations`` gives
-    ``disable_weight_init`` when no cast is needed). The host never computes bf16 on a CPU: ``should_use_bf16`` is
+    ``disable_weight_init`` when no cast is needed, in 0.3.64 and 0.38 alike). The host never computes bf16 on a CPU: ``should_use_bf16`` is
     False for a CPU device (ComfyUI 0.3.64 and 0.38 alike: "bf16 works on CPU but is extremely slow", true without
-    AMX-BF16), so bf16 weights would be cast to fp32 layer by layer at every call: measured 1.3x the fp32 time of a
-    UNet call, against 0.4x computed in bf16 (docs/benchmarks.md, "Precision").
+    AMX-BF16), so bf16 weights would be cast to fp32 layer by layer at every call: measured 0.95-1.3x the fp32 time
+    of a UNet call, against 0.2-0.45x computed in bf16 (docs/benchmarks.md, "Whole UNet calls per precision").
     """
     if torch.device(device).type == "cpu" and weight_dtype != torch.float32 and cpu_computes_natively(weight_dtype):
         return None
@@ -143,7 +144,7 @@ def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device, dtype: t
     """Where the VAE runs on the CPU, lay its convolution kernels out channels-last; True if it does.
 
     oneDNN then runs the VAE's convolutions on channels-last activations, which is faster on the CPU in fp32 and in
-    bf16 (docs/benchmarks.md, "Channels-last convolution kernels" and "Precision"). Kernels already in the VAE's
+    bf16 (docs/benchmarks.md, "Channels-last convolution kernels" and "Channels-last in bf16"). Kernels already in the VAE's
     ``dtype`` (None: all of them) are re-ordered here, in place inside the checkpoint's own memory
     (``pbe_core.memory_format``), so memory does not grow; ``adopt_weights`` casts the others straight into
     channels-last order (a cast copies anyway). On an accelerator nothing changes (not measured there).
@@ -158,11 +159,12 @@ def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device, dtype: t
 def unet_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device, compute_dtype: torch.dtype) -> bool:
     """Where the UNet computes in bf16 on the CPU, lay its convolution kernels out channels-last; True if it does.
 
-    Measured with AMX-BF16 (docs/benchmarks.md, "Precision"): the bf16 UNet call is faster with channels-last kernels
-    (oneDNN's bf16 convolutions prefer NHWC, and the transformer blocks' reshapes between image and token layout
-    become views instead of copies). Kernels already bf16 in the file are re-ordered in place, the others are cast
-    straight into channels-last order (``adopt_weights``), so this costs neither memory nor load time. In fp32 the
-    UNet stays as the file has it: there the gain was small and re-ordering 3.4 GB of kernels in place cost seconds.
+    Measured with AMX-BF16 (docs/benchmarks.md, "Channels-last in bf16"): a bf16 UNet call with channels-last kernels
+    took 0.82-0.92x the NCHW time (oneDNN's bf16 convolutions prefer NHWC, and the transformer blocks' reshapes
+    between image and token layout become views instead of copies). Kernels already bf16 in the file are re-ordered
+    in place, the others are cast straight into channels-last order (``adopt_weights``), so this costs no extra
+    memory. In fp32 the UNet stays as the file has it: there the gain was small and re-ordering 3.4 GB of kernels in
+    place cost seconds.
     """
     if torch.device(device).type != "cpu" or compute_dtype != torch.bfloat16:
         return False
@@ -221,8 +223,9 @@ def vae_dtype_on_cpu(weight_dtype: torch.dtype | None, device: torch.device) -> 
     natively, unless ComfyUI was started with a VAE precision (``--fp32-vae``, ``--bf16-vae``, ``--fp16-vae``: those
     win); None otherwise, which leaves the choice to the host (``comfy.model_management.vae_dtype``: fp32 on a CPU).
 
-    Measured on a CPU with AMX-BF16 (docs/benchmarks.md, "Precision"): the bf16 VAE encodes and decodes about 3x
-    faster than the fp32 one, within about 1 grey level on average of it. The host itself never picks bf16 for a CPU
+    Measured on a CPU with AMX-BF16 (docs/benchmarks.md, "Headline", and a probe): the bf16 VAE encoded and decoded
+    512^2 in 0.2-0.3x the fp32 time (channels-last: 0.36-0.42x its own NCHW time); its decoder alone came within
+    4e-3 on average (about 1 grey level) and 3.8e-2 at most of the fp32 one on 0..1 pixels (random full-size weights). The host itself never picks bf16 for a CPU
     VAE (``should_use_bf16`` is False for a CPU device), hence this choice here.
     """
     if weight_dtype != torch.bfloat16 or torch.device(device).type != "cpu":

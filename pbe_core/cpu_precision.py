@@ -2,18 +2,18 @@
 
 On x86 CPUs torch runs convolutions and matrix products through oneDNN, which computes bfloat16 with AMX tiles
 (``amx_bf16``: Intel Xeon 4th generation "Sapphire Rapids" and later). Measured with torch 2.14 on such a CPU
-(docs/benchmarks.md, "Precision"): a 320-channel 3x3 convolution at 64x64 in bf16 took 0.11x the fp32 time, a linear
-layer 0.09x, SDPA attention 0.5x, a whole 512^2 UNet call about 0.4x. With oneDNN held to the AVX-512 BF16
-instructions on the same CPU (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``, standing in for CPUs with ``avx512_bf16`` but
-no AMX: Xeon "Cooper Lake", AMD Zen 4/5) the bf16 convolution took 1.13x the fp32 time and the UNet call 1.5x; without
-any bf16 instructions the convolution took 6-7x. So bf16 is computed natively only with AMX-BF16; elsewhere ComfyUI's
+(docs/benchmarks.md, "Headline" and the probes after it): a 320-channel 3x3 convolution at 64x64 in bf16 took about
+0.1x the fp32 time, a linear layer 0.1x, SDPA attention 0.5x, a whole 512^2 UNet call 0.2-0.45x. With oneDNN held to
+the AVX-512 BF16 instructions on the same CPU (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``, standing in for CPUs with
+``avx512_bf16`` but no AMX: Xeon "Cooper Lake", AMD Zen 4/5) the bf16 convolution took 1.1-1.4x the fp32 time and the
+UNet call 1.1-2.5x; without any bf16 instructions the convolution took 3-9x. So bf16 is computed natively only with AMX-BF16; elsewhere ComfyUI's
 own choice applies, which keeps bf16 *weights* but computes in fp32 (``comfy/model_management.py``:
 ``should_use_bf16`` is False for a CPU device, so ``unet_manual_cast`` answers fp32), and fp32 weights are the fast
 choice.
 
 fp16 is different: on that CPU, which has AVX-512 FP16 (``avx512_fp16``) but not AMX-FP16 (``amx_fp16``, Xeon 6
-"Granite Rapids"), oneDNN does use the fp16 instructions (held below them, the fp16 convolution took 9x longer), yet the
-fp16 convolution still took 1.8x the fp32 time and a whole UNet call 1.3x. So fp16 is never computed natively on a CPU
+"Granite Rapids"), oneDNN does use the fp16 instructions (held below them, the fp16 convolution took 10-15x the fp32
+time), yet the fp16 convolution still took 1.2-1.8x the fp32 time and a whole UNet call 1.0-1.3x. So fp16 is never computed natively on a CPU
 here; AMX-FP16 was not available to measure, and every CPU with it also has AMX-BF16, the precision to choose there.
 
 Run ``lscpu | grep -o amx_bf16`` to see whether a CPU has native bf16. This module only reads what the

@@ -1,4 +1,4 @@
-"""Which precisions the pack computes natively on a CPU: the measured rule (docs/benchmarks.md, "Precision")."""
+"""Which precisions the pack computes natively on a CPU: the measured rule (docs/benchmarks.md, "Whole UNet calls per precision")."""
 
 import pytest
 import torch
