@@ -299,16 +299,16 @@ def read_dtypes(weight_dtype: str) -> dict[str, torch.dtype]:
 
     Only what is already known before reading: nothing for "default" (the host then chooses from the file's dtype),
     else the UNet's (the choice), the exemplar encoder's (``encoder_dtype``) and the VAE's where the pack picks it
-    (``vae_dtype_on_cpu``; otherwise the host VAE casts it when it is built).
+    (``vae_dtype_on_cpu``; otherwise the host VAE casts it when it is built). Only half-precision targets: reading to
+    convert gives every tensor memory of its own, so an fp32 target keeps the lazy memory map of an fp32 file (the
+    default path's behaviour) and is cast, where needed, when the models are built.
     """
     dtype = WEIGHT_DTYPES[weight_dtype]
     if dtype is None:
         return {}
-    out = {"unet": dtype, "encoder": encoder_dtype(dtype, comfy.model_management.text_encoder_device())}
-    vae = vae_dtype_on_cpu(dtype, comfy.model_management.vae_device())
-    if vae is not None:
-        out["vae"] = vae
-    return out
+    out = {"unet": dtype, "encoder": encoder_dtype(dtype, comfy.model_management.text_encoder_device()),
+           "vae": vae_dtype_on_cpu(dtype, comfy.model_management.vae_device())}
+    return {part: d for part, d in out.items() if d in (torch.bfloat16, torch.float16)}
 
 
 class PbEEncoder:

@@ -574,3 +574,20 @@ def test_a_host_vae_precision_flag_wins(host, fixture_paths, monkeypatch, native
     model, encoder, vae = _load(host, fixture_paths, monkeypatch, "bf16")
     assert vae.vae_dtype == torch.float32 and {p.dtype for p in vae.first_stage_model.parameters()} == {torch.float32}
     assert model.model.get_dtype() == torch.bfloat16 and encoder.dtype == torch.bfloat16
+
+
+def test_what_the_loader_converts_while_reading(host, monkeypatch, native_bf16):
+    """``read_dtypes``: the half-precision targets known before reading (what ``load_checkpoint`` then casts tensor by
+    tensor); fp32 and "default" read the file as it is (the lazy memory map of an fp32 file)."""
+    import comfy.cli_args
+
+    bf16 = torch.bfloat16
+    assert host.model_type.read_dtypes("bf16") == {"unet": bf16, "encoder": bf16, "vae": bf16}
+    assert host.model_type.read_dtypes("fp16") == {"unet": torch.float16}  # the encoder computes fp32 on a CPU
+    assert host.model_type.read_dtypes("fp32") == {} and host.model_type.read_dtypes("default") == {}
+    monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", True)
+    assert host.model_type.read_dtypes("bf16") == {"unet": bf16, "encoder": bf16}
+
+
+def test_bf16_without_amx_reads_only_the_unet_as_bf16(host, no_native_bf16):
+    assert host.model_type.read_dtypes("bf16") == {"unet": torch.bfloat16}
