@@ -94,8 +94,8 @@ class LoadModel(io.ComfyNode):
                         "edit took about a third of the fp32 time with 0.6x its memory, and the result moves slightly "
                         "(measured inside the mask: about 1/255 on average, at most 5/255; 50 steps, full-size random "
                         "weights; outside the mask the photo stays exact). On a CPU without AMX, fp32 is the fast "
-                        "choice: bf16 and fp16 there only make the weights smaller and are computed in fp32, slower "
-                        "than fp32 weights. fp16 is never faster on a CPU. On a GPU the VAE uses ComfyUI's choice."
+                        "choice: there bf16 (and fp16 on any CPU, which computes fp16 no faster than fp32) only makes "
+                        "the UNet's weights smaller; they are computed in fp32. On a GPU the VAE uses ComfyUI's choice."
                     ),
                 ),
                 io.Boolean.Input(
