@@ -56,6 +56,7 @@ LABELS = {
 class Worker:
     def __init__(self, kind: str, weights: Path, env: dict, logfile: Path, flags=()):
         self.kind = kind
+        self.peak_rss_mib = 0.0
         self._log = open(logfile, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "worker.py"), kind, str(weights), *flags],
@@ -73,6 +74,7 @@ class Worker:
         if "error" in res:
             raise RuntimeError(f"{self.kind} {op} {kw}: {res['error']}")
         self.last = res
+        self.peak_rss_mib = max(self.peak_rss_mib, res.get("peak_rss_mib", 0.0))
         return res
 
     def close(self) -> None:
@@ -100,13 +102,41 @@ def versions(env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-500:]}
 
 
-def machine() -> str:
-    cpu = "?"
+#: the CPU features that decide how fast torch computes bf16 / fp16 (as pbe_core.cpu_precision; not imported here,
+#: because that imports torch and the parent process stays torch-free)
+HALF_PRECISION_FLAGS = ("amx_bf16", "amx_fp16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and which of :data:`HALF_PRECISION_FLAGS` it has (from /proc/cpuinfo; "?" elsewhere)."""
+    name, flags = "?", None
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "?":
+                    name = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = value.split()
+    except OSError:
         pass
+    return {"model": name, "flags": {f: f in (flags or ()) for f in HALF_PRECISION_FLAGS} if flags is not None else {}}
+
+
+def cpu_flags_text(info: dict) -> str:
+    flags = info.get("flags") or {}
+    if not flags:
+        return "CPU flags unknown"
+    has = [f for f, v in flags.items() if v]
+    lacks = [f for f, v in flags.items() if not v]
+    return f"has {', '.join(has) or 'none of them'}" + (f"; lacks {', '.join(lacks)}" if lacks else "")
+
+
+def machine() -> str:
+    info = cpu_info()
+    cpu = info["model"]
+    if info["flags"]:
+        cpu += f" ({cpu_flags_text(info)})"
     mem = "?"
     try:
         with open("/proc/meminfo") as f:
@@ -134,6 +164,11 @@ def run(args) -> dict:
                     "commit": (commit.stdout.strip() or "?") + (" with uncommitted changes" if dirty else ""),
                     "machine": machine(), "versions": versions(env), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     sections = set(args.sections)
+    if "precision" in sections:  # first, and alone: its workers are started one at a time (see run_precision)
+        report["precision"] = run_precision(args, env, logdir)
+        sections.discard("precision")
+    if not sections:
+        return report
     names = [n for n in VARIANTS if (n != "ours_sdpa" or args.sdpa_variant) and (n != "diffusers" or "main" in sections)]
     report["variants"] = names
     workers = {n: Worker(VARIANTS[n][0], args.weights, env, logdir / f"{n}.log", VARIANTS[n][1]) for n in names}
@@ -153,7 +188,7 @@ def run(args) -> dict:
                 for name in ("ours", "diffusers"):
                     paths[name] = str(logdir / f"{name}-{size}.safetensors")
                     workers[name]("save_last", path=paths[name])
-                report["agreement"] = {"size": size, **compare(paths, size, env)}
+                report["agreement"] = {"size": size, **compare(paths["ours"], paths["diffusers"], size, env)}
             for r in range(args.reps):
                 k = r % len(order)
                 for name in order[k:] + order[:k]:  # every implementation takes every position in turn
@@ -229,8 +264,104 @@ def run(args) -> dict:
     return report
 
 
-def compare(paths: dict, size: int, env: dict) -> dict:
-    """Max / mean abs difference of the two results inside the mask (0..1 pixels), in a throwaway process."""
+#: the precision section's implementations: worker kind and load options. "ours fp32" is the pack's CPU default
+#: (weight_dtype "default" = fp32 there); diffusers' half precision is its own torch_dtype.
+PRECISION_VARIANTS = {
+    "ours_fp32": ("ours", {"weight_dtype": "default"}),
+    "ours_bf16": ("ours", {"weight_dtype": "bf16"}),
+    "diffusers_fp32": ("diffusers", {"dtype": "fp32"}),
+    "diffusers_bf16": ("diffusers", {"dtype": "bf16"}),
+}
+PRECISION_LABELS = {
+    "ours_fp32": "ours fp32 (default)",
+    "ours_bf16": "ours bf16 (`weight_dtype: bf16`)",
+    "diffusers_fp32": "diffusers fp32",
+    "diffusers_bf16": "diffusers bf16 (`torch_dtype=torch.bfloat16`)",
+}
+#: what the precision section's kernel and UNet probes run under: oneDNN's instruction set, standing in for other CPUs
+PRECISION_ISAS = {
+    "": "this CPU (AMX where it has it)",
+    "AVX512_CORE_BF16": "oneDNN held to AVX-512 BF16 (stands in for avx512_bf16 without AMX: Xeon Cooper Lake, AMD Zen 4/5)",
+    "AVX512_CORE": "oneDNN held to AVX-512 without bf16 instructions (Xeon Skylake-SP..Ice Lake)",
+}
+UNET_PRECISION_VARIANTS = {
+    "": ["fp32", "bf16_native", "bf16_host_cast", "fp16_native", "fp16_host_cast"],
+    "AVX512_CORE_BF16": ["fp32", "bf16_native", "bf16_host_cast"],
+}
+
+
+def run_precision(args, env: dict, logdir: Path) -> dict:
+    """The pack in bf16 and fp32 against diffusers in bf16 and fp32: whole edits at ``--precision-size``,
+    ``--precision-steps`` steps (the headline) and ``--precision-breakdown-steps`` steps (where the time goes).
+
+    Every repetition starts each implementation's worker afresh, one at a time, in an order that rotates: four
+    full-size models at once would not fit beside each other in 24 GB, and each worker's peak RSS is then that of
+    exactly this work (loading, a 1-step warm-up edit, the two timed edits). The first repetition's long edits are
+    saved and compared (bf16 against fp32 of the same implementation, ours against diffusers). The pack's bf16 worker
+    also times its channels-last layout against NCHW (after its peak RSS is taken: the comparison copies modules).
+    Then the probes behind the choice of precisions: single kernels (fp32 / bf16 / fp16) and whole UNet calls per
+    precision, on this CPU and with oneDNN held to lower instruction sets.
+    """
+    size, steps, bsteps = args.precision_size, args.precision_steps, args.precision_breakdown_steps
+    out: dict = {"size": size, "steps": steps, "breakdown_steps": bsteps, "reps": args.reps, "cpu": cpu_info(),
+                 "machine": machine(), "load": {}, "edits": {}, "breakdown": {}, "peak_rss_mib": {}, "layout": []}
+    order = [n for n in PRECISION_VARIANTS if n in args.precision_variants]
+    saved: dict = {}
+    common = dict(size=size, seed=args.seed, cfg=args.cfg)
+    for r in range(args.reps):
+        k = r % len(order)
+        for name in order[k:] + order[:k]:
+            kind, options = PRECISION_VARIANTS[name]
+            w = Worker(kind, args.weights, env, logdir / f"precision-{name}.log")
+            try:
+                load = w("load", name="original-fp32.safetensors", **options) if kind == "ours" else w("load", **options)
+                out["load"].setdefault(name, []).append(load)
+                w("edit", steps=1, **common)  # warm-up: oneDNN's primitives, the first touch of every weight
+                res = w("edit", steps=steps, **common)
+                out["edits"].setdefault(name, []).append(res)
+                log.info("precision %s rep %d: %d steps %.1f s (UNet %.1f s)", name, r, steps, res["total_s"],
+                         res["unet_s"])
+                if r == 0:
+                    saved[name] = str(logdir / f"precision-{name}-{size}.safetensors")
+                    w("save_last", path=saved[name])
+                out["breakdown"].setdefault(name, []).append(w("edit", steps=bsteps, **common))
+                out["peak_rss_mib"].setdefault(name, []).append(w.peak_rss_mib)
+                if name == "ours_bf16":
+                    lay = {}
+                    for cl in (True, False):
+                        w("layout", size=size, channels_last=cl)  # warm-up, and the copies in the other order
+                    for cl in (True, False) if r % 2 == 0 else (False, True):
+                        lay["channels_last" if cl else "nchw"] = w("layout", size=size, channels_last=cl)
+                    out["layout"].append(lay)
+            finally:
+                w.close()
+    pairs = {"ours_bf16/ours_fp32": ("ours_bf16", "ours_fp32"),
+             "diffusers_bf16/diffusers_fp32": ("diffusers_bf16", "diffusers_fp32"),
+             "ours_bf16/diffusers_bf16": ("ours_bf16", "diffusers_bf16"),
+             "ours_fp32/diffusers_fp32": ("ours_fp32", "diffusers_fp32")}
+    out["agreement"] = {k: compare(saved[a], saved[b], size, env) for k, (a, b) in pairs.items()
+                        if a in saved and b in saved}
+    if args.precision_probes:
+        out["kernels"], out["unet_precisions"] = {}, {}
+        for isa in PRECISION_ISAS:
+            probe_env = dict(env, ONEDNN_MAX_CPU_ISA=isa) if isa else env
+            w = Worker("kernels", args.weights, probe_env, logdir / f"kernels-{isa or 'default'}.log")
+            try:
+                out["kernels"][isa] = {**w("load"), **w("kernels", reps=max(args.reps, 5))}
+            finally:
+                w.close()
+            if isa in UNET_PRECISION_VARIANTS:
+                w = Worker("ours", args.weights, probe_env, logdir / f"unet-precisions-{isa or 'default'}.log")
+                try:
+                    out["unet_precisions"][isa] = w("unet_precisions", name="original-fp32.safetensors", size=size,
+                                                    reps=max(args.reps, 3), variants=UNET_PRECISION_VARIANTS[isa])
+                finally:
+                    w.close()
+    return out
+
+
+def compare(a: str, b: str, size: int, env: dict) -> dict:
+    """Max / mean abs difference of two saved results inside the mask (0..1 pixels), in a throwaway process."""
     code = (
         "import sys, json, torch; sys.path.insert(0, sys.argv[3]); from worker import test_images; "
         "from safetensors.torch import load_file; a = load_file(sys.argv[1])['image']; "
@@ -238,7 +369,7 @@ def compare(paths: dict, size: int, env: dict) -> dict:
         "m = torch.from_numpy(r).bool(); d = (a[m] - b[m]).abs(); "
         "print(json.dumps({'max_abs': d.max().item(), 'mean_abs': d.mean().item()}))"
     )
-    out = subprocess.run([sys.executable, "-c", code, paths["ours"], paths["diffusers"], str(HERE), str(size)],
+    out = subprocess.run([sys.executable, "-c", code, a, b, str(HERE), str(size)],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -313,13 +444,29 @@ def fmt_table(header, rows) -> str:
     return "\n".join(out)
 
 
-def markdown(report: dict, s: dict, command: str) -> str:
+def markdown(report: dict, s: dict | None, command: str) -> str:
+    """The report. ``s`` (``summarise``) None: a run of the precision section alone, reported alone."""
     a = report["args"]
     v = report["versions"]
+    if s is None:
+        return "\n".join([
+            "# Benchmarks: this pack in ComfyUI vs diffusers' PaintByExamplePipeline, fp32 and bf16",
+            "",
+            f"Generated by `benchmarks/run.py` (precision section only): `{command}`"
+            + (f" (commit {report['commit']})" if report.get("commit") else "") + f"; started {report['started']}. "
+            f"Versions: Python {v.get('python')}, torch {v.get('torch')}, ComfyUI {v.get('comfyui')}, diffusers "
+            f"{v.get('diffusers')}, transformers {v.get('transformers')}.",
+            *(f"- {note}" for note in report.get("notes", [])),
+            "",
+            *precision_markdown(report),
+        ])
     lines = [
         "# Benchmarks: this pack in ComfyUI vs diffusers' PaintByExamplePipeline",
         "",
-        "Generated by `benchmarks/run.py` from the run(s) named below, on one machine. Re-run with the command below.",
+        "Generated by `benchmarks/run.py` from the run(s) named below, "
+        + ("on the machines named below (the headline's in its section). "
+           if "precision" in report and report["precision"].get("machine") != report["machine"] else "on one machine. ")
+        + "Re-run with the command below.",
         "",
         "## Setup",
         "",
@@ -345,7 +492,9 @@ def markdown(report: dict, s: dict, command: str) -> str:
         f"- Repetitions: 1 warm-up + {a['reps']} timed edits per implementation and size, interleaved (the order "
         "rotating every repetition); medians, and ratios as the median of each repetition's ratio. Each edit encodes its exemplar (ours: the encoder's cache is cleared first).",
         "",
-        "## End-to-end edit (exemplar encoding + sampling + decoding)",
+        *(precision_markdown(report) if "precision" in report else []),
+        f"## End-to-end {a['steps']}-step edits in fp32 (exemplar encoding + sampling + decoding)"
+        + (": the breakdown behind the headline" if "precision" in report else ""),
         "",
     ]
     rows = []
@@ -579,6 +728,230 @@ def analysis(report: dict, s: dict) -> list[str]:
     return lines
 
 
+# --- the precision section ------------------------------------------------------------------------------------------
+def summarise_precision(p: dict) -> dict:
+    """Medians and ratios of the precision section (ratios: the median of each repetition's ratio)."""
+    s: dict = {"variants": {}, "ratios": {}, "peak_ratios": {}}
+    parts = ("total_s", "unet_s", "vae_encode_s", "vae_decode_s", "exemplar_s")
+    for name, runs in p["edits"].items():
+        short = p["breakdown"][name]
+        v = {"total_s": med([r["total_s"] for r in runs]), "totals": [r["total_s"] for r in runs],
+             "cpu_s": med([r["cpu_s"] for r in runs]),
+             "unet_per_call_s": med([r["unet_s"] / r["unet_calls"] for r in runs]), "unet_calls": runs[0]["unet_calls"],
+             "peak_rss_mib": med(p["peak_rss_mib"][name]), "load": p["load"][name][0],
+             "breakdown": {k: med([r[k] for r in short]) for k in parts}}
+        v["breakdown"]["rest_s"] = med([r["total_s"] - sum(r[k] for k in parts[1:]) for r in short])
+        v["breakdown"]["unet_calls"] = short[0]["unet_calls"]
+        if "fallbacks" in runs[0]:
+            v["fallbacks"] = {k: sum(r["fallbacks"][k] for r in runs + short) for k in runs[0]["fallbacks"]}
+            v["checked_calls"] = sum(r["unet_calls"] for r in runs + short)
+        s["variants"][name] = v
+    names = list(s["variants"])
+
+    def ratio(a: str, b: str, key: str = "total_s") -> float:
+        pairs = zip(p["edits"][a], p["edits"][b], strict=True)
+        return med([x[key] / y[key] for x, y in pairs])
+
+    s["cpu_ratios"] = {}
+    for a, b in (("ours_bf16", "diffusers_fp32"), ("ours_bf16", "diffusers_bf16"), ("ours_fp32", "diffusers_fp32"),
+                 ("ours_bf16", "ours_fp32"), ("diffusers_bf16", "diffusers_fp32")):
+        if a in names and b in names:
+            s["ratios"][f"{a}/{b}"] = ratio(a, b)
+            s["cpu_ratios"][f"{a}/{b}"] = ratio(a, b, "cpu_s")
+    for a, b in (("ours_bf16", "diffusers_bf16"), ("ours_fp32", "diffusers_fp32")):
+        if a in names and b in names:
+            s["peak_ratios"][f"{a}/{b}"] = s["variants"][a]["peak_rss_mib"] / s["variants"][b]["peak_rss_mib"]
+    if p.get("layout"):
+        s["layout"] = {}
+        for k in ("unet_s", "vae_encode_s", "vae_decode_s"):
+            cl, nchw = med([r["channels_last"][k] for r in p["layout"]]), med([r["nchw"][k] for r in p["layout"]])
+            s["layout"][k] = {"channels_last": cl, "nchw": nchw, "ratio": cl / nchw}
+    return s
+
+
+def _met(value: float, target: float) -> str:
+    return "met" if value <= target else "**missed**"
+
+
+def precision_markdown(report: dict) -> list[str]:
+    """The precision section: the headline (a whole default edit), its breakdown, accuracy, and the probes behind
+    the choice of precisions."""
+    p = report["precision"]
+    s = summarise_precision(p)
+    size, steps, bsteps = p["size"], p["steps"], p["breakdown_steps"]
+    v, r = s["variants"], s["ratios"]
+    lines = [
+        f"## Headline: a {steps}-step edit at {size}², fp32 and bf16",
+        "",
+        f"- CPU: {p['cpu']['model']}; {cpu_flags_text(p['cpu'])}. {report['args']['threads']} torch threads, "
+        f"`OMP_WAIT_POLICY=PASSIVE` (machine: {p['machine']}).",
+        f"- Each repetition starts every implementation's worker afresh, one at a time, in a rotating order; each "
+        f"loads the model, makes a 1-step warm-up edit, then the {steps}-step edit timed here and the {bsteps}-step "
+        f"edit of the breakdown below; medians of {p['reps']} repetitions, ratios as the median of each repetition's "
+        f"ratio. Same weights (fp32 files), source, mask, exemplar, initial noise, cfg {report['args']['cfg']}; ours "
+        "with the `reference` sampler (official PLMS), diffusers with PNDM: both make steps + 1 UNet calls.",
+        "",
+    ]
+    rows = []
+    c = s["cpu_ratios"]
+    for name in v:
+        o = v[name]
+        same = "diffusers_bf16" if name.endswith("bf16") else "diffusers_fp32"
+        vs_fp32 = r.get(f"{name}/diffusers_fp32") if name != "diffusers_fp32" else 1.0
+        vs_same = r.get(f"{name}/{same}") if not name.startswith("diffusers") else None
+        cpu_same = c.get(f"{name}/{same}") if not name.startswith("diffusers") else None
+        peak_same = s["peak_ratios"].get(f"{name}/{same}")
+        rows.append([PRECISION_LABELS[name], f"{o['total_s']:.1f}", f"**{vs_fp32:.2f}**" if vs_fp32 else "",
+                     f"**{vs_same:.2f}**" if vs_same else "", f"{o['cpu_s']:.1f}", f"{cpu_same:.2f}" if cpu_same else "",
+                     f"{o['unet_per_call_s']:.2f}", f"{o['peak_rss_mib']:.0f}", f"**{peak_same:.2f}**" if peak_same else ""])
+    lines.append(fmt_table(["", "edit s", "/ diffusers fp32", "/ diffusers, same precision", "CPU s",
+                            "CPU / diffusers, same precision", "UNet s/call", "peak RSS (MiB)",
+                            "/ diffusers, same precision"], rows))
+    lines += ["", "CPU s: the worker process's CPU time over the edit, both threads together; on a shared machine it "
+              "counts the work done rather than the waits for a core, so its ratios are the steadier ones when other "
+              "jobs run (the wall-clock ratios are the targets)."]
+    lines += ["", "Timed edits: " + "; ".join(f"{PRECISION_LABELS[n]} {' / '.join(f'{t:.1f}' for t in o['totals'])} s"
+                                              for n, o in v.items()) + ".", ""]
+    targets = []
+    if "ours_bf16/diffusers_fp32" in r:
+        targets.append(["ours bf16 / diffusers fp32, edit time", f"{r['ours_bf16/diffusers_fp32']:.2f}", "≤ 0.5",
+                        _met(r["ours_bf16/diffusers_fp32"], 0.5)])
+    if "ours_bf16/diffusers_bf16" in r:
+        targets.append(["ours bf16 / diffusers bf16, edit time", f"{r['ours_bf16/diffusers_bf16']:.2f}", "≤ 0.9",
+                        _met(r["ours_bf16/diffusers_bf16"], 0.9)])
+    for key, label in (("ours_bf16/diffusers_bf16", "bf16"), ("ours_fp32/diffusers_fp32", "fp32")):
+        if key in s["peak_ratios"]:
+            targets.append([f"ours / diffusers peak RSS, {label}", f"{s['peak_ratios'][key]:.2f}", "≤ 1.0",
+                            _met(s["peak_ratios"][key], 1.0)])
+    if "ours_fp32/diffusers_fp32" in r:
+        targets.append(["ours fp32 / diffusers fp32, edit time", f"{r['ours_fp32/diffusers_fp32']:.2f}", "", ""])
+    if targets:
+        lines += [fmt_table(["target", "measured", "target", ""], targets), ""]
+    prec = []
+    for name in ("ours_fp32", "ours_bf16"):
+        if name in v:
+            ld = v[name]["load"]
+            cl = {True: " (kernels channels-last)", False: ""}
+            prec.append(f"{PRECISION_LABELS[name]}: UNet weights {ld['unet_weights']} computed in "
+                        f"{ld['unet_computes']}{cl[ld['unet_channels_last']]}, VAE {ld['vae_dtype']}"
+                        f"{cl[ld['vae_channels_last']]}, exemplar encoder {ld['encoder_dtype']}")
+    lines += ["What each network computes in, as loaded: " + "; ".join(prec) + "; diffusers: every component in its "
+              "`torch_dtype`, NCHW. The sampler's latents stay fp32 in ComfyUI (the UNet's output is cast back), "
+              "while diffusers' pipeline keeps them in its dtype.", ""]
+    rows = []
+    for name, o in v.items():
+        b = o["breakdown"]
+        rows.append([PRECISION_LABELS[name], f"{b['total_s']:.1f}", f"{b['unet_s']:.1f} ({b['unet_s'] / b['unet_calls']:.2f}/call)",
+                     f"{b['vae_encode_s']:.2f}", f"{b['vae_decode_s']:.2f}", f"{b['exemplar_s']:.2f}",
+                     f"{b['rest_s']:.2f}"])
+    lines += [f"### Breakdown: where a {bsteps}-step edit's time goes (medians, seconds)", "",
+              fmt_table(["", "total", "UNet", "VAE encode", "VAE decode", "exemplar encoder", "rest"], rows), "",
+              f"A {steps}-step edit makes {steps + 1} UNet calls and one VAE encode, decode and exemplar encoding, so "
+              f"at {steps} steps the UNet is nearly all of it.", ""]
+    ag = p.get("agreement", {})
+    if ag:
+        names = {"ours_bf16/ours_fp32": "ours bf16 vs ours fp32", "diffusers_bf16/diffusers_fp32":
+                 "diffusers bf16 vs diffusers fp32", "ours_bf16/diffusers_bf16": "ours bf16 vs diffusers bf16",
+                 "ours_fp32/diffusers_fp32": "ours fp32 vs diffusers fp32"}
+        lines += [f"### bf16 against fp32: the same {steps}-step edit, same weights and noise", "",
+                  fmt_table(["", "max abs inside the mask", "mean abs inside the mask"],
+                            [[names[k], f"{d['max_abs']:.2e}", f"{d['mean_abs']:.2e}"] for k, d in ag.items()]),
+                  "", "0..1 pixels of the pasted-back result; outside the mask the result is the photo, bit for bit, "
+                  "in every precision. The weights are random (no download), so these differences are those of "
+                  "random networks of the real size: the trained model's may be smaller or larger.", ""]
+    if "fallbacks" in v.get("ours_bf16", {}):
+        o = v["ours_bf16"]
+        patched = o["load"].get("fast_path_blocks") or {}
+        fb = o["fallbacks"]
+        lines += ["### The pack's fast paths in bf16", "",
+                  f"Over its {o['checked_calls']} UNet calls (the timed edits of every repetition), the bf16 MODEL's "
+                  f"single-token cross-attention handed {fb['single_token']} cross-attention calls to the normal path "
+                  f"(0: the fast path at every one), and its shared CFG prefix ran its layers on one half of the batch "
+                  f"in {fb['shared_prefix_halved']} of {fb['shared_prefix']} calls (all: shared at every call). The "
+                  "worker counts the calls each patch hands to the forward it replaced."
+                  + (f" Patched blocks: {patched['single_token']} cross-attentions, {patched['shared_prefix']} "
+                     "shared-prefix layers." if patched else ""), ""]
+    if "layout" in s:
+        lay = s["layout"]
+        names = {"unet_s": "UNet call (batch 2)", "vae_encode_s": "VAE encode", "vae_decode_s": "VAE decode"}
+        lines += ["### Channels-last in bf16", "",
+                  f"The bf16 worker's own modules in each memory order at {size}² (a copy in the other order, so no "
+                  f"conversion is timed), median of {len(p['layout'])}:", "",
+                  fmt_table(["", "channels-last s", "NCHW s", "channels-last / NCHW"],
+                            [[names[k], f"{lay[k]['channels_last']:.2f}", f"{lay[k]['nchw']:.2f}",
+                              f"**{lay[k]['ratio']:.3f}**"] for k in names]), ""]
+    lines += precision_probes_markdown(p)
+    return lines
+
+
+def precision_probes_markdown(p: dict) -> list[str]:
+    """The kernel and per-precision UNet probes, and what they decide."""
+    lines: list[str] = []
+    if p.get("kernels"):
+        rows = []
+        by_cpu = all("cpu_times" in k for k in p["kernels"].values())
+        for isa, k in p["kernels"].items():
+            for op in ("conv3x3", "linear", "sdpa"):
+                t = {dt: med(ts) for dt, ts in k["cpu_times" if by_cpu else "times"][op].items()}
+                rows.append([PRECISION_ISAS.get(isa, isa) if op == "conv3x3" else "", op,
+                             *(f"{1000 * t[dt]:.1f} ({t[dt] / t['fp32']:.2f}×)" for dt in ("fp32", "bf16", "fp16"))])
+        lines += ["### Why bf16, and only with AMX: single kernels", "",
+                  "At the UNet's highest resolution of a 512² edit (batch 2, 64², 320 channels): a 3x3 convolution "
+                  "(channels-last), the 8192×320 → 1280 linear layer of its feed-forward and the 4096-token "
+                  "self-attention (8 heads of 40, torch's SDPA); "
+                  + ("CPU milliseconds (both threads together; the precisions interleaved), medians"
+                     if by_cpu else "milliseconds, medians") + ", and the ratio to fp32. oneDNN runs the "
+                  "convolutions and linear layers; `ONEDNN_MAX_CPU_ISA` holds it to a lower instruction set on the "
+                  "same CPU, which stands in for CPUs without AMX (attention is torch's own kernel and is not held).",
+                  "", fmt_table(["instruction set", "kernel", "fp32 ms", "bf16 ms", "fp16 ms"], rows), ""]
+    if p.get("unet_precisions"):
+        labels = {"fp32": "fp32", "bf16_native": "bf16 weights, computed in bf16 (the pack with AMX-BF16)",
+                  "bf16_host_cast": "bf16 weights, computed in fp32 (ComfyUI's choice on a CPU)",
+                  "fp16_native": "fp16 weights, computed in fp16",
+                  "fp16_host_cast": "fp16 weights, computed in fp32 (ComfyUI's and the pack's choice)"}
+        rows = []
+        for isa, u in p["unet_precisions"].items():
+            t = {k: med(ts) for k, ts in u["times"].items()}
+            c = {k: med(ts) for k, ts in u.get("cpu_times", {}).items()}
+            for k in t:
+                i = u["info"][k]
+                diff = f"{i['max_abs']:.1e} / {i['mean_abs']:.1e}" if "max_abs" in i and k != "fp32" else ""
+                rows.append([PRECISION_ISAS.get(isa, isa) if k == next(iter(t)) else "", labels.get(k, k),
+                             f"{t[k]:.2f}", f"**{t[k] / t['fp32']:.2f}**", f"{c[k] / c['fp32']:.2f}" if c else "", diff])
+        size = next(iter(p["unet_precisions"].values()))["size"]
+        lines += ["### Whole UNet calls per precision", "",
+                  f"One UNet call at {size}² (batch 2 as CFG makes it, the pack's patches on), built by the pack's "
+                  f"loader in each precision from the same fp32 file, interleaved, median of "
+                  f"{len(next(iter(p['unet_precisions'].values()))['times']['fp32'])}; the last "
+                  "column is the output's max / mean abs difference from fp32 (output magnitude about 2).", "",
+                  fmt_table(["instruction set", "UNet", "s / call", "/ fp32", "CPU time / fp32", "vs fp32 max / mean"],
+                            rows), ""]
+    lines += [
+        "What this decides (`pbe_core/cpu_precision.py`, `nodes/model_type.py`):",
+        "",
+        "- bf16 is computed natively on the CPU only with AMX-BF16 (`lscpu | grep amx_bf16`): there the UNet, the VAE "
+        "and the exemplar encoder all run in bf16, the UNet's and VAE's convolution kernels channels-last. Without "
+        "AMX (above: AVX-512 BF16 alone, or no bf16 instructions) bf16 convolutions are slower than fp32 ones, so "
+        "there `weight_dtype: bf16` keeps ComfyUI's own choice (bf16 weights, computed in fp32: smaller, but slower "
+        "than fp32 weights), and fp32 is the fast choice.",
+        "- fp16 is never computed natively on a CPU: even with AVX-512 FP16, which oneDNN uses, its convolutions are "
+        "slower than fp32 ones. `weight_dtype: fp16` on a CPU keeps fp16 weights computed in fp32 (ComfyUI's choice).",
+        "- The default on the CPU stays fp32: bf16 changes the result (above).",
+        "",
+    ]
+    return lines
+
+
+def precision_ratios_text(report: dict) -> str:
+    if "precision" not in report:
+        return ""
+    s = summarise_precision(report["precision"])
+    parts = [f"{k.replace('_', ' ')} edit: {x:.2f}" for k, x in s["ratios"].items()]
+    parts += [f"{k.replace('_', ' ')} peak RSS: {x:.2f}" for k, x in s["peak_ratios"].items()]
+    return "Precision section (" + f"{report['precision']['steps']}-step edit at {report['precision']['size']}²): " + \
+        "; ".join(parts) + "\n"
+
+
 def ratios_text(s: dict) -> str:
     parts = []
     for n in s["ours_names"]:
@@ -612,6 +985,15 @@ def main() -> None:
     ap.add_argument("--photo-sizes", type=int, nargs="*", default=[1024, 2048, 4096])
     ap.add_argument("--photo-steps", type=int, default=1)
     ap.add_argument("--fast-path-edits", action="store_true", help="also time whole edits with the fast path off")
+    ap.add_argument("--precision-size", type=int, default=512, help="precision section: edit size (default 512)")
+    ap.add_argument("--precision-steps", type=int, default=50,
+                    help="precision section: steps of the headline edit (default 50, what users run)")
+    ap.add_argument("--precision-breakdown-steps", type=int, default=4,
+                    help="precision section: steps of the shorter edit whose per-network times are the breakdown")
+    ap.add_argument("--precision-variants", nargs="+", choices=list(PRECISION_VARIANTS), default=list(PRECISION_VARIANTS),
+                    help="precision section: which implementations to run (default: all four, which the targets need)")
+    ap.add_argument("--no-precision-probes", dest="precision_probes", action="store_false",
+                    help="precision section: skip the kernel and per-precision UNet probes")
     ap.add_argument("--no-sdpa-variant", dest="sdpa_variant", action="store_false",
                     help="skip the pack's second run under ComfyUI's --use-pytorch-cross-attention")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -626,7 +1008,7 @@ def main() -> None:
     if args.render:
         report = combine([json.loads(p.read_text())["report"] for p in args.render])
         report["notes"] = args.note
-        write_report(args.out, report, summarise(report), report["command"])
+        write_report(args.out, report, report["command"])
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if not args.comfyui or not (Path(args.comfyui) / "main.py").is_file():
@@ -638,14 +1020,18 @@ def main() -> None:
     report["command"] = command
     if args.json:
         args.json.write_text(json.dumps({"report": report}, indent=1, default=str))
+    if set(args.sections) == {"precision"}:
+        write_report(args.out, report, command)  # a report of its own
+        return
     if set(args.sections) != set(SECTIONS):
         log.info("partial run (%s): combine it with a full one: --render FULL.json THIS.json", ", ".join(args.sections))
         return
-    write_report(args.out, report, summarise(report), command)
+    write_report(args.out, report, command)
 
 
-SECTIONS = ("main", "fast_path", "layout", "cache", "photo")
+SECTIONS = ("main", "fast_path", "layout", "cache", "photo", "precision")
 SECTION_KEYS = {
+    "precision": ("precision",),
     "main": ("edits", "peak_compared", "agreement", "variants", "load_ours", "load_ours_sdpa", "load_diffusers"),
     "fast_path": ("fast_path",),
     "layout": ("layout",),
@@ -668,13 +1054,15 @@ def combine(reports: list[dict]) -> dict:
     return out
 
 
-def write_report(out: Path, report: dict, s: dict, command: str) -> None:
+def write_report(out: Path, report: dict, command: str) -> None:
     """Write the markdown report; print it, the ratios last."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    s = summarise(report) if "edits" in report else None
     text = markdown(report, s, command)
-    out.write_text(text + "\n## Ratios\n\n" + ratios_text(s))
+    ratios = precision_ratios_text(report) + (ratios_text(s) if s is not None else "")
+    out.write_text(text + "\n## Ratios\n\n" + ratios)
     sys.stdout.write(text + "\n")
-    sys.stdout.write(ratios_text(s))
+    sys.stdout.write(ratios)
 
 
 if __name__ == "__main__":

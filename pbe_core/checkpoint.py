@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,17 @@ from .safe_torch_load import load_state_dict as _load_torch_zip
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "ModelInfo", "PbECheckpoint", "check_fits", "load_checkpoint", "precheck", "read_state_dict"]
+__all__ = [
+    "CONVERTIBLE_PARTS",
+    "CheckpointError",
+    "ModelInfo",
+    "PbECheckpoint",
+    "check_fits",
+    "dtype_converter",
+    "load_checkpoint",
+    "precheck",
+    "read_state_dict",
+]
 
 #: file suffixes the loader opens (the model folder is registered with exactly these)
 CHECKPOINT_EXTENSIONS = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
@@ -122,13 +132,21 @@ class PbECheckpoint:
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
 
+#: the parts ``load_checkpoint`` can convert to another dtype while reading ("encoder": CLIP, mapper, final
+#: LayerNorm, ``proj_out`` and the learned unconditional vector)
+CONVERTIBLE_PARTS = ("unet", "vae", "encoder")
+
+Convert = Callable[[str, torch.Tensor], torch.Tensor]
+
+
 def _known_names(names: list[str]) -> int:
     """How many of ``names`` are Stable-Diffusion / Paint-by-Example original-layout keys (to pick a state dict)."""
     prefixes = (layouts.UNET_PREFIX, layouts.VAE_PREFIX, "cond_stage_model.", layouts.PROJ_OUT_PREFIX)
     return sum(n.startswith(prefixes) for n in names)
 
 
-def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, convert: Convert | None = None, key: str | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Read the tensors of one checkpoint file without executing anything it contains.
 
     ``.safetensors`` files are memory-mapped by safetensors; torch zip files (``.ckpt``, ``.bin``, ``.pt``) go
@@ -137,13 +155,47 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
     never materialises optimizer state; ``key`` (``"entry"`` or ``"entry/sub"``) names that entry instead. A pickle
     that names code (``os.system``, ``builtins.exec``, ...) is refused. Raises :class:`CheckpointError` naming the
     problem and the fix.
+
+    ``convert(name, tensor) -> tensor`` (e.g. a cast to bf16) is applied to each tensor as it is read. A
+    ``.safetensors`` file is then read tensor by tensor into memory of its own (safetensors' ``pread`` backend where
+    the installed safetensors has one) and each file tensor is dropped once converted, so memory peaks at the
+    converted tensors plus one of the file's, not at the file's size plus the converted ones (a memory map keeps every
+    page it has read). Torch zip files are converted after reading.
     """
     path = Path(path)
     if _file_kind(path) == "safetensors":
         if key:
             raise CheckpointError(f"{path} is a .safetensors file: it has no entries to choose, so leave out the key.")
-        return _read_safetensors(path)
-    return _load_torch_zip(path, key=key or "auto", refuse_code=True, score=_known_names)
+        return _read_safetensors(path, convert)
+    sd = _load_torch_zip(path, key=key or "auto", refuse_code=True, score=_known_names)
+    if convert is not None:
+        for k in list(sd):
+            sd[k] = convert(k, sd[k])
+    return sd
+
+
+def dtype_converter(dtypes: Mapping[str, torch.dtype], part_of: Callable[[str], str | None]) -> Convert:
+    """A ``convert`` for :func:`read_state_dict`: floating-point tensors of a part in ``dtypes`` (``part_of(name)``, one
+    of :data:`CONVERTIBLE_PARTS` or None) are cast to its dtype; everything else is returned as it is."""
+    unknown = sorted(set(dtypes) - set(CONVERTIBLE_PARTS))
+    if unknown:
+        raise ValueError(f"dtypes names {unknown}; the parts that can be converted are {', '.join(CONVERTIBLE_PARTS)}.")
+
+    def convert(name: str, t: torch.Tensor) -> torch.Tensor:
+        dtype = dtypes.get(part_of(name))
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+    return convert
+
+
+def _part_of_original_key(name: str) -> str | None:
+    """Which of :data:`CONVERTIBLE_PARTS` a tensor of the original single-file layout belongs to (None: none)."""
+    if name.startswith(layouts.UNET_PREFIX):
+        return "unet"
+    if name.startswith(layouts.VAE_PREFIX):
+        return "vae"
+    encoder = (layouts.CLIP_PREFIX, layouts.MAPPER_PREFIX, layouts.FINAL_LN_PREFIX, layouts.PROJ_OUT_PREFIX)
+    return "encoder" if name.startswith(encoder) or name == layouts.UNCOND_KEY else None
 
 
 def _file_kind(path: Path) -> str:
@@ -200,19 +252,30 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return head[8:9] == b"{" and 0 < n
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, convert: Convert | None = None) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
     try:
         out = {}
-        with safe_open(str(path), framework="pt") as f:
+        with _open_safetensors(safe_open, path, own_memory=convert is not None) as f:
             for k in f.keys():
-                out[k] = f.get_tensor(k)
+                out[k] = f.get_tensor(k) if convert is None else convert(k, f.get_tensor(k))
         return out
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"{path} is not a valid .safetensors file ({e}). It is truncated or corrupt; download it again."
         ) from e
+
+
+def _open_safetensors(safe_open, path: Path, own_memory: bool):
+    """``safe_open`` on ``path``; ``own_memory``: every tensor read into memory of its own (``backend="pread"``,
+    safetensors 0.8 and later), else (or with an older safetensors) views of one memory map of the file."""
+    if own_memory:
+        try:
+            return safe_open(str(path), framework="pt", backend="pread")
+        except TypeError:  # a safetensors without backends: the memory map, converted tensor by tensor all the same
+            log.debug("safetensors has no pread backend; reading %s through its memory map", path)
+    return safe_open(str(path), framework="pt")
 
 
 def _not_a_checkpoint_message(path: Path, head: bytes) -> str:
@@ -503,12 +566,12 @@ def _component_file(folder: Path, name: str) -> Path:
     )
 
 
-def _component_weights(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], str]:
+def _component_weights(folder: Path, name: str, convert: Convert | None = None) -> tuple[dict[str, torch.Tensor], str]:
     f = _component_file(folder, name)
-    return (_read_sharded(f) if f.name.endswith(".index.json") else read_state_dict(f)), f.name
+    return (_read_sharded(f, convert) if f.name.endswith(".index.json") else read_state_dict(f, convert)), f.name
 
 
-def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
+def _read_sharded(index_file: Path, convert: Convert | None = None) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index_file.read_text())["weight_map"]
         shards = sorted(set(weight_map.values()))
@@ -520,7 +583,7 @@ def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
     for shard in shards:
         if "/" in shard or "\\" in shard or shard.startswith("."):
             raise CheckpointError(f"{index_file} names a shard outside its folder: {shard!r}.")
-        out.update(read_state_dict(index_file.parent / shard))
+        out.update(read_state_dict(index_file.parent / shard, convert))
     return out
 
 
@@ -549,11 +612,14 @@ def _convert(convert, state_dict: dict, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: {detail}. {_DAMAGED}") from e
 
 
-def _load_diffusers_folder(folder: Path) -> PbECheckpoint:
+def _load_diffusers_folder(folder: Path, dtypes: Mapping[str, torch.dtype]) -> PbECheckpoint:
     # model_index.json's class names are not trusted (docs/design/checkpoint-layouts.md): read the components themselves.
-    unet_sd, unet_file = _component_weights(folder, "unet")
-    vae_sd, vae_file = _component_weights(folder, "vae")
-    enc_sd, enc_file = _component_weights(folder, "image_encoder")
+    def convert(part: str) -> Convert | None:
+        return dtype_converter(dtypes, lambda name: part) if dtypes.get(part) is not None else None
+
+    unet_sd, unet_file = _component_weights(folder, "unet", convert("unet"))
+    vae_sd, vae_file = _component_weights(folder, "vae", convert("vae"))
+    enc_sd, enc_file = _component_weights(folder, "image_encoder", convert("encoder"))
     unet = _convert(layouts.unet_from_diffusers, unet_sd, folder / "unet" / unet_file)
     vae = _convert(layouts.vae_from_diffusers, vae_sd, folder / "vae" / vae_file)
     if "uncond_vector" not in enc_sd or not any(k.startswith("mapper.") for k in enc_sd):
@@ -589,23 +655,38 @@ def _check_folder(p: Path) -> None:
 
 
 # --- entry point ---------------------------------------------------------------------------------------------------
-def load_checkpoint(path: str | os.PathLike, key: str | None = None) -> PbECheckpoint:
+def load_checkpoint(path: str | os.PathLike, dtypes: Mapping[str, torch.dtype] | None = None,
+                    key: str | None = None) -> PbECheckpoint:
     """Load a Paint-by-Example model from a file or a diffusers folder.
 
     Returns a :class:`PbECheckpoint` in canonical naming with :class:`ModelInfo` inferred from shapes. Raises
     :class:`CheckpointError` (a ``ValueError``) with a message that names the problem and the fix for anything that
-    is not a complete Paint-by-Example model. ``key``: the entry of a torch file that holds the state dict, when it
-    cannot be told (see :func:`read_state_dict`).
+    is not a complete Paint-by-Example model.
+
+    ``dtypes``: ``{part: dtype}`` for parts (:data:`CONVERTIBLE_PARTS`) whose floating-point tensors are to be cast
+    while reading (see :func:`read_state_dict`: for ``.safetensors`` files memory then stays near the converted
+    model's size, e.g. 2.6 GB for the whole model in bf16 from a 5.2 GB fp32 file); other parts keep the file's dtype.
+    ``key``: the entry of a torch file that holds the state dict, when it cannot be told (see :func:`read_state_dict`).
     """
+    dtypes = dict(dtypes or {})
+    convert = dtype_converter(dtypes, _part_of_original_key) if dtypes else None
     p = Path(path)
     if p.is_dir():
         _check_folder(p)
-        return _load_diffusers_folder(p)
+        return _load_diffusers_folder(p, dtypes)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; check the path.")
-    sd = read_state_dict(p, key)
+    unet_file_dtypes: set[str] = set()  # for the description: the file's, not the converted dtype
+
+    def recording(name: str, t: torch.Tensor) -> torch.Tensor:
+        if name.startswith(layouts.UNET_PREFIX):
+            unet_file_dtypes.add(str(t.dtype).replace("torch.", ""))
+        return t if convert is None else convert(name, t)
+
+    sd = read_state_dict(p, recording if convert is not None else None, key)
     kind = "Lightning checkpoint" if p.suffix in (".ckpt", ".pt", ".pth") else p.suffix.lstrip(".")
-    dtypes = sorted({str(v.dtype).replace("torch.", "") for k, v in sd.items() if k.startswith(layouts.UNET_PREFIX)})
+    if convert is None:
+        unet_file_dtypes = {str(v.dtype).replace("torch.", "") for k, v in sd.items() if k.startswith(layouts.UNET_PREFIX)}
     if any(re.match(r"(down_blocks|up_blocks|mid_block)\.", k) for k in list(sd)[:50]) and not any(
         k.startswith(layouts.UNET_PREFIX) for k in sd
     ):
@@ -613,4 +694,4 @@ def load_checkpoint(path: str | os.PathLike, key: str | None = None) -> PbECheck
             f"{p} holds a single diffusers component (keys like {next(iter(sd))!r}), not a whole model. "
             f"Select the diffusers folder itself (the one with model_index.json, unet/, vae/, image_encoder/)."
         )
-    return _from_original(sd, str(p), f"original single file ({kind}, {'/'.join(dtypes) or '?'})")
+    return _from_original(sd, str(p), f"original single file ({kind}, {'/'.join(sorted(unet_file_dtypes)) or '?'})")

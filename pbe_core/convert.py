@@ -62,7 +62,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "fp32",
                          f"diffusers folder (any folder: it need not be inside ComfyUI).")
     if Path(src).resolve() == dst.resolve():
         raise ValueError(f"Refusing to overwrite the source {src}; choose another output path.")
-    ckpt = load_checkpoint(src, key)
+    ckpt = load_checkpoint(src, key=key)
     sd = ckpt.original_state_dict()
     total = sum(t.numel() * torch.empty((), dtype=_torch_dtype(dtype) if t.is_floating_point() else t.dtype).element_size()
                 for t in sd.values())

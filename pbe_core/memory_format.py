@@ -20,7 +20,19 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-__all__ = ["conv_weights_to_channels_last_"]
+__all__ = ["channels_last_strides", "conv_weights_to_channels_last_", "is_conv_kernel"]
+
+
+def is_conv_kernel(t: torch.Tensor) -> bool:
+    """A 4-D floating-point tensor: a 2-D convolution kernel (out, in, kh, kw)."""
+    return t.dim() == 4 and t.is_floating_point()
+
+
+def channels_last_strides(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The strides of a dense channels-last (N, C, H, W) tensor, as ``Tensor.to(memory_format=torch.channels_last)``
+    gives them, also for a 1x1 kernel (whose bytes are the same in both orders but whose strides are not)."""
+    _, c, h, w = shape
+    return (h * w * c, 1, w * c, c)
 
 
 def _byte_span(t: torch.Tensor) -> tuple[int, int]:
@@ -55,20 +67,20 @@ def conv_weights_to_channels_last_(
 ) -> list[str]:
     """Re-order, in place, every convolution kernel in ``tensors`` to channels-last; return the names converted.
 
-    A convolution kernel here is a 4-D CPU floating-point tensor larger than 1x1 in space that is contiguous (a 1x1
-    kernel is already channels-last). ``also_in_memory`` are other tensors that may share memory with these (the rest
-    of the checkpoint): a kernel whose bytes overlap any other tensor's is skipped. The tensors must be writable (the
-    pack's loader gives copy-on-write maps of the file or memory of their own).
+    A convolution kernel here is a contiguous 4-D CPU floating-point tensor. A 1x1 kernel's bytes are already in
+    channels-last order, so it only gets channels-last strides (nothing moves): torch picks a convolution's output
+    order from its input's and kernel's strides, so a 1x1 convolution on an NCHW input (the SD-1 UNet's ``proj_out``
+    after its transformer) then gives a channels-last output too. ``also_in_memory`` are other tensors that may share
+    memory with these (the rest of the checkpoint): a kernel whose bytes overlap any other tensor's is skipped. The
+    tensors must be writable (the pack's loader gives copy-on-write maps of the file or memory of their own).
     """
     candidates = {
         k: t
         for k, t in tensors.items()
-        if t.dim() == 4
+        if is_conv_kernel(t)
         and t.device.type == "cpu"
-        and t.is_floating_point()
-        and t.shape[2] * t.shape[3] > 1
         and t.is_contiguous()
-        and not t.is_contiguous(memory_format=torch.channels_last)
+        and t.stride() != channels_last_strides(t.shape)
     }
     if not candidates:
         return []
@@ -78,8 +90,9 @@ def conv_weights_to_channels_last_(
         for k, t in candidates.items():
             if k in skip:
                 continue
-            nhwc = t.permute(0, 2, 3, 1).contiguous()  # one kernel's worth of scratch memory
-            t.view(-1).copy_(nhwc.view(-1))
-            t.set_(t.untyped_storage(), t.storage_offset(), t.shape, nhwc.permute(0, 3, 1, 2).stride())
+            if t.shape[2] * t.shape[3] > 1:
+                nhwc = t.permute(0, 2, 3, 1).contiguous()  # one kernel's worth of scratch memory
+                t.view(-1).copy_(nhwc.view(-1))
+            t.set_(t.untyped_storage(), t.storage_offset(), t.shape, channels_last_strides(t.shape))
             done.append(k)
     return done

@@ -121,6 +121,35 @@ def test_two_candidate_state_dicts_name_the_converter_command(fixture_paths, tmp
     assert set(load_checkpoint(out).original_state_dict()) == set(sd)
 
 
+ENCODER_PARTS = ("clip", "mapper", "final_ln", "proj_out", "uncond")
+
+
+@pytest.mark.parametrize("layout", ["original-fp32.safetensors", "original.ckpt", "diffusers-hub", "diffusers-bin"])
+def test_parts_are_converted_while_reading(fixture_paths, reference, layout):
+    """``dtypes``: the UNet and encoder read as bf16, the VAE as fp16, each tensor the file's value cast (exactly what
+    ``Tensor.to`` gives); integer buffers keep their dtype; the description still names the file's dtype."""
+    ckpt = load_checkpoint(fixture_paths[layout], {"unet": torch.bfloat16, "encoder": torch.bfloat16, "vae": torch.float16})
+    assert ckpt.info == reference.info
+    want = {"unet": torch.bfloat16, "vae": torch.float16, **dict.fromkeys(ENCODER_PARTS, torch.bfloat16)}
+    for name, part in reference.parts().items():
+        for k, ref in part.items():
+            got = ckpt.parts()[name][k]
+            dtype = want[name] if ref.is_floating_point() else ref.dtype
+            assert got.dtype == dtype and torch.equal(got, ref.to(dtype)), (name, k)
+    if layout.startswith("original-"):
+        assert "float32" in ckpt.layout
+
+
+def test_converting_some_parts_leaves_the_others_as_the_file_has_them(fixture_paths, reference):
+    ckpt = load_checkpoint(fixture_paths["original-fp32.safetensors"], {"unet": torch.bfloat16})
+    assert {t.dtype for t in ckpt.unet.values()} == {torch.bfloat16}
+    for name in ("vae", *ENCODER_PARTS):
+        for k, ref in reference.parts()[name].items():
+            assert torch.equal(ckpt.parts()[name][k], ref), (name, k)
+    with pytest.raises(ValueError, match="text_encoder"):
+        load_checkpoint(fixture_paths["original-fp32.safetensors"], {"text_encoder": torch.bfloat16})
+
+
 def test_inferred_sizes(reference):
     info = reference.info
     t = pbe_fixtures.TINY

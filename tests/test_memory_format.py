@@ -29,8 +29,12 @@ def test_reorders_in_place_to_channels_last_with_the_same_values():
     sd = _kernels()
     before = {k: v.clone() for k, v in sd.items()}
     obj, ptr = sd["conv3"], sd["conv3"].untyped_storage().data_ptr()
+    obj1, ptr1 = sd["conv1"], sd["conv1"].untyped_storage().data_ptr()
     done = conv_weights_to_channels_last_(sd)
-    assert done == ["conv3"]  # 1x1 kernels are already channels-last; 2-D and 1-D tensors are not kernels
+    assert done == ["conv3", "conv1"]  # 2-D and 1-D tensors are not kernels
+    # a 1x1 kernel: the strides Module.to(memory_format=torch.channels_last) gives it, the same bytes
+    assert sd["conv1"] is obj1 and sd["conv1"].untyped_storage().data_ptr() == ptr1
+    assert sd["conv1"].stride() == before["conv1"].to(memory_format=torch.channels_last).stride() == (8, 1, 8, 8)
     t = sd["conv3"]
     assert t is obj and t.untyped_storage().data_ptr() == ptr  # same tensor object, same memory
     assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()

@@ -18,6 +18,7 @@ from comfy_api.latest import io
 
 from ...pbe_core import inputs, mask_ops
 from ...pbe_core.checkpoint import PbECheckpoint
+from ...pbe_core.cpu_precision import cpu_computes_natively
 from ...pbe_core.exemplar_encoder import ExemplarEncoder
 from ...pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES, object_mask, prepare_exemplars
 
@@ -37,6 +38,23 @@ def _pixels_key(pixels: torch.Tensor) -> tuple:
     return tuple(data.shape), str(data.dtype), digest
 
 
+def encoder_dtype(weight_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The exemplar encoder's dtype for the loader's ``weight_dtype`` (None: "default") on ``device``.
+
+    Default: fp32 on the CPU (fp16 there is slow and inexact), the host's text-encoder dtype on an accelerator. A
+    chosen precision as it is, except on a CPU that does not compute it natively (``pbe_core.cpu_precision``: bf16
+    without AMX-BF16, fp16 on every CPU): fp32 there, because the encoder runs in plain torch, without the host's
+    per-layer casting that lets the UNet keep such weights and compute in fp32.
+    """
+    cpu = torch.device(device).type == "cpu"
+    if weight_dtype is None:
+        return torch.float32 if cpu else comfy.model_management.text_encoder_dtype(device)
+    if cpu and not cpu_computes_natively(weight_dtype):
+        return torch.float32
+    return weight_dtype
+
+
+
 class PbEEncoder:
     """The ``PBE_ENCODER`` value: the exemplar encoder, placed and offloaded by the host's model management."""
 
@@ -45,10 +63,7 @@ class PbEEncoder:
         self.source = ckpt.source
         self.load_device = comfy.model_management.text_encoder_device()
         offload_device = comfy.model_management.text_encoder_offload_device()
-        if weight_dtype is None:
-            # fp32 on the CPU (fp16 there is slow and inexact); the host's text-encoder dtype on an accelerator
-            cpu = self.load_device.type == "cpu"
-            weight_dtype = torch.float32 if cpu else comfy.model_management.text_encoder_dtype(self.load_device)
+        weight_dtype = encoder_dtype(weight_dtype, self.load_device)
         self.dtype = weight_dtype
         self.model = ExemplarEncoder.from_checkpoint(ckpt, dtype=weight_dtype).to(offload_device)
         self.patcher = comfy.model_patcher.ModelPatcher(self.model, load_device=self.load_device, offload_device=offload_device)

@@ -8,13 +8,15 @@ the order and polarity themselves live in ``pbe_core.edit_conditioning``.
 
 Host references (ComfyUI 0.3.64): ``comfy/model_base.py`` ``BaseModel.concat_cond`` / ``extra_conds``,
 ``comfy/supported_models.py`` ``SD15``, ``comfy/sd.py`` ``load_diffusion_model_state_dict`` (whose steps the UNet
-loading below follows) and ``VAE(sd=..., config=...)``.
+loading below follows) and ``VAE(sd=..., config=..., dtype=...)``; for the precision, ``comfy/model_management.py``
+``unet_dtype`` / ``unet_manual_cast`` / ``should_use_bf16`` / ``vae_dtype``, read against 0.38 too (the same there).
 """
 
 from __future__ import annotations
 
 import logging
 
+import comfy.cli_args
 import comfy.latent_formats
 import comfy.ldm.models.autoencoder
 import comfy.model_base
@@ -28,8 +30,9 @@ import torch
 
 from ...pbe_core import edit_conditioning as ec
 from ...pbe_core.checkpoint import CheckpointError, PbECheckpoint, check_fits
-from ...pbe_core.memory_format import conv_weights_to_channels_last_
-from .encoder import PbEEncoder
+from ...pbe_core.cpu_precision import cpu_computes_natively
+from ...pbe_core.memory_format import conv_weights_to_channels_last_, is_conv_kernel
+from .encoder import PbEEncoder, encoder_dtype
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,9 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
             model_params=params, supported_dtypes=list(config.supported_inference_dtypes), weight_dtype=comfy.utils.weight_dtype(sd)
         )
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
+    manual_cast = native_half_on_cpu(weight_dtype, load_device, manual_cast)
+    # the model config's inference dtype, as the host's own loaders set it (0.38's comfy/sd.py passes a further
+    # device=load_device keyword; 0.3.64 takes these two arguments only)
     config.set_inference_dtype(weight_dtype, manual_cast)
     model = config.get_model(sd, "")
     # the host only warns about missing UNet weights (and leaves them uninitialised): refuse such a file instead
@@ -126,30 +132,81 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
     model.pbe_source, model.pbe_context_dim = ckpt.source, ckpt.info.unet_context_dim
     # Instead of BaseModel.load_model_weights (which copies every tensor into the freshly allocated weights), the
     # checkpoint's tensors become the weights: the fresh ones are never touched, so they never take memory.
-    adopt_weights(model.diffusion_model, config.process_unet_state_dict(sd), ckpt.source, "UNet")
+    channels_last = unet_channels_last_on_cpu(ckpt, load_device, manual_cast or weight_dtype)
+    adopt_weights(model.diffusion_model, config.process_unet_state_dict(sd), ckpt.source, "UNet", channels_last)
     model = model.to(offload_device)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
-def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device) -> None:
-    """Where the VAE runs on the CPU, re-order its convolution kernels channels-last, in place (opt-in).
+def native_half_on_cpu(weight_dtype: torch.dtype, device: torch.device, host_manual_cast: torch.dtype | None):
+    """The UNet's manual-cast dtype (the model config's inference dtype; None = compute in the weights' dtype).
 
-    oneDNN then runs the VAE's convolutions on channels-last activations, which is faster on the CPU
-    (docs/benchmarks.md, "Channels-last convolution kernels"; the UNet gained nothing consistent that way and stays as
-    loaded). The bytes move inside the checkpoint's own memory (``pbe_core.memory_format``), so memory does not grow;
-    on an accelerator nothing changes (not measured there). It is off unless asked for: the other summation order of
-    those kernels moves the masked-image latent by about 1e-3, more than a change of thread count moves it (the fp32
-    noise floor the pack's defaults stay within; ``tests/host/test_inprocess_host.py``).
+    The host's choice (``host_manual_cast``, from ``comfy.model_management.unet_manual_cast``), except for half-precision
+    weights on a CPU that computes that precision natively (``pbe_core.cpu_precision``: bf16 with AMX-BF16): None
+    there, so the host builds the UNet with plain bf16 layers (``comfy.ops.pick_operations`` gives
+    ``disable_weight_init`` when no cast is needed, in 0.3.64 and 0.38 alike). The host never computes bf16 on a CPU: ``should_use_bf16`` is
+    False for a CPU device (ComfyUI 0.3.64 and 0.38 alike: "bf16 works on CPU but is extremely slow", true without
+    AMX-BF16), so bf16 weights would be cast to fp32 layer by layer at every call: measured 0.95-1.3x the fp32 time
+    of a UNet call, against 0.2-0.45x computed in bf16 (docs/benchmarks.md, "Whole UNet calls per precision").
+    """
+    if torch.device(device).type == "cpu" and weight_dtype != torch.float32 and cpu_computes_natively(weight_dtype):
+        return None
+    return host_manual_cast
+
+
+def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device, dtype: torch.dtype | None = None) -> bool:
+    """Where the VAE runs on the CPU, lay its convolution kernels out channels-last; True if it does. Only asked for
+    (``build_vae``) with bf16, which already changes the numbers, or when the user opted in for fp32: there the other
+    summation order of those kernels moved the masked-image latent by 8.7e-4 where a thread-count change moves it by
+    3.4e-5 (torch 2.13), beyond the fp32 noise floor the defaults stay within (``tests/host/test_inprocess_host.py``).
+
+    oneDNN then runs the VAE's convolutions on channels-last activations, which is faster on the CPU in fp32 and in
+    bf16 (docs/benchmarks.md, "Channels-last convolution kernels" and "Channels-last in bf16"). Kernels already in the VAE's
+    ``dtype`` (None: all of them) are re-ordered here, in place inside the checkpoint's own memory
+    (``pbe_core.memory_format``), so memory does not grow; ``adopt_weights`` casts the others straight into
+    channels-last order (a cast copies anyway). On an accelerator nothing changes (not measured there).
     """
     if torch.device(device).type != "cpu":
-        return
-    others = [t for d in (ckpt.unet, ckpt.clip, ckpt.mapper, ckpt.final_ln, ckpt.proj_out) for t in d.values()]
-    done = conv_weights_to_channels_last_(ckpt.vae, also_in_memory=others)
+        return False
+    done = _kernels_channels_last_in_place(ckpt, "vae", dtype)
     log.debug("%s: %d VAE convolution kernels re-ordered channels-last", ckpt.source, len(done))
+    return True
 
 
-def adopt_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, what: str) -> None:
+def unet_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device, compute_dtype: torch.dtype) -> bool:
+    """Where the UNet computes in bf16 on the CPU, lay its convolution kernels out channels-last; True if it does.
+
+    Measured with AMX-BF16 (docs/benchmarks.md, "Channels-last in bf16"): a bf16 UNet call with channels-last kernels
+    took 0.82-0.92x the NCHW time (oneDNN's bf16 convolutions prefer NHWC, and the transformer blocks' reshapes
+    between image and token layout become views instead of copies). Kernels already bf16 in the file are re-ordered
+    in place, the others are cast straight into channels-last order (``adopt_weights``), so this costs no extra
+    memory. In fp32 the UNet stays as the file has it: there the gain was small and re-ordering 3.4 GB of kernels in
+    place cost seconds.
+    """
+    if torch.device(device).type != "cpu" or compute_dtype != torch.bfloat16:
+        return False
+    done = _kernels_channels_last_in_place(ckpt, "unet", compute_dtype)
+    log.debug("%s: %d UNet convolution kernels re-ordered channels-last in place", ckpt.source, len(done))
+    return True
+
+
+def _kernels_channels_last_in_place(ckpt: PbECheckpoint, part: str, dtype: torch.dtype | None) -> list[str]:
+    """Re-order in place the convolution kernels of ``ckpt``'s ``part`` that are ``dtype`` (None: any); their names."""
+    parts = ckpt.parts()
+    same = {k: t for k, t in parts[part].items() if dtype is None or t.dtype == dtype}
+    # a kernel whose bytes another tensor of the file also views is left alone (pbe_core.memory_format)
+    others = [t for name, d in parts.items() for k, t in d.items() if name != part or k not in same]
+    return conv_weights_to_channels_last_(same, also_in_memory=others)
+
+
+def adopt_weights(
+    module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, what: str, channels_last: bool = False
+) -> None:
     """Make ``sd``'s tensors the weights of ``module`` (cast to each weight's dtype and device where they differ).
+
+    ``channels_last``: a convolution kernel that is cast is written in channels-last order (no extra copy: the cast
+    copies anyway); kernels that need no cast keep their layout (``vae_channels_last_on_cpu`` and
+    ``unet_channels_last_on_cpu`` re-order those in place).
 
     The one copy of the weights in memory is the checkpoint's: for an fp32 ``.safetensors`` file on the CPU these
     are views of the file's private, copy-on-write memory map (writes never reach the file), so peak memory while
@@ -164,12 +221,43 @@ def adopt_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: 
             f"{source}: the {what} weights do not fit the model ComfyUI built from their shapes: missing "
             f"{missing[:5]}, unexpected {unexpected[:5]}. The file is not a complete Paint-by-Example checkpoint."
         )
-    adopted = {k: v.to(device=own[k].device, dtype=own[k].dtype) for k, v in sd.items()}
-    module.load_state_dict(adopted, strict=True, assign=True)
+    def adopt(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        cast = v.dtype != like.dtype or v.device != like.device
+        if cast and channels_last and is_conv_kernel(v):
+            return v.to(device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
+        return v.to(device=like.device, dtype=like.dtype)
+
+    module.load_state_dict({k: adopt(v, own[k]) for k, v in sd.items()}, strict=True, assign=True)
 
 
-def build_vae(ckpt: PbECheckpoint, channels_last: bool = False) -> comfy.sd.VAE:
-    """The host VAE, its architecture given explicitly from the inferred sizes (the tiny test VAE included)."""
+#: ComfyUI's command-line options that fix the VAE's precision (``comfy/cli_args.py``; read by
+#: ``comfy.model_management.vae_dtype`` in 0.3.64 and 0.38 alike)
+HOST_VAE_PRECISION_FLAGS = ("fp16_vae", "bf16_vae", "fp32_vae")
+
+
+def vae_dtype_on_cpu(weight_dtype: torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The ``dtype`` to give the host VAE: bf16 when bf16 was chosen and the VAE runs on a CPU that computes bf16
+    natively, unless ComfyUI was started with a VAE precision (``--fp32-vae``, ``--bf16-vae``, ``--fp16-vae``: those
+    win); None otherwise, which leaves the choice to the host (``comfy.model_management.vae_dtype``: fp32 on a CPU).
+
+    Measured on a CPU with AMX-BF16 (docs/benchmarks.md, "Headline", and a probe): the bf16 VAE encoded and decoded
+    512^2 in 0.2-0.3x the fp32 time (channels-last: 0.36-0.42x its own NCHW time); its decoder alone came within
+    4e-3 on average (about 1 grey level) and 3.8e-2 at most of the fp32 one on 0..1 pixels (random full-size weights). The host itself never picks bf16 for a CPU
+    VAE (``should_use_bf16`` is False for a CPU device), hence this choice here.
+    """
+    if weight_dtype != torch.bfloat16 or torch.device(device).type != "cpu":
+        return None
+    if any(getattr(comfy.cli_args.args, flag, False) for flag in HOST_VAE_PRECISION_FLAGS):
+        return None
+    return torch.bfloat16 if cpu_computes_natively(torch.bfloat16) else None
+
+
+def build_vae(ckpt: PbECheckpoint, dtype: torch.dtype | None = None, channels_last: bool = False) -> comfy.sd.VAE:
+    """The host VAE, its architecture given explicitly from the inferred sizes (the tiny test VAE included).
+
+    ``dtype``: the host VAE's own ``dtype`` option (None: the host chooses, ``comfy.model_management.vae_dtype``).
+    ``channels_last``: channels-last kernels on the CPU in fp32 too (opt-in); a bf16 VAE always gets them.
+    """
     info = ckpt.info
     ddconfig = {
         "double_z": True,
@@ -187,15 +275,32 @@ def build_vae(ckpt: PbECheckpoint, channels_last: bool = False) -> comfy.sd.VAE:
     with torch.device("meta"):  # shapes only: the host only warns about missing VAE weights
         expected = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"]).state_dict()
     check_fits(expected, ckpt.vae, "VAE", ckpt.source)
-    vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config)
-    if channels_last:
-        vae_channels_last_on_cpu(ckpt, vae.device)
+    vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config, dtype=dtype)
+    wanted = channels_last or vae.vae_dtype == torch.bfloat16
+    channels_last = wanted and vae_channels_last_on_cpu(ckpt, vae.device, vae.vae_dtype)
     # the host copied the weights in; share the checkpoint's instead so that one copy stays in memory
-    adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE")
+    adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE", channels_last)
     factor = 2 ** (len(info.vae_channel_mult) - 1)
     vae.downscale_ratio = vae.upscale_ratio = factor
-    vae.pbe_source = ckpt.source
     return vae
+
+
+def read_dtypes(weight_dtype: str) -> dict[str, torch.dtype]:
+    """The dtypes ``build_all(ckpt, weight_dtype)`` will give each part, for ``load_checkpoint(path, dtypes)`` to cast
+    to while reading (so a bf16 model from an fp32 file never holds the file and the bf16 copy in memory at once).
+
+    Only what is already known before reading: nothing for "default" (the host then chooses from the file's dtype),
+    else the UNet's (the choice), the exemplar encoder's (``encoder_dtype``) and the VAE's where the pack picks it
+    (``vae_dtype_on_cpu``; otherwise the host VAE casts it when it is built). Only half-precision targets: reading to
+    convert gives every tensor memory of its own, so an fp32 target keeps the lazy memory map of an fp32 file (the
+    default path's behaviour) and is cast, where needed, when the models are built.
+    """
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    if dtype is None:
+        return {}
+    out = {"unet": dtype, "encoder": encoder_dtype(dtype, comfy.model_management.text_encoder_device()),
+           "vae": vae_dtype_on_cpu(dtype, comfy.model_management.vae_device())}
+    return {part: d for part, d in out.items() if d in (torch.bfloat16, torch.float16)}
 
 
 def check_same_checkpoint(model, encoder, vae) -> None:
@@ -225,14 +330,14 @@ def check_same_checkpoint(model, encoder, vae) -> None:
 
 
 def build_all(ckpt: PbECheckpoint, weight_dtype: str = "default", channels_last_vae: bool = False):
-    """(MODEL, PBE_ENCODER, VAE) from a loaded checkpoint. ``channels_last_vae``: see
-    :func:`vae_channels_last_on_cpu` (opt-in: it moves results beyond the fp32 noise floor)."""
+    """(MODEL, PBE_ENCODER, VAE) from a loaded checkpoint. ``channels_last_vae``: see :func:`build_vae` (opt-in in
+    fp32: it moves results beyond the fp32 noise floor)."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}.")
     dtype = WEIGHT_DTYPES[weight_dtype]
     # The VAE first: the host copies its weights before they are shared (adopt_weights), and that transient copy
     # is smallest while little else of the file has been read.
-    vae = build_vae(ckpt, channels_last_vae)
+    vae = build_vae(ckpt, vae_dtype_on_cpu(dtype, comfy.model_management.vae_device()), channels_last_vae)
     model = build_model_patcher(ckpt, dtype)
     encoder = PbEEncoder(ckpt, dtype)
     return model, encoder, vae

@@ -519,3 +519,135 @@ def test_default_optimisations_stay_within_the_thread_count_noise_floor(host, fi
         ref1 = vae.encode(image)
         torch.set_num_threads(2)
     print(f"channels-last VAE: latent {float((cl - ref).abs().max()):.2e}; threads {float((ref1 - ref).abs().max()):.2e}")  # noqa: T201
+
+
+# --- bf16 on the CPU ----------------------------------------------------------------------------------------------------
+#: bf16 edit vs fp32 edit of the tiny fixture model, 0..1 pixels inside the mask (6 PLMS steps, cfg 5, 64x64 and
+#: 128x128). Measured 2026-12-02 (torch 2.14.1, ComfyUI 0.3.64): max 7.6e-2 / mean 1.1e-2 at 64x64, 5.5e-2 / 7.6e-3 at
+#: 128x128; the tiny random UNet amplifies rounding far more than a trained one would (its latents reach 140). The
+#: bounds are twice the worst measured value. Reference: the fp32 path, which matches diffusers to 3e-6 (README).
+BF16_MAX_ABS = 0.15
+BF16_MEAN_ABS = 0.025
+
+
+@pytest.fixture
+def native_bf16(host, monkeypatch):
+    """The pack's bf16 path as on a CPU with AMX-BF16, on whatever CPU runs the test (torch computes bf16 on any x86
+    CPU, only slowly without AMX): the pack's own CPU check answers as for a CPU whose flags include amx_bf16."""
+    from comfy_inprocess import pack_module
+
+    precision = pack_module("pbe_core.cpu_precision")
+    amx = frozenset({"amx_bf16", "amx_tile", "avx512_bf16", "avx512f"})
+    for module in (host.model_type, host.encoder):  # the UNet and VAE's choice, and the encoder's
+        monkeypatch.setattr(module, "cpu_computes_natively", lambda dtype, _flags=None: precision.cpu_computes_natively(dtype, amx))
+
+
+def _load(host, fixture_paths, monkeypatch, weight_dtype):
+    import folder_paths
+
+    folder = str(next(iter(fixture_paths.values())).parent)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "paint_by_example", ([folder], {".safetensors"}))
+    with torch.inference_mode():
+        return host.loader.LoadModel.execute("original-fp32.safetensors", weight_dtype).args
+
+
+def _kernels_channels_last(module):
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in _kernels(module).values())
+
+
+def test_bf16_with_amx_computes_every_network_in_bf16(host, fixture_paths, monkeypatch, native_bf16):
+    model, encoder, vae = _load(host, fixture_paths, monkeypatch, "bf16")
+    dm = model.model.diffusion_model
+    # the host builds the UNet with plain bf16 layers (no per-layer cast to fp32) from the model config's dtype
+    assert model.model.get_dtype() == torch.bfloat16 and model.model.manual_cast_dtype is None
+    assert {p.dtype for p in dm.parameters()} == {torch.bfloat16}
+    assert not any(getattr(m, "comfy_cast_weights", False) for m in dm.modules())
+    assert vae.vae_dtype == torch.bfloat16 and {p.dtype for p in vae.first_stage_model.parameters()} == {torch.bfloat16}
+    assert encoder.dtype == torch.bfloat16 and {p.dtype for p in encoder.model.parameters()} == {torch.bfloat16}
+    # both networks' convolution kernels channels-last, with the file's values (rounded to bf16, nothing else)
+    assert _kernels_channels_last(dm) and _kernels_channels_last(vae.first_stage_model)
+    fp32 = host.checkpoint.load_checkpoint(fixture_paths["original-fp32.safetensors"])
+    k = "input_blocks.1.0.in_layers.2.weight"
+    assert torch.equal(dm.state_dict()[k], fp32.unet[k].to(torch.bfloat16))
+    # and the loader's MODEL carries the fast paths, as in fp32
+    assert host.sta.has_single_token_attention(model) and host.shared.has_shared_cfg_prefix(model)
+
+
+def test_bf16_edit_takes_the_fast_paths_and_stays_near_fp32(host, fixture_paths, monkeypatch, native_bf16):
+    """The same edit (weights, source, mask, exemplar, seed) from the fp32 and the bf16 MODEL / VAE / encoder of the
+    same file: within the measured bf16 tolerance inside the mask, the photo itself outside it, and every UNet call of
+    the bf16 edit took the single-token path and the shared CFG prefix (their fallbacks never ran)."""
+    ref_model, ref_encoder, ref_vae = _load(host, fixture_paths, monkeypatch, "default")
+    model, encoder, vae = _load(host, fixture_paths, monkeypatch, "bf16")
+    single = _record_fallbacks(model, host.sta.SingleTokenCrossAttention)
+    # what the shared prefix hands its layers: one half (batch 1) when it shares them, the whole batch when not
+    shared = _record_fallbacks(model, host.shared.SharedHalves, lambda *args, **kwargs: (args[0].shape[0], args[0].dtype))
+    rows = []
+    for size in (64, 128):
+        image, mask, exemplar = _inputs(size)
+        outs = []
+        for m, e, v in ((ref_model, ref_encoder, ref_vae), (model, encoder, vae)):
+            with torch.inference_mode():
+                outs.append(host.sampler.Sampler.execute(
+                    m, e, v, image, mask, exemplar, 7, 6, 5.0, "reference", "normal", 1.0, 0, 0, working_size=0
+                ).args[0])
+        ref, out = outs
+        inside = mask[0].bool()
+        d = (out[0][inside] - ref[0][inside]).abs()
+        rows.append((size, d.max().item(), d.mean().item()))
+        assert torch.equal(out[0][~inside], image[0][~inside])  # pasted back: the photo, bit for bit
+    assert not single  # the single-token path at every cross-attention of every call
+    assert shared and set(shared) == {(1, torch.bfloat16)}  # the shared prefix at every call, in bf16
+    for _size, max_abs, mean_abs in rows:
+        assert max_abs <= BF16_MAX_ABS and mean_abs <= BF16_MEAN_ABS, rows
+        assert mean_abs > 1e-4, rows  # it did compute in bf16: not the fp32 result
+
+
+@pytest.fixture
+def no_native_bf16(host, monkeypatch):
+    """The pack's CPU check answering as for a CPU without AMX-BF16 (e.g. AVX-512 BF16 only)."""
+    from comfy_inprocess import pack_module
+
+    precision = pack_module("pbe_core.cpu_precision")
+    flags = frozenset({"avx512_bf16", "avx512f"})
+    for module in (host.model_type, host.encoder):
+        monkeypatch.setattr(module, "cpu_computes_natively", lambda dtype, _flags=None: precision.cpu_computes_natively(dtype, flags))
+
+
+def test_bf16_without_amx_keeps_the_hosts_choice(host, fixture_paths, monkeypatch, no_native_bf16):
+    """Without AMX-BF16 bf16 is slower than fp32 (docs/benchmarks.md): the UNet keeps bf16 weights computed in fp32
+    through the host's per-layer casting (ComfyUI's own choice), the VAE the host's fp32 and the encoder fp32."""
+    model, encoder, vae = _load(host, fixture_paths, monkeypatch, "bf16")
+    dm = model.model.diffusion_model
+    assert model.model.get_dtype() == torch.bfloat16 and model.model.manual_cast_dtype == torch.float32
+    assert any(getattr(m, "comfy_cast_weights", False) for m in dm.modules())
+    assert vae.vae_dtype == torch.float32 and encoder.dtype == torch.float32
+    assert all(p.is_contiguous() for p in _kernels(dm).values())  # NCHW, as in fp32
+    assert host.sta.has_single_token_attention(model) and host.shared.has_shared_cfg_prefix(model)
+
+
+def test_a_host_vae_precision_flag_wins(host, fixture_paths, monkeypatch, native_bf16):
+    """ComfyUI's ``--fp32-vae`` (``comfy.cli_args.args.fp32_vae``) keeps the VAE in fp32 under weight_dtype bf16."""
+    import comfy.cli_args
+
+    monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", True)
+    model, encoder, vae = _load(host, fixture_paths, monkeypatch, "bf16")
+    assert vae.vae_dtype == torch.float32 and {p.dtype for p in vae.first_stage_model.parameters()} == {torch.float32}
+    assert model.model.get_dtype() == torch.bfloat16 and encoder.dtype == torch.bfloat16
+
+
+def test_what_the_loader_converts_while_reading(host, monkeypatch, native_bf16):
+    """``read_dtypes``: the half-precision targets known before reading (what ``load_checkpoint`` then casts tensor by
+    tensor); fp32 and "default" read the file as it is (the lazy memory map of an fp32 file)."""
+    import comfy.cli_args
+
+    bf16 = torch.bfloat16
+    assert host.model_type.read_dtypes("bf16") == {"unet": bf16, "encoder": bf16, "vae": bf16}
+    assert host.model_type.read_dtypes("fp16") == {"unet": torch.float16}  # the encoder computes fp32 on a CPU
+    assert host.model_type.read_dtypes("fp32") == {} and host.model_type.read_dtypes("default") == {}
+    monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", True)
+    assert host.model_type.read_dtypes("bf16") == {"unet": bf16, "encoder": bf16}
+
+
+def test_bf16_without_amx_reads_only_the_unet_as_bf16(host, no_native_bf16):
+    assert host.model_type.read_dtypes("bf16") == {"unet": torch.bfloat16}
