@@ -927,7 +927,7 @@ def precision_probes_markdown(p: dict) -> list[str]:
                   fmt_table(["instruction set", "UNet", "s / call", "/ fp32", "CPU time / fp32", "vs fp32 max / mean"],
                             rows), ""]
     lines += [
-        "What this decides (`pbe_core/cpu_precision.py`, `nodes/model_type.py`):",
+        "What this decides (`pbe_core/cpu_precision.py`, `nodes/host/model_type.py`):",
         "",
         "- bf16 is computed natively on the CPU only with AMX-BF16 (`lscpu | grep amx_bf16`): there the UNet, the VAE "
         "and the exemplar encoder all run in bf16, the UNet's and VAE's convolution kernels channels-last. Without "
