@@ -76,6 +76,8 @@ WORKER_RESTARTS = 2
 ACTOR_RESTARTS = 2
 #: seconds a worker's ComfyUI may take to start
 START_TIMEOUT = 600.0
+#: the longest Ray folder whose socket paths (``<folder>/session_<date>_<pid>/sockets/plasma_store``) fit in 107 bytes
+TEMP_DIR_MAX = 40
 
 
 def import_ray():
@@ -483,6 +485,10 @@ def _start_ray(ray, options: FleetOptions, cpus_needed: float) -> tuple[dict, Pa
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a cluster for one command reports nothing anywhere
         if options.temp_dir is not None:
             temp = Path(options.temp_dir).resolve()
+            if len(str(temp)) > TEMP_DIR_MAX:
+                raise ClientError(f"--ray-temp-dir {temp} is {len(str(temp))} characters long; Ray keeps its sockets "
+                                  f"in it, and their paths may have at most 107, so give a folder of at most "
+                                  f"{TEMP_DIR_MAX} characters (e.g. under /tmp)")  # fmt: skip
             temp.mkdir(parents=True, exist_ok=True)
         else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
             temp = own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
@@ -491,7 +497,13 @@ def _start_ray(ray, options: FleetOptions, cpus_needed: float) -> tuple[dict, Pa
     else:
         kwargs["address"] = options.address
     started = time.monotonic()
-    context = ray.init(**kwargs)
+    try:
+        context = ray.init(**kwargs)
+    except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
+        if own_temp is not None:
+            shutil.rmtree(own_temp, ignore_errors=True)
+        where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
+        raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}") from None
     info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
             "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
     dashboard = getattr(context, "dashboard_url", None)
@@ -628,7 +640,11 @@ class _Driver:
     # --- the loop --------------------------------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            self.start()
+            try:
+                self.start()
+            except ClientError as e:
+                self._stop(str(e), 2)
+                return
             while self.pending or self._running():
                 self._dispatch()
                 if not self.calls:
