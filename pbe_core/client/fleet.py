@@ -474,44 +474,6 @@ class FleetOptions:
     worker_class: type = FleetWorker  # the tests give a stand-in that dies on purpose, to test the driver alone
 
 
-def _start_ray(ray, options: FleetOptions, cpus_needed: float) -> tuple[dict, Path | None]:
-    """``ray.init`` for the run: a local cluster, or ``options.address``. Returns (the report's ``ray``, the temporary
-    folder to remove after shutdown or None)."""
-    env_vars = {"PYTHONPATH": os.pathsep.join([str(PACK_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": options.verbose,
-              "logging_level": logging.INFO if options.verbose else logging.WARNING}  # fmt: skip
-    own_temp = None
-    if options.address is None:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a cluster for one command reports nothing anywhere
-        if options.temp_dir is not None:
-            temp = Path(options.temp_dir).resolve()
-            if len(str(temp)) > TEMP_DIR_MAX:
-                raise ClientError(f"--ray-temp-dir {temp} is {len(str(temp))} characters long; Ray keeps its sockets "
-                                  f"in it, and their paths may have at most 107, so give a folder of at most "
-                                  f"{TEMP_DIR_MAX} characters (e.g. under /tmp)")  # fmt: skip
-            temp.mkdir(parents=True, exist_ok=True)
-        else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
-            temp = own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
-        kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
-                      _temp_dir=str(temp))  # fmt: skip
-    else:
-        kwargs["address"] = options.address
-    started = time.monotonic()
-    try:
-        context = ray.init(**kwargs)
-    except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
-        if own_temp is not None:
-            shutil.rmtree(own_temp, ignore_errors=True)
-        where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
-        raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}") from None
-    info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
-            "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
-    dashboard = getattr(context, "dashboard_url", None)
-    if dashboard:
-        info["dashboard"] = dashboard
-    return info, own_temp
-
-
 def worker_specs(ray, options: FleetOptions) -> tuple[list[WorkerSpec], dict]:
     """The private workers for the cluster: ``options.workers`` of them, or one per GPU share (``num_gpus`` =
     ``gpus_per_worker``), or one CPU worker. Returns the specs and the Ray options of their actors."""
@@ -600,8 +562,7 @@ class _Driver:
         opts = self.options
         attached = [s for s in opts.specs if s.server]
         cpus = 0.0 if attached else (opts.workers or 1) * opts.cpus_per_worker
-        self.ray_info, self.own_temp = _start_ray(self.ray, opts, cpus)
-        self.ray_started = True
+        self.ray_info = self._start_ray(cpus)
         ray = self.ray
         if attached:
             # an address means what it means on this machine: its worker runs here (it only talks HTTP)
@@ -630,6 +591,44 @@ class _Driver:
             w = Worker(spec, handle, "attached" if spec.server else "private")
             self.workers.append(w)
             self._call("start", w, None, handle.start.remote())
+
+    def _start_ray(self, cpus_needed: float) -> dict:
+        """``ray.init`` for the run: a local cluster, or ``options.address``; returns the report's ``ray``. The folder it
+        makes and Ray itself are known to :meth:`close` before ``ray.init`` starts anything, so an interrupt at any point
+        leaves nothing behind."""
+        ray, options = self.ray, self.options
+        env_vars = {"PYTHONPATH": os.pathsep.join([str(PACK_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": options.verbose,
+                  "logging_level": logging.INFO if options.verbose else logging.WARNING}  # fmt: skip
+        if options.address is None:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a cluster for one command reports nothing anywhere
+            if options.temp_dir is not None:
+                temp = Path(options.temp_dir).resolve()
+                if len(str(temp)) > TEMP_DIR_MAX:
+                    raise ClientError(f"--ray-temp-dir {temp} is {len(str(temp))} characters long; Ray keeps its sockets "
+                                      f"in it, and their paths may have at most 107, so give a folder of at most "
+                                      f"{TEMP_DIR_MAX} characters (e.g. under /tmp)")  # fmt: skip
+                temp.mkdir(parents=True, exist_ok=True)
+            else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
+                temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-",
+                                                             dir="/tmp" if os.path.isdir("/tmp") else None))
+            kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
+                          _temp_dir=str(temp))  # fmt: skip
+        else:
+            kwargs["address"] = options.address
+        started = time.monotonic()
+        self.ray_started = True
+        try:
+            context = ray.init(**kwargs)
+        except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
+            where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
+            raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}") from None
+        info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
+                "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
+        dashboard = getattr(context, "dashboard_url", None)
+        if dashboard:
+            info["dashboard"] = dashboard
+        return info
 
     def _call(self, what: str, w: Worker, row: Row | None, ref) -> None:
         self.calls[ref] = (what, w, row, time.monotonic())
