@@ -21,8 +21,9 @@ Who does what:
 Nothing lost, nothing done twice:
 
 * A row is on one worker at a time, and its result is written by the driver once. It goes to another worker only when
-  the one running it lost it: its private ComfyUI exited (the worker starts it again, at most :data:`WORKER_RESTARTS`
-  times, and takes rows again), the actor's process died (Ray starts it again, at most ``max_restarts`` times), or an
+  the one running it lost it: its private ComfyUI exited, or stopped answering for ``--reconnect-wait`` seconds (the
+  worker ends it and starts it again, at most :data:`WORKER_RESTARTS` times, and takes rows again), the actor's process
+  died (Ray starts it again, at most ``max_restarts`` times), or an
   attached server stayed away longer than ``--reconnect-wait`` (that worker is given up; if the server was only cut
   off, not dead, it may finish the prompt too, but the result is still written once).
 * A row whose worker died while running it is given to another ``--retries`` times (default 2); then it fails with
@@ -60,7 +61,7 @@ from pathlib import Path
 
 from .api import ComfyClient
 from .embedded import PACK_DIR, EmbeddedError, PrivateComfyUI
-from .errors import ClientError, ServerGone, ServerUnreachable, StopsBatch
+from .errors import ClientError, ServerUnreachable, StopsBatch
 from .jobs import Job, Settings, execute, job_key
 from .results import ResultStore
 
@@ -149,6 +150,7 @@ class FleetWorker:
         self.server: PrivateComfyUI | None = None
         self.client: WorkerClient | None = None
         self.restarts = 0
+        self.hung = False  # the private ComfyUI runs but stopped answering: restart() ends it first
         logging.basicConfig(level=logging.INFO, format=f"{spec.label}: %(message)s", stream=sys.stderr)
 
     def __repr__(self) -> str:  # Ray's log prefix and dashboard show it
@@ -213,10 +215,9 @@ class FleetWorker:
             out["status"] = "done"
         except ComfyUIDied as e:
             out.update(status="lost", error=str(e))
-        except ServerGone as e:
+        except ServerUnreachable as e:  # gone for --reconnect-wait seconds (ServerGone); a private one is hung
             out.update(status="lost", error=str(e))
-        except ServerUnreachable as e:  # never reached in this run
-            out.update(status="lost", error=str(e))
+            self.hung = self.server is not None
         except ClientError as e:  # the server refused or failed the row, or it timed out: the row's own failure
             out.update(status="failed", error=str(e))
         finally:
@@ -230,7 +231,10 @@ class FleetWorker:
         if self.server is None:
             return {"ok": False, "error": "an attached server cannot be started from here", "where": self.where()}
         if self.server.alive():
-            return {"ok": True, "error": None, "where": self.where()}
+            if not self.hung:
+                return {"ok": True, "error": None, "where": self.where()}
+            self.server.kill()  # it runs but has not answered for --reconnect-wait seconds
+        self.hung = False
         status = self.server.proc.returncode if self.server.proc is not None else None
         if self.restarts >= WORKER_RESTARTS:
             return {"ok": False, "error": f"its ComfyUI exited (status {status}) after {self.restarts} restarts; the "

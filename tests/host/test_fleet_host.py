@@ -263,3 +263,38 @@ def test_a_server_that_dies_for_good_hands_its_row_to_the_other(comfy_server, tm
     assert saved_on_doomed + on_live == 6
     assert (w1["rows_done"], report["workers"][1]["rows_done"]) == (saved_on_doomed, on_live)
     left.check()
+
+
+@pytest.mark.slow
+def test_a_private_comfyui_that_hangs_is_ended_and_started_again(tmp_path, exemplar, fixture_paths):  # noqa: F811
+    """One private worker whose ComfyUI is stopped (SIGSTOP: it runs, answers nothing) while it runs row 1 of 2: after
+    the request timeout and --reconnect-wait the worker ends it, starts it again and does both rows; row 1 twice
+    queued, once done."""
+    rows = _rows_csv(tmp_path, 2, exemplar)
+    workers, out = tmp_path / "workers", tmp_path / "out"
+    cmd = fleet("batch", str(rows), "-o", str(out), "--model", str(fixture_paths["original.ckpt"]), "--steps", "2",
+                "--set", "Paint by Example.working_size=0", "--comfyui", os.environ["COMFYUI_PATH"], "--ray",
+                "--workers", "1", "--cpus-per-worker", "2", "--worker-dir", str(workers), "--reconnect-wait", "3",
+                "--no-progress")  # fmt: skip
+    left = Leftovers(tmp_path)
+    run = Background(cmd)
+    deadline, stopped = time.monotonic() + 300, None
+    while stopped is None:
+        assert run.proc.poll() is None and time.monotonic() < deadline, "".join(run.err)[-4000:]
+        found = _private(workers, "w1")
+        if found and _running(found[1]):
+            os.kill(found[0], signal.SIGSTOP)
+            stopped = found[0]
+        else:
+            time.sleep(0.01)
+    r = run.finish(timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "did not come back within 3 s" in r.stderr and "starting it again (restart 1 of at most 2)" in r.stderr
+    assert _private(workers, "w1") is None  # the stopped one was ended, its successor stopped with the run
+    with pytest.raises(ProcessLookupError):
+        os.kill(stopped, 0)
+    report = json.loads((out / "report.json").read_text())
+    assert [row["status"] for row in report["rows"]] == ["done", "done"]
+    assert [t["outcome"] for t in report["rows"][0]["tries"]] == ["lost", "done"]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(2)]
+    left.check()
