@@ -96,3 +96,30 @@ def test_a_ray_folder_too_long_for_its_sockets_is_refused_with_the_limit(tmp_pat
     reason = f"--ray-temp-dir {folder} is {len(str(folder))} characters long; Ray keeps its sockets in it"
     assert report["stopped"].startswith(reason) and report["rows"][0]["error"].startswith(f"not tried: {reason}")
     assert not folder.exists()
+
+
+
+def test_the_dashboard_flag_starts_it_or_says_what_to_install(tmp_path, monkeypatch):
+    """--ray-dashboard: with ray[default] the local cluster serves the dashboard and the report names it; with Ray's
+    minimal install (the 'fleet' extra) the batch stops at once saying what to install, and nothing is left running."""
+    import importlib.util
+
+    full = importlib.util.find_spec("aiohttp_cors") is not None  # one of the packages ray[default] brings
+    monkeypatch.setenv("PBE_STANDIN_LOG", str(tmp_path / "calls.log"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    from fleet_standin import StandInWorker
+
+    settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=tmp_path / "out")
+    (tmp_path / "a.png").write_bytes(_png(np.zeros((16, 16, 3), np.uint8)))
+    (tmp_path / "a_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (tmp_path / "a_exemplar.png").write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
+    before, folders = ray_processes(), set(Path("/tmp").glob("pbe-ray-*"))
+    options = fleet.FleetOptions(private={"comfyui": "unused"}, progress=False, dashboard=True,
+                                 worker_class=StandInWorker)  # fmt: skip
+    report, status = fleet.run_fleet(jobs.jobs_from_folder(tmp_path), settings, options)
+    if full:
+        assert status == 0 and report["ray"]["dashboard"], report
+    else:
+        assert status == 2
+        assert "--ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]'" in report["stopped"]
+    assert ray_processes() <= before and set(Path("/tmp").glob("pbe-ray-*")) <= folders

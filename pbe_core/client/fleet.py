@@ -552,11 +552,13 @@ class _Driver:
         self.pending: collections.deque[Row] = collections.deque(todo)
         self.workers: list[Worker] = []
         self.calls: dict = {}  # object ref -> (what, worker, row, when it was made)
+        self.deferred: list[tuple[float, str, Worker]] = []  # (when, "start"|"restart", worker): calls to make later
         self.stopped: str | None = None
         self.status = 0
         self.progress = BatchProgress(len(todo), enabled=options.progress)
         self.ray_info: dict = {}
-        self.own_temp: Path | None = None
+        self.own_temp: Path | None = None  # the Ray folder this run made (removed at the end)
+        self.ray_temp: Path | None = None  # the local cluster's Ray folder, made here or --ray-temp-dir
         self.ray_started = False
         self.started_at = time.monotonic()
         self.run_id = uuid.uuid4().hex[:8]
@@ -616,6 +618,7 @@ class _Driver:
             else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
                 temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-",
                                                              dir="/tmp" if os.path.isdir("/tmp") else None))
+            self.ray_temp = temp
             kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
                           _temp_dir=str(temp))  # fmt: skip
         else:
@@ -626,7 +629,9 @@ class _Driver:
             context = ray.init(**kwargs)
         except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
             where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
-            raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}") from None
+            hint = ("; --ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]' (or leave it out)"
+                    if options.dashboard and "dashboard" in str(e).lower() else "")
+            raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}{hint}") from None
         info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
                 "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
         dashboard = getattr(context, "dashboard_url", None)
@@ -650,11 +655,14 @@ class _Driver:
                 return
             while self.pending or self._running():
                 self._dispatch()
-                if not self.calls:
+                self._make_deferred_calls()
+                if not self.calls and not self.deferred:
                     reasons = "; ".join(f"{w.spec.label}: {w.reason}" for w in self.workers if w.reason)
                     self._stop(f"no worker left ({reasons or 'none was started'})", 2)
                     break
-                ready, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=1.0)
+                ready, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=1.0) if self.calls else ([], [])
+                if not self.calls:
+                    time.sleep(0.2)
                 for ref in ready:
                     self._answer(ref, *self.calls.pop(ref)[:3])
                 self._check_starts()
@@ -678,6 +686,15 @@ class _Driver:
             self.progress.sent()
             self._call("run", w, row, w.handle.run.remote(row.job, prompt, inputs))
 
+    def _make_deferred_calls(self) -> None:
+        now, later = time.monotonic(), []
+        for when, what, w in self.deferred:
+            if when > now:
+                later.append((when, what, w))
+            elif w.state != "retired":
+                self._call(what, w, None, getattr(w.handle, what).remote())
+        self.deferred = later
+
     def _check_starts(self) -> None:
         """A worker that Ray could not place or whose ComfyUI did not start in time is given up."""
         now = time.monotonic()
@@ -693,6 +710,10 @@ class _Driver:
         try:
             answer = ray.get(ref)
         except ray.exceptions.RayActorError as e:  # the actor's process died; Ray starts it again if it may
+            unavailable = getattr(ray.exceptions, "ActorUnavailableError", None)  # Ray >= 2.2x: "is restarting"
+            if what in ("start", "restart") and unavailable is not None and isinstance(e, unavailable):
+                self.deferred.append((time.monotonic() + 1.0, what, w))  # no new death: ask again in a moment
+                return
             self._actor_died(w, row, _first_line(e))
             return
         except ray.exceptions.RayTaskError as e:  # an unexpected error inside the worker: the row's own failure
@@ -827,8 +848,48 @@ class _Driver:
                     w.state = "stopped"
             with contextlib.suppress(Exception):
                 ray.shutdown()
+            if self.ray_temp is not None:
+                _end_processes_of(self.ray_temp)
             if self.own_temp is not None:
                 shutil.rmtree(self.own_temp, ignore_errors=True)
+
+
+def _end_processes_of(folder: Path, wait: float = 5.0) -> None:
+    """End the processes still running whose command line names ``folder`` (the local cluster's own Ray folder):
+    ``ray.shutdown`` stops a cluster that started, but a ``ray.init`` that failed half-way (a missing dashboard
+    package, say) leaves its GCS and monitor running until this process exits. Linux (``/proc``) only."""
+    import signal
+
+    mark = str(folder).encode()
+    mine = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if mark in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        mine.append(int(entry))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while mine and time.monotonic() < deadline:
+            mine = [pid for pid in mine if _running(pid)]
+            time.sleep(0.1)
+        if not mine:
+            return
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (reaping a child that is one)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _cancel_prompts(server: str, client_id: str) -> None:
