@@ -558,7 +558,6 @@ class _Driver:
         self.progress = BatchProgress(len(todo), enabled=options.progress)
         self.ray_info: dict = {}
         self.own_temp: Path | None = None  # the Ray folder this run made (removed at the end)
-        self.ray_temp: Path | None = None  # the local cluster's Ray folder, made here or --ray-temp-dir
         self.ray_started = False
         self.started_at = time.monotonic()
         self.run_id = uuid.uuid4().hex[:8]
@@ -618,7 +617,6 @@ class _Driver:
             else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
                 temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-",
                                                              dir="/tmp" if os.path.isdir("/tmp") else None))
-            self.ray_temp = temp
             kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
                           _temp_dir=str(temp))  # fmt: skip
         else:
@@ -848,14 +846,14 @@ class _Driver:
                     w.state = "stopped"
             with contextlib.suppress(Exception):
                 ray.shutdown()
-            if self.ray_temp is not None:
-                _end_processes_of(self.ray_temp)
+            if self.own_temp is not None:  # unique to this run (a --ray-temp-dir could be another cluster's too)
+                _end_processes_of(self.own_temp)
             if self.own_temp is not None:
                 shutil.rmtree(self.own_temp, ignore_errors=True)
 
 
 def _end_processes_of(folder: Path, wait: float = 5.0) -> None:
-    """End the processes still running whose command line names ``folder`` (the local cluster's own Ray folder):
+    """End the processes still running whose command line names ``folder`` (the Ray folder this run made):
     ``ray.shutdown`` stops a cluster that started, but a ``ray.init`` that failed half-way (a missing dashboard
     package, say) leaves its GCS and monitor running until this process exits. Linux (``/proc``) only."""
     import signal
