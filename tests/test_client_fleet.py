@@ -63,6 +63,8 @@ def test_several_servers_need_ray(tmp_path):
     r = _run("batch", str(rows), "--server", "127.0.0.1:9", "--server", "127.0.0.1:10")
     assert r.returncode == 1
     assert "2 --server given; several servers need batch --ray (one worker each)" in r.stderr
+    r = _run("edit", "a.png", "m.png", "e.png", "--server", "127.0.0.1:9", "--server", "127.0.0.1:10")
+    assert r.returncode == 1 and "2 --server given" in r.stderr
 
 
 class FakeClock:

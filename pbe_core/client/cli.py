@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     with contextlib.ExitStack() as stack:
         try:
+            if len(args.servers) > 1 and getattr(args, "ray", None) is None:
+                raise ClientError(f"{len(args.servers)} --server given; several servers need batch --ray (one worker "
+                                  f"each), one server does without")
             settings = _settings(args)
             if _comfyui_folder(args) is None and not args.server:
                 raise ClientError(
@@ -267,9 +270,6 @@ def _main(args) -> int:
                 for path in result.paths:
                     sys.stdout.write(f"{path}\n")
                 return 0
-            if len(args.servers) > 1 and getattr(args, "ray", None) is None:
-                raise ClientError(f"{len(args.servers)} --server given; several servers need batch --ray (one worker "
-                                  f"each), one server does without")
             jobs = _rows(args)
             if not jobs:
                 raise ClientError(f"no rows in {str(args.rows)!r}")
