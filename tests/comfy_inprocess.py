@@ -6,7 +6,8 @@ The HTTP harness (``comfy_host.py``) is how a user's client sees the pack; this 
 * ComfyUI's folder goes first on ``sys.path`` (its top-level ``nodes.py`` must win over this repository's ``nodes/``
   package, which is only ever imported as part of the pack);
 * ``comfy.cli_args.args.cpu = True`` *before* ``comfy.model_management`` is imported, else a CUDA build of torch on a
-  machine without a GPU fails at import (``--lowvram`` and friends can be set the same way);
+  machine without a GPU fails at import (``--lowvram`` and friends can be set the same way); with
+  ``PBE_HOST_DEVICE=cuda`` it stays False, so ComfyUI takes the GPU as it does for a user (:func:`host_device`);
 * the pack is imported as a package under a fixed name, as ComfyUI's loader does with a custom-node folder.
 """
 
@@ -22,8 +23,17 @@ REPO = Path(__file__).resolve().parent.parent
 PACK_MODULE = "comfyui_paint_by_example"
 
 
+def host_device() -> str:
+    """Where the in-process host runs: ``PBE_HOST_DEVICE``, ``cpu`` (the default) or ``cuda``."""
+    device = (os.environ.get("PBE_HOST_DEVICE") or "cpu").strip().lower()
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"PBE_HOST_DEVICE={device!r}: give cpu (the default) or cuda")
+    return device
+
+
 def import_host(comfy_path: str | os.PathLike | None = None, **cli_args):
-    """Put ComfyUI on ``sys.path`` and set its CLI args (``cpu=True`` unless given); return ``comfy.model_management``.
+    """Put ComfyUI on ``sys.path`` and set its CLI args (``cpu=True`` unless given, or unless ``PBE_HOST_DEVICE=cuda``);
+    return ``comfy.model_management``.
 
     Must run before anything imports ``comfy.model_management``; later calls only check that it already has.
     """
@@ -36,7 +46,7 @@ def import_host(comfy_path: str | os.PathLike | None = None, **cli_args):
         del sys.modules["nodes"]  # this repository's nodes/ package, imported top-level by mistake
     import comfy.cli_args
 
-    settings = {"cpu": True, **cli_args}
+    settings = {"cpu": host_device() == "cpu", **cli_args}
     if "comfy.model_management" not in sys.modules:
         for k, v in settings.items():
             setattr(comfy.cli_args.args, k, v)

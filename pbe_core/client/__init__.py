@@ -3,6 +3,8 @@
     python -m pbe_core.client edit SOURCE MASK EXEMPLAR [EXEMPLAR ...] [-o OUT] [--seed N --steps N --cfg X
                                    --sampler NAME --model FILE --workflow NAME|FILE --set NODE.INPUT=VALUE --force]
     python -m pbe_core.client batch FOLDER|ROWS.csv [--exemplar FILE ...] [-o OUT] [--report FILE] [same options]
+    python -m pbe_core.client batch FOLDER|ROWS.csv [...] --ray [ADDRESS] [--workers N --gpus-per-worker X
+                                   --cpus-per-worker N --retries N --worker-dir DIR --ray-dashboard --ray-temp-dir DIR]
 
 Where: ``--server HOST:PORT`` (a running ComfyUI) or ``--comfyui PATH`` (a private one for the run, ``embedded``).
 Common options: ``--client-id`` (default: random per run), ``--timeout`` (seconds per edit once queued),
@@ -29,8 +31,13 @@ row is reported and skipped. The batch stops early only when no later row could 
 output folder not writable) or on Ctrl-C; the report (``OUT/report.json``) is written however it ends. Exit status:
 0 all rows succeeded, 1 some failed, 2 no server to work with, 130 interrupted.
 
+Many workers (``--ray``, Ray being an optional extra): the rows run on Ray actors that each own one headless ComfyUI,
+a private one (one per GPU, or CPU workers) or one per ``--server``; the results are written here as in a one-server
+batch, and rows whose worker died go to another (``fleet``, imported only with ``--ray``).
+
 Modules: ``api`` (HTTP and ``/ws``: queue, follow, download, wait for a lost server), ``workflow`` (reading API
 workflows, node titles, overrides), ``jobs`` (one edit, the rows of a batch), ``results`` (which rows are done,
 atomic result writes), ``errors``, ``cli`` (the command line), ``embedded`` (a private ComfyUI), ``ws`` (WebSocket
-framing), ``png`` (the mask PNG codec and image headers). Nothing here imports torch, numpy or ComfyUI.
+framing), ``png`` (the mask PNG codec and image headers), ``fleet`` (``--ray``: the Ray workers and the driver). Nothing here
+imports torch, numpy or ComfyUI, and nothing but ``fleet`` imports Ray.
 """

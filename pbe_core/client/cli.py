@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--comfyui", type=Path, metavar="PATH",
                        help="start a private headless ComfyUI from this ComfyUI folder for the run, and stop it after "
                        "(the default when COMFYUI_PATH is set or this pack sits in a ComfyUI's custom_nodes)")
-    where.add_argument("--server", metavar="HOST:PORT", help="use a running ComfyUI instead, e.g. 127.0.0.1:8188")
+    where.add_argument("--server", metavar="HOST:PORT", action="append",
+                       help="use a running ComfyUI instead, e.g. 127.0.0.1:8188 (batch --ray: repeat it for several, "
+                       "one worker each)")
     common.add_argument("--comfy-python", metavar="PYTHON",
                         help="with --comfyui: the Python that runs ComfyUI (default: its venv, or this Python)")
     common.add_argument("--comfy-args", default="", metavar="ARGS",
@@ -89,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--exemplar", type=Path, action="append", default=[],
                        help="exemplar for folder rows without their own; repeat it for a workflow with several")
     batch.add_argument("--report", type=Path, help="where to write the JSON report (default OUTPUT/report.json)")
+    fleet = batch.add_argument_group("many workers (Ray; README, 'Many GPUs / many machines')")
+    fleet.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="run the rows on Ray workers, each with its own ComfyUI: without ADDRESS on a Ray cluster "
+                       "started for the run on this machine; 'auto' or HOST:PORT for a running cluster (ray start). "
+                       "Put it after ROWS, or write --ray=ADDRESS")
+    fleet.add_argument("--workers", type=int, metavar="N", help="with --ray: private ComfyUI workers (default: one "
+                       "per GPU of the cluster, or one CPU worker)")
+    fleet.add_argument("--gpus-per-worker", type=float, metavar="X", help="with --ray: GPUs each private worker "
+                       "holds (default 1 when the cluster has GPUs, else 0: CPU workers); 0.5 puts two on each GPU")
+    fleet.add_argument("--cpus-per-worker", type=float, default=1, metavar="N", help="with --ray: CPUs each private "
+                       "worker holds; a CPU worker's ComfyUI uses that many threads (default %(default)s)")
+    fleet.add_argument("--retries", type=int, default=2, metavar="N", help="with --ray: times a row whose worker died "
+                       "while running it is given to another worker before it fails (default %(default)s)")
+    fleet.add_argument("--worker-dir", type=Path, metavar="DIR", help="with --ray: keep each private worker's ComfyUI "
+                       "folder (its log, inputs, outputs) in DIR/w1, DIR/w2, ... (default: temporary, removed)")
+    fleet.add_argument("--ray-dashboard", action="store_true", help="with --ray and no ADDRESS: start Ray's dashboard "
+                       "too (needs pip install 'ray[default]'); a running cluster keeps its own")
+    fleet.add_argument("--ray-temp-dir", type=Path, metavar="DIR", help="with --ray and no ADDRESS: Ray's folder for "
+                       "the run (sessions, logs; kept); default: a temporary folder, removed after the run")
     return parser
 
 
@@ -213,8 +234,25 @@ def write_report(report: dict, path: Path) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``servers`` (every ``--server``) and ``server`` (the first, or None)."""
     args = build_parser().parse_args(argv)
+    args.servers = list(args.server or [])
+    args.server = args.servers[0] if args.servers else None
+    return args
+
+
+def batch_report(args, settings: Settings, jobs: list, store: ResultStore, stack: contextlib.ExitStack,
+                 progress: Callable[[int, dict], None] | None = None) -> tuple[dict, int]:
+    """Run ``jobs`` as the command line says, on one ComfyUI or (``--ray``) on Ray workers; the report and the exit
+    status. ``python -m pbe_core.eval generate`` runs its rows through here too. ``progress``: one-server batches."""
+    if getattr(args, "ray", None) is not None:
+        return _fleet_run(args, settings, jobs, store)
+    return run_batch(connector(args, settings, stack), jobs, settings, store, progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     with contextlib.suppress(ValueError):  # not in the main thread (called from other code): no handler then
         signal.signal(signal.SIGTERM, _interrupt)  # a batch stopped by kill still cancels its prompt and reports
@@ -228,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     with contextlib.ExitStack() as stack:
         try:
+            if len(args.servers) > 1 and getattr(args, "ray", None) is None:
+                raise ClientError(f"{len(args.servers)} --server given; several servers need batch --ray (one worker "
+                                  f"each), one server does without")
             settings = settings_from_args(args)
             if _comfyui_folder(args) is None and not args.server:
                 raise ClientError(
@@ -248,6 +289,9 @@ def _main(args) -> int:
             jobs = _rows(args)
             if not jobs:
                 raise ClientError(f"no rows in {str(args.rows)!r}")
+            if args.ray is not None:
+                report, status = _fleet_run(args, settings, jobs, store)
+                return _summary(args, report, status, _fleet_markdown())
         except ClientError as e:
             log.error("error: %s", e)
             return 1
@@ -259,8 +303,19 @@ def _main(args) -> int:
             log.error("error: %s", e)
             return 1
         report, status = run_batch(connect, jobs, settings, store)
+    return _summary(args, report, status)
+
+
+def _summary(args, report: dict, status: int, markdown: Callable[[dict], str] | None = None) -> int:
+    """Write the report (and ``report.md`` beside it when ``markdown`` is given), print the summary, return status."""
     report_path = args.report or args.output / "report.json"
     written = write_report(report, report_path)
+    if written and markdown is not None:
+        md = report_path.with_suffix(".md")
+        try:
+            atomic_write(md, markdown(report).encode())
+        except ClientError as e:
+            log.error("error: %s was not written: %s", md.name, e)
     skipped = f" ({report['skipped']} already done)" if report["skipped"] else ""
     sys.stdout.write(f"{report['succeeded']} of {len(report['rows'])} rows succeeded{skipped}; "
                      + (f"report: {report_path}\n" if written else "no report written (see the error above)\n"))
@@ -268,3 +323,42 @@ def _main(args) -> int:
         if not r["ok"]:
             sys.stdout.write(f"FAILED {r['name']}: {r['error']}\n")
     return status
+
+
+def _fleet_markdown() -> Callable[[dict], str]:
+    from . import fleet
+
+    return fleet.report_markdown
+
+
+def _fleet_run(args, settings: Settings, jobs: list, store: ResultStore) -> tuple[dict, int]:
+    """``batch --ray``: the rows on Ray workers (``fleet``, imported only here: Ray is an optional extra)."""
+    from . import fleet
+
+    fleet.import_ray()  # the install hint before any work
+    if args.workers is not None and args.workers < 1:
+        raise ClientError(f"--workers {args.workers}: give 1 or more")
+    if args.retries < 0:
+        raise ClientError(f"--retries {args.retries}: give 0 or more")
+    if args.servers and (args.workers is not None or args.gpus_per_worker is not None):
+        raise ClientError("--workers and --gpus-per-worker are for private ComfyUIs; with --server each server is "
+                          "one worker (repeat --server for several)")
+    common = {"timeout": args.timeout, "reconnect_wait": args.reconnect_wait}
+    options = fleet.FleetOptions(
+        address=args.ray or None, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker, retries=args.retries, worker_dir=args.worker_dir,
+        dashboard=args.ray_dashboard, temp_dir=args.ray_temp_dir, verbose=args.verbose,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    client_ids = (lambda k: f"{args.client_id}-w{k}") if args.client_id else (lambda k: None)
+    if args.servers:
+        options.specs = [fleet.WorkerSpec(label=f"w{k}", server=server, client_id=client_ids(k), **common)
+                         for k, server in enumerate(args.servers, 1)]  # fmt: skip
+    else:
+        folder = _comfyui_folder(args)
+        options.private = {
+            "comfyui": str(folder.resolve()), "python": args.comfy_python, "comfy_args": shlex.split(args.comfy_args),
+            "model_name": settings.model if settings.model_path else None,
+            "model_path": str(settings.model_path.resolve()) if settings.model_path else None, **common,
+        }  # fmt: skip
+    return fleet.run_fleet(jobs, settings, options, store)

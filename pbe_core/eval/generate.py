@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from ..client.errors import ClientError
-from ..client.jobs import Job, run_batch
+from ..client.jobs import Job
 from ..client.results import ResultStore
 from . import cocoee
 from .manifest import write_manifest
@@ -50,14 +50,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="row k gets seed SEED_BASE + k (default %(default)s, the official seed)")
     p.epilog = (
         "Every other option is the client's (python -m pbe_core.client batch --help): --model (required), --comfyui or "
-        "--server, --workflow (default: the official protocol), --steps, --cfg, --set NODE.INPUT=VALUE, --force, ..."
+        "--server, --ray with --workers (many ComfyUIs), --workflow (default: the official protocol), --steps, --cfg, "
+        "--set NODE.INPUT=VALUE, --force, ..."
     )
 
 
 def _client_args(rest: list[str]) -> argparse.Namespace:
-    from ..client.cli import build_parser
+    from ..client.cli import parse_args
 
-    args = build_parser().parse_args(["batch", ".", "--workflow", str(OFFICIAL_WORKFLOW), *rest])
+    args = parse_args(["batch", ".", "--workflow", str(OFFICIAL_WORKFLOW), *rest])
     if not args.model:
         raise ClientError("generate needs --model: the Paint-by-Example checkpoint to evaluate")
     return args
@@ -91,7 +92,7 @@ def model_sha256(path: Path) -> str:
 
 
 def generate(args: argparse.Namespace, rest: list[str]) -> int:
-    from ..client.cli import connector, settings_from_args, write_report
+    from ..client.cli import batch_report, settings_from_args, write_report
 
     client_args = _client_args(rest)
     rows = cocoee.read_rows(args.cocoee)
@@ -102,9 +103,8 @@ def generate(args: argparse.Namespace, rest: list[str]) -> int:
     settings = settings_from_args(client_args)
     jobs = [Job(r.name, r.gt, r.mask, [r.ref], args.seed_base + k) for k, r in enumerate(rows)]
     store = ResultStore(results)
-    with contextlib.ExitStack() as stack:
-        connect = connector(client_args, settings, stack)
-        report, status = run_batch(connect, jobs, settings, store, progress=RowsPerSecond(len(jobs)))
+    with contextlib.ExitStack() as stack:  # one ComfyUI, or with --ray many workers (the progress bar is then Ray's)
+        report, status = batch_report(client_args, settings, jobs, store, stack, progress=RowsPerSecond(len(jobs)))
     done = {r["name"]: r for r in report["rows"] if r["ok"] and r["outputs"]}
     model = Path(client_args.model)
     model_sha = model_sha256(model) if model.exists() else "0" * 64  # a name the server knows: no file here

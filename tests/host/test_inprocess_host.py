@@ -1,10 +1,20 @@
 """The pack's nodes with a real ComfyUI imported in-process: the single-token fast path, exemplar caching, weight
-sharing at load. Needs COMFYUI_PATH and a Python with ComfyUI's requirements (like the HTTP host tests)."""
+sharing at load. Needs COMFYUI_PATH and a Python with ComfyUI's requirements (like the HTTP host tests).
+
+``PBE_HOST_DEVICE=cuda`` runs them with ComfyUI on the GPU (benchmarks/gpu_check.sh does): the tensors a test feeds a
+module go to the model's device, TF32 is turned off so that fp32 is fp32 (the tolerances are fp32's), and the tests of
+CPU-only behaviour (CPU attention, the CPU channels-last VAE, partial loading onto the CPU, the CPU thread-count
+noise floor) skip, saying so; gpu_check.sh leaves them out.
+"""
 
 import pytest
 import torch
+from comfy_inprocess import host_device
 
 pytestmark = pytest.mark.host
+
+ON_CUDA = host_device() == "cuda"
+cpu_only = pytest.mark.skipif(ON_CUDA, reason="checks CPU-only behaviour; PBE_HOST_DEVICE=cuda runs ComfyUI on the GPU")
 
 #: fp32 noise floor for the same maths in a different order (docs/design/model.md: ~4e-5 relative at most)
 REL = 2e-5
@@ -23,9 +33,17 @@ def host():
 
     mm = import_host()
     import_pack()
+    if ON_CUDA:
+        if not torch.cuda.is_available() or mm.get_torch_device().type != "cuda":
+            pytest.fail(f"PBE_HOST_DEVICE=cuda but ComfyUI runs on {mm.get_torch_device()} (torch "
+                        f"{torch.__version__}, CUDA available: {torch.cuda.is_available()})")
+        # TF32 rounds fp32 matmuls and convolutions to 10 mantissa bits; the comparisons here are at fp32 precision
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
     class Host:
         model_management = mm
+        device = mm.get_torch_device()
         model_type = pack_module("nodes.host.model_type")
         encoder = pack_module("nodes.host.encoder")
         sampler = pack_module("nodes.sampler")
@@ -58,11 +76,11 @@ def _unet(host, model, seed=0):
     host.model_management.load_models_gpu([model])
     g = torch.Generator().manual_seed(seed)
     dm = model.model.diffusion_model
-    x = torch.randn(2, 9, 8, 8, generator=g)
-    ctx = torch.randn(2, 1, _context_width(dm), generator=g)
+    x = torch.randn(2, 9, 8, 8, generator=g).to(host.device)
+    ctx = torch.randn(2, 1, _context_width(dm), generator=g).to(host.device)
     options = dict(model.model_options["transformer_options"])
     with torch.inference_mode():
-        return dm(x, torch.tensor([500.0, 20.0]), context=ctx, transformer_options=options).float()
+        return dm(x, torch.tensor([500.0, 20.0], device=host.device), context=ctx, transformer_options=options).float()
 
 
 def _record_fallbacks(model, patch_type, what=lambda *args, **kwargs: 1):
@@ -166,15 +184,16 @@ def test_fast_path_falls_back_for_a_mask_or_a_long_context(host, tiny):
         return attn.__class__.forward(attn, *args, **kwargs)
 
     patch = host.sta.SingleTokenCrossAttention(attn, fallback)
-    x = torch.randn(2, 16, attn.to_q.in_features)
-    one = torch.randn(2, 1, attn.to_k.in_features)
-    three = torch.randn(2, 3, attn.to_k.in_features)
+    dev = attn.to_q.weight.device  # the GPU once an earlier test loaded the model there
+    x = torch.randn(2, 16, attn.to_q.in_features, device=dev)
+    one = torch.randn(2, 1, attn.to_k.in_features, device=dev)
+    three = torch.randn(2, 3, attn.to_k.in_features, device=dev)
     with torch.inference_mode():
         assert close(patch(x, context=one), attn(x, context=one))
         assert not fallback_calls
         assert torch.equal(patch(x, context=three), attn(x, context=three))
     assert len(fallback_calls) == 1
-    assert not patch.covers(x, one, None, torch.zeros(2, 16, 1))  # a mask
+    assert not patch.covers(x, one, None, torch.zeros(2, 16, 1, device=dev))  # a mask
     assert not patch.covers(x, None, None, None)  # no context: self-attention
     assert not patch.covers(x, one, three, None)  # values that are not one token
     assert not patch.covers(x, one[:1], None, None)  # a context batch that is not the image tokens' batch
@@ -197,6 +216,7 @@ def test_load_model_applies_the_fast_path_by_default_with_an_off_switch(host, fi
 
 
 # --- attention on the CPU ---------------------------------------------------------------------------------------------
+@cpu_only
 def test_cpu_attention_is_sdpa_and_exact(host, tiny, fixture_paths, monkeypatch):
     import comfy.ldm.modules.attention as attention
 
@@ -304,6 +324,7 @@ def _kernels(module):
     return {k: p for k, p in module.state_dict().items() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1}
 
 
+@cpu_only
 def test_opt_in_channels_last_vae_is_in_place_with_the_same_results(host, fixture_paths):
     """Reference: the same VAE with every kernel copied back to NCHW (``Module.to(memory_format=...)``), run by the
     host. The re-ordering only moves values, so the kernels are equal; outputs agree to fp32 rounding (REL)."""
@@ -340,10 +361,11 @@ def _cfg_call(host, model, x_half, t, seed=0, load=True):
         host.model_management.load_models_gpu([model])
     dm = model.model.diffusion_model
     g = torch.Generator().manual_seed(seed)
-    ctx = torch.randn(2, 1, _context_width(dm), generator=g)
+    ctx = torch.randn(2, 1, _context_width(dm), generator=g).to(host.device)
     options = dict(model.model_options["transformer_options"])
     with torch.inference_mode():
-        return dm(x_half.repeat(2, 1, 1, 1), torch.tensor([t, t]), context=ctx, transformer_options=options).float()
+        return dm(x_half.to(host.device).repeat(2, 1, 1, 1), torch.tensor([t, t], device=host.device), context=ctx,
+                  transformer_options=options).float()
 
 
 def _count_shared(host, model):
@@ -390,15 +412,18 @@ def test_shared_prefix_falls_back_when_the_halves_differ(host, tiny):
     host.model_management.load_models_gpu([shared])
     dm = shared.model.diffusion_model
     width = _context_width(dm)
+    dev = host.device
     with torch.inference_mode():
-        dm(torch.randn(1, 9, 8, 8), torch.tensor([500.0]), context=torch.randn(1, 1, width),
+        dm(torch.randn(1, 9, 8, 8, device=dev), torch.tensor([500.0], device=dev),
+           context=torch.randn(1, 1, width, device=dev),
            transformer_options=dict(shared.model_options["transformer_options"]))
     assert seen == [2, 2, 1, 1]
     # equal halves of a 1x1 latent (an 8x8-pixel image): torch's group norm refuses a batch of one there, so the
     # normal path runs
     with torch.inference_mode():
-        tiny_out = dm(torch.randn(1, 9, 1, 1).repeat(2, 1, 1, 1), torch.tensor([500.0, 500.0]),
-                      context=torch.randn(2, 1, width), transformer_options=dict(shared.model_options["transformer_options"]))
+        tiny_out = dm(torch.randn(1, 9, 1, 1, device=dev).repeat(2, 1, 1, 1), torch.tensor([500.0, 500.0], device=dev),
+                      context=torch.randn(2, 1, width, device=dev),
+                      transformer_options=dict(shared.model_options["transformer_options"]))
     assert seen == [2, 2, 1, 1, 2, 2] and torch.isfinite(tiny_out).all()
 
 
@@ -427,6 +452,7 @@ def test_shared_prefix_whole_edit_matches_and_the_loader_applies_it(host, tiny, 
 
 
 # --- partial loading (the mechanism behind --lowvram) ------------------------------------------------------------------
+@cpu_only
 def test_partially_loaded_models_give_the_same_results(host, fixture_paths, monkeypatch):
     """The host's partial load (``ModelPatcher.patch_model(lowvram_model_memory=...)``, what ``--lowvram`` does when a
     model does not fit) with a budget of one byte: every weighted layer runs through the host's per-layer weight
@@ -483,6 +509,7 @@ def _edit_at(host, model, encoder, vae, threads, size=128):
     return out, latent["samples"]
 
 
+@cpu_only
 def test_default_optimisations_stay_within_the_thread_count_noise_floor(host, fixture_paths):
     """The rule: an optimisation that is on by default may move results only as far as changing the thread count
     from 2 to 1 moves them on the same inputs (x1.5); beyond it, it is opt-in. Measured on the whole edit's image and

@@ -1,0 +1,944 @@
+"""A batch on many ComfyUI workers with Ray: ``python -m pbe_core.client batch ROWS -o OUT --ray [ADDRESS]``.
+
+Ray (PyPI ``ray``, the pack's ``fleet`` extra) is imported here only, and this module only when ``--ray`` is given: the
+rest of the client keeps to the standard library.
+
+Who does what:
+
+* **Ray** places the workers (one per GPU with ``num_gpus=1``, or CPU workers), starts an actor again when its process
+  dies (on another machine if its own is gone), carries rows and results between machines, and shows it all in its
+  dashboard when the cluster has one.
+* **A worker** (:class:`FleetWorker`, one Ray actor) owns one headless ComfyUI with this pack: a private one it starts
+  (``embedded.PrivateComfyUI``, what the client's ``--comfyui`` starts) or a running one it attaches to (``--server``,
+  one worker each). It does one row at a time with the single-server client's code (``jobs.execute``: upload, queue,
+  follow, download) and returns the result's bytes.
+* **This process** (the driver) reads the rows and their files, knows which rows are done (``results.ResultStore``:
+  the sidecars of the single-server batch, unchanged), hands each row to a free worker as one Ray actor task, writes
+  each result into OUT as it comes back (atomically, with its settings hash, by ``ResultStore.write``), and keeps the
+  progress bar and the report. The photos and the results stay on this machine; a worker needs only ComfyUI, the pack
+  and the model.
+
+Nothing lost, nothing done twice:
+
+* A row is on one worker at a time, and its result is written by the driver once. It goes to another worker only when
+  the one running it lost it: its private ComfyUI exited, or stopped answering for ``--reconnect-wait`` seconds (the
+  worker ends it and starts it again, at most :data:`WORKER_RESTARTS` times, and takes rows again), the actor's process
+  died (Ray starts it again, at most ``max_restarts`` times), or an
+  attached server stayed away longer than ``--reconnect-wait`` (that worker is given up; if the server was only cut
+  off, not dead, it may finish the prompt too, but the result is still written once).
+* A row whose worker died while running it is given to another ``--retries`` times (default 2); then it fails with
+  the reasons. A row the server refuses (an empty mask, an unknown model) or whose files cannot be read fails at once
+  with its reason. Neither stops the batch; a result that cannot be written (a full disk) does, as in the single-server
+  batch.
+* A batch stopped (Ctrl-C, a lost machine) and started again with the same command skips the rows already done with
+  the same settings; a half-written result never counts (``results``). A run with every row done starts no Ray.
+
+Ray's processes: without ADDRESS a local cluster is started for the run (``num_cpus`` = this machine's cores or what
+the workers reserve, no dashboard unless ``--ray-dashboard``, its folder a temporary one, removed after) and stopped
+when the command ends, Ctrl-C and SIGTERM included; the workers stop their ComfyUIs first. With ADDRESS (``auto``, or
+the head's ``HOST:PORT``) the cluster is the user's: the run's workers leave it when the run ends, the cluster stays.
+
+Visible: one progress bar for the whole batch (done, failed, rows/s, ETA, rows per worker) on stderr, redrawn in place
+on a terminal, a line per finished row in a log; ``report.json`` (the single-server batch's, plus each row's worker
+and tries with their prompt ids, and the workers) and ``report.md`` beside it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .api import ComfyClient
+from .embedded import PACK_DIR, EmbeddedError, PrivateComfyUI
+from .errors import ClientError, ServerUnreachable, StopsBatch
+from .jobs import Job, Settings, execute, job_key
+from .results import ResultStore
+
+log = logging.getLogger("pbe_core.client")
+
+#: what to install for --ray (the pack's ``fleet`` extra); its tests pass with Ray 2.10.0 and 2.60.0
+RAY_REQUIREMENT = "ray>=2.10"
+INSTALL_HINT = (f"--ray needs Ray, which is not installed in this Python ({sys.executable}); install it with "
+                f"pip install '{RAY_REQUIREMENT}' (or the pack's 'fleet' extra), or leave --ray out to use one server")
+#: times a worker starts its private ComfyUI again after it exited, before the worker is given up
+WORKER_RESTARTS = 2
+#: times Ray starts a worker's actor again after its process died
+ACTOR_RESTARTS = 2
+#: seconds a worker's ComfyUI may take to start
+START_TIMEOUT = 600.0
+#: the longest Ray folder whose socket paths (``<folder>/session_<date>_<pid>/sockets/plasma_store``) fit in 107 bytes
+TEMP_DIR_MAX = 40
+
+
+def import_ray():
+    """The ``ray`` module, or ClientError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ClientError(INSTALL_HINT) from None
+    return ray
+
+
+# --- what a worker is --------------------------------------------------------------------------------------------------
+@dataclass
+class WorkerSpec:
+    """One worker: a private ComfyUI (``comfyui`` set) or a running one (``server`` set). Paths are as seen on the
+    worker's machine (the same as here on a cluster whose machines share a layout)."""
+
+    label: str
+    server: str | None = None
+    comfyui: str | None = None
+    python: str | None = None
+    comfy_args: list[str] = field(default_factory=list)
+    model_name: str | None = None
+    model_path: str | None = None
+    workdir: str | None = None  # the private ComfyUI's folder (kept); None: a temporary one, removed by stop()
+    threads: int | None = None  # OMP_NUM_THREADS of a CPU worker's ComfyUI
+    timeout: float = 600.0
+    reconnect_wait: float = 120.0
+    client_id: str | None = None  # for /prompt and /ws; the driver finds the worker's prompts on a server by it
+
+
+class ComfyUIDied(Exception):
+    """The worker's private ComfyUI exited; the row it ran is lost and goes to another worker."""
+
+
+class WorkerClient(ComfyClient):
+    """The single-server client, telling apart a private ComfyUI that exited (no use waiting: :class:`ComfyUIDied`)
+    from one that is slow to answer, and noting every prompt id it queues (the report's tries)."""
+
+    def __init__(self, *args, server: PrivateComfyUI | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.server = server
+        self.queued: list[str] = []
+
+    def queue(self, prompt: dict, prompt_id: str | None = None) -> str:
+        prompt_id = prompt_id or self.new_prompt_id()
+        self.queued.append(prompt_id)  # before POST: a prompt cut off mid-request may still have been queued
+        return super().queue(prompt, prompt_id)
+
+    def wait_for_server(self, error: Exception) -> None:
+        if self.server is not None and not self.server.alive():
+            raise ComfyUIDied(f"its ComfyUI exited (status {self.server.proc.returncode})")
+        super().wait_for_server(error)
+
+
+class FleetWorker:
+    """One Ray actor owning one headless ComfyUI (module docstring). Every method returns a plain dict.
+
+    ``start()`` -> ``{"ok", "error", "where"}``; ``run(job, prompt, inputs)`` -> ``{"status": "done"|"failed"|"lost",
+    "outputs": [(suffix, bytes)], "error", "prompt_ids", "sent", "seconds"}`` ("lost": the worker's ComfyUI is gone,
+    "sent": the row had reached it); ``restart()`` like ``start()``; ``stop()`` stops a private ComfyUI.
+
+    The actor runs one method at a time (no thread pool): the private ComfyUI is started from the actor's main
+    thread, and its parent-death signal (``embedded``) is tied to the thread that started it.
+    """
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.server: PrivateComfyUI | None = None
+        self.client: WorkerClient | None = None
+        self.restarts = 0
+        self.hung = False  # the private ComfyUI runs but stopped answering: restart() ends it first
+        logging.basicConfig(level=logging.INFO, format=f"{spec.label}: %(message)s", stream=sys.stderr)
+
+    def __repr__(self) -> str:  # Ray's log prefix and dashboard show it
+        return f"FleetWorker({self.spec.label})"
+
+    def where(self) -> dict:
+        where = {"host": socket.gethostname(), "pid": os.getpid()}
+        with contextlib.suppress(Exception):
+            import ray
+
+            where["node"] = ray.get_runtime_context().get_node_id()
+            where["gpus"] = [str(g) for g in ray.get_gpu_ids()]
+        if self.server is not None:
+            where["address"] = self.server.base_url
+            where["log"] = str(self.server.log_path)
+        elif self.spec.server:
+            where["address"] = self.spec.server
+        return where
+
+    def start(self) -> dict:
+        spec = self.spec
+        if self.client is not None:  # already started (the driver asks again after Ray restarted the actor)
+            return {"ok": True, "error": None, "where": self.where()}
+        try:
+            if spec.server:
+                client = WorkerClient(spec.server, spec.client_id, spec.timeout, progress=False,
+                                      reconnect_wait=spec.reconnect_wait)  # fmt: skip
+                client.request("/system_stats", timeout=30)
+            else:
+                if not (Path(PACK_DIR) / "nodes").is_dir():
+                    raise EmbeddedError(f"the pack is not at {PACK_DIR} on {socket.gethostname()}; install it at the "
+                                        f"same path on every machine of the cluster")
+                models = {spec.model_name: spec.model_path} if spec.model_path else {}
+                env = {"OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)} if spec.threads else {}
+                if spec.workdir:
+                    Path(spec.workdir).mkdir(parents=True, exist_ok=True)
+                self.server = PrivateComfyUI(spec.comfyui, python=spec.python, models=models,
+                                             extra_args=spec.comfy_args, env=env, workdir=spec.workdir)  # fmt: skip
+                self.server.start(timeout=START_TIMEOUT, progress=log.info)
+                client = WorkerClient(self.server.base_url, spec.client_id, spec.timeout, progress=False,
+                                      reconnect_wait=spec.reconnect_wait, server=self.server)  # fmt: skip
+        except (EmbeddedError, ClientError, ServerUnreachable, OSError) as e:
+            self._stop_server()
+            return {"ok": False, "error": f"{e} (on {socket.gethostname()})", "where": self.where()}
+        self.client = client
+        return {"ok": True, "error": None, "where": self.where()}
+
+    def run(self, job: Job, prompt: dict, inputs) -> dict:
+        started = time.monotonic()
+        client = self.client
+        out = {"status": "failed", "outputs": [], "error": None, "prompt_ids": [], "sent": False, "seconds": 0.0}
+        if client is None:
+            out.update(status="lost", error="the worker has no ComfyUI (not started)")
+            return out
+        client.queued = []
+        if self.server is not None and not self.server.alive():
+            out.update(status="lost", error=f"its ComfyUI had exited (status {self.server.proc.returncode}) before the "
+                                            f"row was sent")  # fmt: skip
+            return out
+        try:
+            out["outputs"] = execute(client, job, prompt, inputs)
+            out["status"] = "done"
+        except ComfyUIDied as e:
+            out.update(status="lost", error=str(e))
+        except ServerUnreachable as e:  # gone for --reconnect-wait seconds (ServerGone); a private one is hung
+            out.update(status="lost", error=str(e))
+            self.hung = self.server is not None
+        except ClientError as e:  # the server refused or failed the row, or it timed out: the row's own failure
+            out.update(status="failed", error=str(e))
+        finally:
+            out["prompt_ids"] = list(client.queued)
+            out["sent"] = bool(client.queued)
+            out["seconds"] = round(time.monotonic() - started, 3)
+        return out
+
+    def restart(self) -> dict:
+        """Start the private ComfyUI again after it exited (same port and folders), at most WORKER_RESTARTS times."""
+        if self.server is None:
+            return {"ok": False, "error": "an attached server cannot be started from here", "where": self.where()}
+        if self.server.alive():
+            if not self.hung:
+                return {"ok": True, "error": None, "where": self.where()}
+            self.server.kill()  # it runs but has not answered for --reconnect-wait seconds
+        self.hung = False
+        status = self.server.proc.returncode if self.server.proc is not None else None
+        if self.restarts >= WORKER_RESTARTS:
+            return {"ok": False, "error": f"its ComfyUI exited (status {status}) after {self.restarts} restarts; the "
+                                          f"end of its log:\n{self.server.log()[-1500:]}", "where": self.where()}
+        self.restarts += 1
+        try:
+            self.server.restart(timeout=START_TIMEOUT, progress=log.info)
+        except EmbeddedError as e:
+            return {"ok": False, "error": str(e), "where": self.where()}
+        return {"ok": True, "error": None, "where": self.where()}
+
+    def stop(self) -> None:
+        self._stop_server()
+
+    def _stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.client = None
+
+
+# --- the progress bar --------------------------------------------------------------------------------------------------
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class BatchProgress:
+    """One line for the whole batch on ``stream``:
+    ``[#######.............] 7/20 done, 1 failed | 0.52 rows/s | ETA 0:25 | w1 4, w2 3``.
+
+    On a terminal it is redrawn in place and :meth:`say` prints a line above it; elsewhere (a log file) it is written
+    as a line each time a row ends. ``total``: the rows this run does (rows done earlier are not in it). The rate counts
+    the rows ended since the first row was sent (startup excluded); the ETA is the remaining rows at that rate.
+    """
+
+    def __init__(self, total: int, enabled: bool = True, stream=None, clock: Callable[[], float] = time.monotonic,
+                 width: int = 24):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.total, self.width, self.clock = total, width, clock
+        self.done = self.failed = 0
+        self.per_worker: dict[str, int] = collections.Counter()
+        self.first_sent: float | None = None
+        self.last_ended: float | None = None
+        self._shown = False
+
+    def sent(self) -> None:
+        if self.first_sent is None:
+            self.first_sent = self.clock()
+
+    def ended(self, worker: str | None, ok: bool) -> None:
+        self.last_ended = self.clock()
+        if ok:
+            self.done += 1
+            if worker:
+                self.per_worker[worker] += 1
+        else:
+            self.failed += 1
+        self.draw(new_line=not self.tty)
+
+    def rate(self, final: bool = False) -> float | None:
+        """Rows ended per second since the first was sent: until now, or (``final``) until the last one ended."""
+        if self.first_sent is None:
+            return None
+        until = self.last_ended if final and self.last_ended is not None else self.clock()
+        elapsed = until - self.first_sent
+        ended = self.done + self.failed
+        return ended / elapsed if ended and elapsed > 0 else None
+
+    def line(self) -> str:
+        ended = self.done + self.failed
+        filled = int(self.width * ended / self.total) if self.total else self.width
+        parts = [f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} done, {self.failed} failed"]
+        rate = self.rate()
+        parts.append(f"{rate:.2f} rows/s" if rate else "-- rows/s")
+        if rate and ended < self.total:
+            parts.append(f"ETA {_clock((self.total - ended) / rate)}")
+        if self.per_worker:
+            parts.append(", ".join(f"{w} {n}" for w, n in sorted(self.per_worker.items())))
+        return " | ".join(parts)
+
+    def draw(self, new_line: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r" + self.line()[:250] + "\x1b[K")
+            self._shown = True
+        elif new_line:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def say(self, level: int, message: str, *args) -> None:
+        """Log a line (above the bar on a terminal)."""
+        if self.tty and self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+        log.log(level, message, *args)
+        if self.tty and self._shown:
+            self.draw()
+
+    def close(self) -> None:
+        if self.tty and self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --- the rows --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    index: int
+    name: str
+    job: Job | None
+    status: str | None = None  # done | skipped | failed, once decided
+    error: str | None = None
+    outputs: list = field(default_factory=list)
+    worker: str | None = None
+    key: str | None = None
+    tries: list[dict] = field(default_factory=list)  # {"worker", "outcome", "error", "prompt_ids", "seconds"}
+    losses: int = 0  # times the worker running it died with the row sent
+
+    def record(self) -> dict:
+        return {"name": self.name, "status": self.status, "ok": self.status != "failed", "error": self.error,
+                "outputs": [str(p) for p in self.outputs], "worker": self.worker, "tries": self.tries}  # fmt: skip
+
+
+@dataclass
+class Worker:
+    """The driver's view of one worker."""
+
+    spec: WorkerSpec
+    handle: object
+    kind: str  # private | attached
+    state: str = "starting"  # starting | idle | busy | restarting | retired
+    where: dict = field(default_factory=dict)
+    done: int = 0
+    failed: int = 0
+    lost: int = 0
+    restarts: int = 0
+    reason: str | None = None
+    ready_after: float | None = None
+
+    def record(self) -> dict:
+        return {"worker": self.spec.label, "kind": self.kind, "state": self.state, "where": self.where,
+                "rows_done": self.done, "rows_failed": self.failed, "rows_lost": self.lost, "restarts": self.restarts,
+                "ready_after_s": self.ready_after, "reason": self.reason}  # fmt: skip
+
+
+def prepare_rows(jobs: list, settings: Settings, store: ResultStore) -> list[Row]:
+    """Every row with what is known without a server: a bad row failed, a row done earlier with the same settings
+    skipped (unless ``settings.force``), the rest to do (status None)."""
+    rows = []
+    for k, job in enumerate(jobs):
+        if isinstance(job, tuple):
+            rows.append(Row(k, job[0], None, "failed", job[1]))
+            continue
+        row = Row(k, job.name, job)
+        try:
+            _, _, row.key = job_key(job, settings)
+        except ClientError as e:
+            row.status, row.error = "failed", str(e)
+        else:
+            done = None if settings.force else store.done(job.name, row.key)
+            if done is not None:
+                row.status, row.outputs = "skipped", done
+        rows.append(row)
+    return rows
+
+
+def build_report(rows: list[Row], workers: list[Worker], stopped: str | None, status: int, elapsed: float,
+                 progress: BatchProgress | None, ray_info: dict) -> dict:
+    """The single-server batch's report (``jobs.run_batch``) plus the fleet's: each row's ``worker`` and ``tries``,
+    ``workers``, ``elapsed_s``, ``rows_per_s`` (rows this run ended per second, from the first row sent) and ``ray``."""
+    records = [r.record() for r in rows]
+    failed = sum(not r["ok"] for r in records)
+    rate = progress.rate(final=True) if progress is not None else None
+    return {"rows": records, "succeeded": len(records) - failed, "failed": failed,
+            "skipped": sum(r["status"] == "skipped" for r in records), "stopped": stopped, "interrupted": status == 130,
+            "workers": [w.record() for w in workers], "elapsed_s": round(elapsed, 2),
+            "rows_per_s": round(rate, 4) if rate else None, "ray": ray_info}  # fmt: skip
+
+
+def _cell(text) -> str:
+    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
+
+
+def report_markdown(report: dict) -> str:
+    """``report.md``: the totals, the workers, the failed rows with their reasons and the rows that needed more than
+    one try."""
+    rows = report["rows"]
+    lines = ["# Batch report", ""]
+    rate = f", {report['rows_per_s']:.3f} rows/s" if report.get("rows_per_s") else ""
+    lines.append(f"{report['succeeded']} of {len(rows)} rows succeeded ({report['skipped']} already done), "
+                 f"{report['failed']} failed; {report['elapsed_s']:.0f} s{rate}.")
+    if report.get("stopped"):
+        lines += ["", f"The batch stopped early: {report['stopped']}"]
+    ray_info = report.get("ray") or {}
+    if ray_info:
+        lines += ["", f"Ray {ray_info.get('version', '?')}, "
+                      + ("a local cluster for the run" if ray_info.get("local") else
+                         f"the cluster at {ray_info.get('address')}")]  # fmt: skip
+    if report.get("workers"):
+        lines += ["", "| worker | kind | where | done | failed | lost | restarts | state |", "|---|---|---|---|---|---|---|---|"]
+        for w in report["workers"]:
+            where = w["where"] or {}
+            place = ", ".join(x for x in (where.get("host"), where.get("address"),
+                                          f"GPU {','.join(where['gpus'])}" if where.get("gpus") else None) if x)
+            state = w["state"] + (f": {w['reason']}" if w.get("reason") else "")
+            lines.append(f"| {w['worker']} | {w['kind']} | {_cell(place)} | {w['rows_done']} | {w['rows_failed']} | "
+                         f"{w['rows_lost']} | {w['restarts']} | {_cell(state)} |")
+    failed = [r for r in rows if not r["ok"]]
+    if failed:
+        lines += ["", "## Failed rows", "", "| row | reason |", "|---|---|"]
+        lines += [f"| {_cell(r['name'])} | {_cell(r['error'])} |" for r in failed]
+    retried = [r for r in rows if len(r.get("tries") or []) > 1]
+    if retried:
+        lines += ["", "## Rows tried more than once", "", "| row | tries |", "|---|---|"]
+        for r in retried:
+            tries = "; ".join(f"{t['worker']}: {t['outcome']}" + (f" ({t['error']})" if t.get("error") else "")
+                              for t in r["tries"])  # fmt: skip
+            lines.append(f"| {_cell(r['name'])} | {_cell(tries)} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the driver --------------------------------------------------------------------------------------------------------
+@dataclass
+class FleetOptions:
+    address: str | None = None  # None: a local cluster for the run
+    specs: list[WorkerSpec] = field(default_factory=list)  # filled by worker_specs() when empty
+    private: dict = field(default_factory=dict)  # the WorkerSpec fields of private workers (comfyui, python, ...)
+    workers: int | None = None  # private workers; None: one per GPU share, else 1
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_worker: float = 1.0
+    retries: int = 2
+    worker_dir: Path | None = None
+    dashboard: bool = False
+    temp_dir: Path | None = None
+    verbose: bool = False
+    progress: bool = True
+    worker_class: type = FleetWorker  # the tests give a stand-in that dies on purpose, to test the driver alone
+
+
+def worker_specs(ray, options: FleetOptions) -> tuple[list[WorkerSpec], dict]:
+    """The private workers for the cluster: ``options.workers`` of them, or one per GPU share (``num_gpus`` =
+    ``gpus_per_worker``), or one CPU worker. Returns the specs and the Ray options of their actors."""
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    per_gpu = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    if per_gpu and not gpus:
+        raise ClientError(f"--gpus-per-worker {per_gpu:g} but the Ray cluster has no GPU; leave it out for CPU "
+                          f"workers (--workers N)")
+    count = options.workers or (int(gpus / per_gpu + 1e-9) if per_gpu else 1)
+    if count < 1:
+        raise ClientError(f"no worker fits: the cluster has {gpus:g} GPU(s) and each worker wants {per_gpu:g}")
+    base = dict(options.private)
+    comfy_args = list(base.pop("comfy_args", []))
+    threads = None
+    if not per_gpu:
+        if "--cpu" not in comfy_args:
+            comfy_args.append("--cpu")  # a CPU worker leaves the machine's GPUs alone
+        threads = max(1, int(options.cpus_per_worker))
+    specs = []
+    for k in range(1, count + 1):
+        workdir = str(Path(options.worker_dir).resolve() / f"w{k}") if options.worker_dir else None
+        specs.append(WorkerSpec(label=f"w{k}", comfy_args=comfy_args, threads=threads, workdir=workdir, **base))
+    actor = {"num_gpus": per_gpu, "num_cpus": options.cpus_per_worker, "scheduling_strategy": "SPREAD"}
+    return specs, actor
+
+
+def run_fleet(jobs: list, settings: Settings, options: FleetOptions, store: ResultStore | None = None
+              ) -> tuple[dict, int]:
+    """Run the batch on Ray workers; returns the report and the exit status (as ``jobs.run_batch``: 0 every row
+    succeeded, 1 some failed, 2 no worker to work with, 130 interrupted)."""
+    store = store or ResultStore(settings.out_dir)
+    started = time.monotonic()
+    rows = prepare_rows(jobs, settings, store)
+    for row in rows:
+        if row.status == "failed":
+            log.error("%s: skipped: %s", row.name, row.error)
+    todo = [r for r in rows if r.status is None]
+    stopped, status = None, 0
+    try:
+        store.check_writable()
+    except ClientError as e:
+        log.error("error: %s", e)
+        stopped, status = str(e), 1
+    if stopped is None and not todo:
+        log.info("every row is done already (or failed before any server was needed); Ray is not started")
+        return build_report(rows, [], None, 0, time.monotonic() - started, None, {}), _exit(rows, 0)
+    if stopped is not None:
+        for r in todo:
+            r.status, r.error = "failed", f"not tried: {stopped}"
+        return build_report(rows, [], stopped, status, time.monotonic() - started, None, {}), status
+    ray = import_ray()
+    driver = _Driver(ray, rows, todo, settings, options, store)
+    try:
+        driver.run()
+    finally:
+        driver.close()
+    report = build_report(rows, driver.workers, driver.stopped, driver.status, time.monotonic() - started,
+                          driver.progress, driver.ray_info)  # fmt: skip
+    return report, _exit(rows, driver.status)
+
+
+def _exit(rows: list[Row], status: int) -> int:
+    return status or (1 if any(r.status == "failed" for r in rows) else 0)
+
+
+class _Driver:
+    """The loop that hands rows to free workers and takes their answers (:func:`run_fleet`)."""
+
+    def __init__(self, ray, rows: list[Row], todo: list[Row], settings: Settings, options: FleetOptions,
+                 store: ResultStore):
+        self.ray, self.rows, self.settings, self.options, self.store = ray, rows, settings, options, store
+        self.pending: collections.deque[Row] = collections.deque(todo)
+        self.workers: list[Worker] = []
+        self.calls: dict = {}  # object ref -> (what, worker, row, when it was made)
+        self.deferred: list[tuple[float, str, Worker]] = []  # (when, "start"|"restart", worker): calls to make later
+        self.stopped: str | None = None
+        self.status = 0
+        self.progress = BatchProgress(len(todo), enabled=options.progress)
+        self.ray_info: dict = {}
+        self.own_temp: Path | None = None  # the Ray folder this run made (removed at the end)
+        self.ray_started = False
+        self.started_at = time.monotonic()
+        self.run_id = uuid.uuid4().hex[:8]
+
+    # --- start -----------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        opts = self.options
+        attached = [s for s in opts.specs if s.server]
+        cpus = 0.0 if attached else (opts.workers or 1) * opts.cpus_per_worker
+        self.ray_info = self._start_ray(cpus)
+        ray = self.ray
+        if attached:
+            # an address means what it means on this machine: its worker runs here (it only talks HTTP)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            specs, actor = attached, {"num_cpus": 0, "scheduling_strategy": here}
+        else:
+            specs, actor = worker_specs(ray, opts)
+            if opts.worker_dir is None and self.own_temp is not None:
+                for spec in specs:  # inside the run's folder, removed with it (also after a worker's process died)
+                    spec.workdir = str(self.own_temp / "workers" / spec.label)
+        for spec in specs:
+            spec.client_id = spec.client_id or f"pbe-fleet-{self.run_id}-{spec.label}"
+        remote = self.ray.remote(max_restarts=ACTOR_RESTARTS)(opts.worker_class)
+        where = "a local Ray cluster" if opts.address is None else f"the Ray cluster at {opts.address}"
+        self.progress.say(logging.INFO, "%d worker(s) on %s (Ray %s, up in %.1f s): %s", len(specs), where,
+                          self.ray_info["version"], self.ray_info["startup_s"],
+                          ", ".join(f"{s.label} {s.server or 'private ComfyUI'}" for s in specs))
+        if "dashboard" in self.ray_info:
+            self.progress.say(logging.INFO, "Ray dashboard: %s", self.ray_info["dashboard"])
+        self.actor_options = actor
+        self.started_at = time.monotonic()
+        for spec in specs:
+            handle = remote.options(**actor).remote(spec)
+            w = Worker(spec, handle, "attached" if spec.server else "private")
+            self.workers.append(w)
+            self._call("start", w, None, handle.start.remote())
+
+    def _start_ray(self, cpus_needed: float) -> dict:
+        """``ray.init`` for the run: a local cluster, or ``options.address``; returns the report's ``ray``. The folder it
+        makes and Ray itself are known to :meth:`close` before ``ray.init`` starts anything, so an interrupt at any point
+        leaves nothing behind."""
+        ray, options = self.ray, self.options
+        env_vars = {"PYTHONPATH": os.pathsep.join([str(PACK_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": options.verbose,
+                  "logging_level": logging.INFO if options.verbose else logging.WARNING}  # fmt: skip
+        if options.address is None:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a cluster for one command reports nothing anywhere
+            if options.temp_dir is not None:
+                temp = Path(options.temp_dir).resolve()
+                if len(str(temp)) > TEMP_DIR_MAX:
+                    raise ClientError(f"--ray-temp-dir {temp} is {len(str(temp))} characters long; Ray keeps its sockets "
+                                      f"in it, and their paths may have at most 107, so give a folder of at most "
+                                      f"{TEMP_DIR_MAX} characters (e.g. under /tmp)")  # fmt: skip
+                temp.mkdir(parents=True, exist_ok=True)
+            else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
+                temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-",
+                                                             dir="/tmp" if os.path.isdir("/tmp") else None))
+            kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
+                          _temp_dir=str(temp))  # fmt: skip
+        else:
+            kwargs["address"] = options.address
+        started = time.monotonic()
+        self.ray_started = True
+        try:
+            context = ray.init(**kwargs)
+        except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
+            where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
+            hint = ""
+            if options.dashboard and "dashboard" in str(e).lower():
+                hint = "; --ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]' (or leave it out)"
+            elif options.address and options.address != "auto" and os.environ.get("RAY_AUTH_MODE") != "token":
+                # Ray 2.59+ starts clusters with token authentication; a driver given an address sends the token
+                # only in token mode (with --ray=auto on the head Ray finds the mode by itself)
+                hint = ("; if the cluster uses token authentication (ray start does from Ray 2.59), run the command "
+                        "with RAY_AUTH_MODE=token and the cluster's token (ray get-auth-token; ~/.ray/auth_token or "
+                        "RAY_AUTH_TOKEN), or on the head with --ray=auto")
+            raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}{hint}") from None
+        info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
+                "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
+        dashboard = getattr(context, "dashboard_url", None)
+        if dashboard:
+            info["dashboard"] = dashboard
+        return info
+
+    def _call(self, what: str, w: Worker, row: Row | None, ref) -> None:
+        self.calls[ref] = (what, w, row, time.monotonic())
+
+    def _running(self) -> list[tuple[Worker, Row]]:
+        return [(w, row) for what, w, row, _ in self.calls.values() if what == "run"]
+
+    # --- the loop --------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            try:
+                self.start()
+            except ClientError as e:
+                self._stop(str(e), 2)
+                return
+            while self.pending or self._running():
+                self._dispatch()
+                self._make_deferred_calls()
+                if not self.calls and not self.deferred:
+                    reasons = "; ".join(f"{w.spec.label}: {w.reason}" for w in self.workers if w.reason)
+                    self._stop(f"no worker left ({reasons or 'none was started'})", 2)
+                    break
+                ready, _ = self.ray.wait(list(self.calls), num_returns=1, timeout=1.0) if self.calls else ([], [])
+                if not self.calls:
+                    time.sleep(0.2)
+                for ref in ready:
+                    self._answer(ref, *self.calls.pop(ref)[:3])
+                self._check_starts()
+                self.progress.draw()
+        except KeyboardInterrupt:
+            self._interrupted()
+        finally:
+            self.progress.close()
+
+    def _dispatch(self) -> None:
+        for w in self.workers:
+            if w.state != "idle" or not self.pending:
+                continue
+            row = self.pending.popleft()
+            try:
+                prompt, inputs, row.key = job_key(row.job, self.settings)
+            except ClientError as e:  # a file changed or vanished since the rows were read
+                self._end(row, None, "failed", str(e))
+                continue
+            w.state = "busy"
+            self.progress.sent()
+            self._call("run", w, row, w.handle.run.remote(row.job, prompt, inputs))
+
+    def _make_deferred_calls(self) -> None:
+        now, later = time.monotonic(), []
+        for when, what, w in self.deferred:
+            if when > now:
+                later.append((when, what, w))
+            elif w.state != "retired":
+                self._call(what, w, None, getattr(w.handle, what).remote())
+        self.deferred = later
+
+    def _check_starts(self) -> None:
+        """A worker that Ray could not place or whose ComfyUI did not start in time is given up."""
+        now = time.monotonic()
+        for ref, (what, w, _, since) in list(self.calls.items()):
+            if what in ("start", "restart") and now - since > START_TIMEOUT + 60:
+                del self.calls[ref]
+                self._retire(w, f"not ready after {now - since:.0f} s (Ray had no room for it: it wants "
+                                f"{_wants(self.actor_options)}; the cluster has {self.ray.cluster_resources()}) or "
+                                f"its ComfyUI did not start")  # fmt: skip
+
+    def _answer(self, ref, what: str, w: Worker, row: Row | None) -> None:
+        ray = self.ray
+        try:
+            answer = ray.get(ref)
+        except ray.exceptions.RayActorError as e:  # the actor's process died; Ray starts it again if it may
+            unavailable = getattr(ray.exceptions, "ActorUnavailableError", None)  # Ray >= 2.2x: "is restarting"
+            if what in ("start", "restart") and unavailable is not None and isinstance(e, unavailable):
+                self.deferred.append((time.monotonic() + 1.0, what, w))  # no new death: ask again in a moment
+                return
+            self._actor_died(w, row, _first_line(e))
+            return
+        except ray.exceptions.RayTaskError as e:  # an unexpected error inside the worker: the row's own failure
+            if what == "run":
+                w.state, w.failed = "idle", w.failed + 1
+                self._end(row, w, "failed", f"the worker failed: {_first_line(e)}")
+            else:
+                self._retire(w, f"the worker failed: {_first_line(e)}")
+            return
+        if what in ("start", "restart"):
+            if answer["ok"]:
+                w.where = answer["where"]
+                if w.ready_after is None:
+                    w.ready_after = round(time.monotonic() - self.started_at, 1)
+                w.state = "idle"
+                self.progress.say(logging.INFO, "%s ready (%s)%s", w.spec.label, _place(w.where),
+                                  " again" if w.restarts else f" after {w.ready_after:.0f} s")
+            else:
+                self._retire(w, answer["error"])
+            return
+        outcome = answer["status"]
+        row.tries.append({"worker": w.spec.label, "outcome": outcome, "error": answer["error"],
+                          "prompt_ids": answer["prompt_ids"], "seconds": answer["seconds"]})  # fmt: skip
+        if outcome == "done":
+            w.state = "idle"
+            try:
+                row.outputs = self.store.write(row.name, row.key, answer["outputs"])
+            except ClientError as e:
+                self._end(row, w, "failed", str(e))
+                if isinstance(e, StopsBatch):
+                    self._stop(str(e), 1)
+                return
+            w.done += 1
+            self._end(row, w, "done", None)
+        elif outcome == "failed":
+            w.state, w.failed = "idle", w.failed + 1
+            self._end(row, w, "failed", answer["error"])
+        else:
+            self._lost(w, row, answer["error"], answer["sent"])
+            if w.kind == "private" and w.restarts < WORKER_RESTARTS:
+                w.state, w.restarts = "restarting", w.restarts + 1
+                self.progress.say(logging.WARNING, "%s: %s; starting it again (restart %d of at most %d)",
+                                  w.spec.label, answer["error"], w.restarts, WORKER_RESTARTS)
+                self._call("restart", w, None, w.handle.restart.remote())
+            else:
+                self._retire(w, answer["error"])
+
+    def _lost(self, w: Worker, row: Row, reason: str, sent: bool) -> None:
+        """The row's worker lost it: back to the front of the queue, unless its tries are spent."""
+        if sent:
+            row.losses += 1
+            w.lost += 1
+        if self.stopped is not None:
+            self._end(row, w, "failed", f"not tried again: {self.stopped} (its worker lost it: {reason})")
+        elif row.losses > self.options.retries:
+            tries = "; ".join(f"{t['worker']}: {t['error']}" for t in row.tries if t["outcome"] == "lost")
+            self._end(row, w, "failed", f"the worker running this row died {row.losses} times; not tried again "
+                                        f"(--retries {self.options.retries}): {tries}")  # fmt: skip
+        else:
+            self.progress.say(logging.WARNING, "%s: lost on %s (%s); it goes to the next free worker", row.name,
+                              w.spec.label, reason)
+            self.pending.appendleft(row)
+
+    def _actor_died(self, w: Worker, row: Row | None, reason: str) -> None:
+        reason = f"its Ray actor died: {reason}"
+        if row is not None:
+            row.tries.append({"worker": w.spec.label, "outcome": "lost", "error": reason, "prompt_ids": [],
+                              "seconds": None})  # fmt: skip
+            self._lost(w, row, reason, sent=True)
+        if w.state == "retired":
+            return
+        if w.restarts >= ACTOR_RESTARTS:
+            self._retire(w, reason)
+            return
+        w.state, w.restarts = "restarting", w.restarts + 1
+        self.progress.say(logging.WARNING, "%s: %s; Ray starts it again", w.spec.label, reason)
+        self._call("start", w, None, w.handle.start.remote())  # answered once Ray has started the actor again
+
+    def _retire(self, w: Worker, reason: str) -> None:
+        w.state, w.reason = "retired", reason
+        self.progress.say(logging.ERROR, "%s: given up: %s", w.spec.label, reason)
+
+    def _end(self, row: Row, w: Worker | None, status: str, error: str | None) -> None:
+        row.status, row.error = status, error
+        if w is not None:
+            row.worker = w.spec.label
+        if status == "failed":
+            self.progress.say(logging.ERROR, "%s: failed: %s", row.name, error)
+        self.progress.ended(row.worker, status == "done")
+
+    def _stop(self, reason: str, status: int) -> None:
+        """No later row can succeed: the rows not sent yet are reported with ``reason``; those running still end."""
+        self.stopped, self.status = reason, status
+        for row in self.pending:
+            row.status, row.error = "failed", f"not tried: {reason}"
+        self.pending.clear()
+
+    def _interrupted(self) -> None:
+        self.stopped, self.status = "interrupted (Ctrl-C)", 130
+        self.progress.say(logging.ERROR, "interrupted: cancelling the rows running and stopping the workers")
+        for w, row in self._running():
+            if w.kind == "attached":  # a private ComfyUI stops with its worker; a running server is left clean
+                _cancel_prompts(w.spec.server, w.spec.client_id)
+            if row.status is None:
+                row.status, row.error = "failed", "interrupted (Ctrl-C) while it ran"
+        for row in self.rows:
+            if row.status is None:
+                row.status, row.error = "failed", "not tried: interrupted (Ctrl-C)"
+        self.pending.clear()
+
+    # --- the end ---------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop every worker's ComfyUI, then Ray (a local cluster) or leave the cluster; Ctrl-C and SIGTERM wait
+        until that is done, so that nothing is left running."""
+        if not self.ray_started:
+            if self.own_temp is not None:
+                shutil.rmtree(self.own_temp, ignore_errors=True)
+            return
+        ray = self.ray
+        with _ignoring_interrupts():
+            refs = []
+            for w in self.workers:
+                with contextlib.suppress(Exception):
+                    refs.append(w.handle.stop.remote())
+            if refs:
+                with contextlib.suppress(Exception):
+                    ray.wait(refs, num_returns=len(refs), timeout=60)
+            for w in self.workers:
+                with contextlib.suppress(Exception):
+                    ray.kill(w.handle, no_restart=True)
+                if w.state != "retired":
+                    w.state = "stopped"
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if self.own_temp is not None:  # unique to this run (a --ray-temp-dir could be another cluster's too)
+                _end_processes_of(self.own_temp)
+            if self.own_temp is not None:
+                shutil.rmtree(self.own_temp, ignore_errors=True)
+
+
+def _end_processes_of(folder: Path, wait: float = 5.0) -> None:
+    """End the processes still running whose command line names ``folder`` (the Ray folder this run made):
+    ``ray.shutdown`` stops a cluster that started, but a ``ray.init`` that failed half-way (a missing dashboard
+    package, say) leaves its GCS and monitor running until this process exits. Linux (``/proc``) only."""
+    import signal
+
+    mark = str(folder).encode()
+    mine = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if mark in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        mine.append(int(entry))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while mine and time.monotonic() < deadline:
+            mine = [pid for pid in mine if _running(pid)]
+            time.sleep(0.1)
+        if not mine:
+            return
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (reaping a child that is one)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _cancel_prompts(server: str, client_id: str) -> None:
+    """Take a worker's prompts (by its client id) off a running server's queue, interrupting the one running."""
+    client = ComfyClient(server, progress=False)
+    try:
+        queue = client.get_json("/queue")
+    except (ClientError, ServerUnreachable, ValueError) as e:
+        log.warning("could not cancel the prompts of %s on %s: %s", client_id, server, e)
+        return
+    for key in ("queue_running", "queue_pending"):
+        for item in queue.get(key) or []:
+            if (isinstance(item, list) and len(item) > 3 and isinstance(item[3], dict)
+                    and item[3].get("client_id") == client_id):  # fmt: skip
+                client.cancel(item[1])
+
+
+def _wants(actor: dict) -> str:
+    return ", ".join(f"{k} {actor[k]:g}" for k in ("num_cpus", "num_gpus") if actor.get(k)) or "nothing"
+
+
+@contextlib.contextmanager
+def _ignoring_interrupts():
+    import signal
+
+    try:
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "cause", None) or e).strip()
+    return text.splitlines()[0][:500] if text else type(e).__name__
+
+
+def _place(where: dict) -> str:
+    parts = [where.get("host"), where.get("address")]
+    if where.get("gpus"):
+        parts.append(f"GPU {','.join(where['gpus'])}")
+    return ", ".join(p for p in parts if p)

@@ -1,0 +1,125 @@
+"""The fleet's driver on a real local Ray cluster, with a stand-in worker (tests/fleet_standin.py: no ComfyUI, its
+"edit" returns the source's bytes, a ``poison`` row ends the worker's process). Real actor deaths, real restarts by
+Ray: a row that kills every worker it is given fails after ``--retries`` with that reason, every other row is done
+exactly once, and Ray's processes are gone afterwards. Needs Ray (the ``fleet`` extra); the real workers:
+tests/host/test_fleet_host.py."""
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pbe_core.client import fleet, jobs, workflow
+
+ray = pytest.importorskip("ray", reason="needs Ray, the pack's 'fleet' extra: pip install 'ray>=2.10'")
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+
+
+def ray_processes() -> set[int]:
+    """Pids of Ray's processes on this machine (GCS, raylet, workers, agents, monitors)."""
+    found = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if any(m in cmd for m in (b"ray::", b"gcs_server", b"raylet", b"/ray/dashboard/", b"/ray/_private/",
+                                  b"/ray/autoscaler/")):  # fmt: skip
+            found.add(int(d))
+    return found
+
+
+def _png(array) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_row_that_kills_its_workers_fails_after_the_retries_and_the_rest_are_done_once(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    names = ["a", "b", "poison", "c", "d", "e"]
+    for name in names:
+        (tmp_path / f"{name}.png").write_bytes(_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+        (tmp_path / f"{name}_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (tmp_path / "ex.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    calls = tmp_path / "calls.log"
+    monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "out"
+    settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=out)
+    rows = jobs.jobs_from_folder(tmp_path, [tmp_path / "ex.png"])
+    from fleet_standin import StandInWorker
+
+    before, folders = ray_processes(), set(Path("/tmp").glob("pbe-ray-*"))
+    options = fleet.FleetOptions(workers=2, retries=2, private={"comfyui": "unused"}, worker_class=StandInWorker,
+                                 progress=False)  # fmt: skip
+    report, status = fleet.run_fleet(rows, settings, options)
+    assert status == 1
+    by_name = {r["name"]: r for r in report["rows"]}
+    poison = by_name.pop("poison")
+    assert poison["status"] == "failed"
+    assert poison["error"].startswith("the worker running this row died 3 times; not tried again (--retries 2): ")
+    assert [t["outcome"] for t in poison["tries"]] == ["lost"] * 3
+    assert all("its Ray actor died" in t["error"] for t in poison["tries"])
+    for name, row in by_name.items():  # each good row: one try, its own source's bytes as its result
+        assert row["status"] == "done" and [t["outcome"] for t in row["tries"]] == ["done"], row
+        assert (out / f"{name}.png").read_bytes() == (tmp_path / f"{name}.png").read_bytes()
+    events = [line.split() for line in calls.read_text().splitlines()]
+    done = sorted(name for event, name, _ in events if event == "done")
+    assert done == sorted(by_name)  # every good row finished exactly once, across all worker processes
+    assert sum(1 for event, name, _ in events if event == "run" and name == "poison") == 3
+    pids_that_ran_poison = {pid for event, name, pid in events if event == "run" and name == "poison"}
+    assert len(pids_that_ran_poison) == 3  # each try killed a different process
+    workers = report["workers"]
+    assert sum(w["rows_lost"] for w in workers) == 3 and sum(w["restarts"] for w in workers) == 3
+    assert ray_processes() <= before  # the local cluster is gone
+    assert set(Path("/tmp").glob("pbe-ray-*")) <= folders  # and its folder
+
+
+def test_a_ray_folder_too_long_for_its_sockets_is_refused_with_the_limit(tmp_path):
+    settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=tmp_path / "out")
+    (tmp_path / "a.png").write_bytes(_png(np.zeros((16, 16, 3), np.uint8)))
+    (tmp_path / "a_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (tmp_path / "a_exemplar.png").write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
+    folder = tmp_path / ("x" * 60)
+    options = fleet.FleetOptions(private={"comfyui": "unused"}, progress=False, temp_dir=folder)
+    report, status = fleet.run_fleet(jobs.jobs_from_folder(tmp_path), settings, options)
+    assert status == 2
+    reason = f"--ray-temp-dir {folder} is {len(str(folder))} characters long; Ray keeps its sockets in it"
+    assert report["stopped"].startswith(reason) and report["rows"][0]["error"].startswith(f"not tried: {reason}")
+    assert not folder.exists()
+
+
+
+def test_the_dashboard_flag_starts_it_or_says_what_to_install(tmp_path, monkeypatch):
+    """--ray-dashboard: with ray[default] the local cluster serves the dashboard and the report names it; with Ray's
+    minimal install (the 'fleet' extra) the batch stops at once saying what to install, and nothing is left running."""
+    import importlib.util
+
+    full = importlib.util.find_spec("aiohttp_cors") is not None  # one of the packages ray[default] brings
+    monkeypatch.setenv("PBE_STANDIN_LOG", str(tmp_path / "calls.log"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    from fleet_standin import StandInWorker
+
+    settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=tmp_path / "out")
+    (tmp_path / "a.png").write_bytes(_png(np.zeros((16, 16, 3), np.uint8)))
+    (tmp_path / "a_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (tmp_path / "a_exemplar.png").write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
+    before, folders = ray_processes(), set(Path("/tmp").glob("pbe-ray-*"))
+    options = fleet.FleetOptions(private={"comfyui": "unused"}, progress=False, dashboard=True,
+                                 worker_class=StandInWorker)  # fmt: skip
+    report, status = fleet.run_fleet(jobs.jobs_from_folder(tmp_path), settings, options)
+    if full:
+        assert status == 0 and report["ray"]["dashboard"], report
+    else:
+        assert status == 2
+        assert "--ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]'" in report["stopped"]
+    assert ray_processes() <= before and set(Path("/tmp").glob("pbe-ray-*")) <= folders
