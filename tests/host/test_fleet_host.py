@@ -7,6 +7,7 @@ folder is left. Needs Ray (the pack's ``fleet`` extra)."""
 
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -131,7 +132,9 @@ def test_two_private_workers_match_the_single_server_client_and_survive_a_killed
             time.sleep(0.01)
     r = run.finish(timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert "w1: its ComfyUI exited (status -9); starting it again (restart 1 of at most 2)" in r.stderr
+    # killed while its row ran, or between two rows (then the next row finds it gone before it is sent)
+    assert re.search(r"w1: its ComfyUI (had )?exited \(status -9\)( before the row was sent)?; starting it again "
+                     r"\(restart 1 of at most 2\)", r.stderr), r.stderr[-3000:]
     assert "lost on w1" in r.stderr and "w1 ready" in r.stderr and " again" in r.stderr
     names = [f"{n}.png" for n in _names(12)]
     assert sorted(p.name for p in out.glob("*.png")) == names
