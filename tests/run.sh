@@ -107,7 +107,15 @@ PBE_STRICT_SKIPS=1 PBE_FIXTURE_DIR="$ROOT/tests/.fixtures-transformers4" .venv-t
 
 # --- 4. the lowest Python claimed -----------------------------------------------------------------------------------
 MIN_PY=$(sed -n 's/^requires-python = ">=\([0-9]*\.[0-9]*\)".*/\1/p' pyproject.toml)
-OLD_PY=$(command -v "python$MIN_PY" || ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$MIN_PY".*/bin/python"$MIN_PY" 2>/dev/null | tail -n 1 || true)
+# pyenv's own folder first: its shim on PATH answers "command not found" unless that version is selected
+OLD_PY=
+for candidate in $(ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$MIN_PY".*/bin/python"$MIN_PY" 2>/dev/null | sort -V -r) \
+  $(command -v "python$MIN_PY" || true); do
+  if "$candidate" -c 'import sys' >/dev/null 2>&1; then
+    OLD_PY=$candidate
+    break
+  fi
+done
 if [ -z "$OLD_PY" ]; then
   msg="Python $MIN_PY (pyproject.toml's requires-python) is not installed: its standard-library tests did not run"
   if [ "${CI:-}" = "1" ]; then
