@@ -447,6 +447,7 @@ def fmt_table(header, rows) -> str:
 def markdown(report: dict, s: dict | None, command: str) -> str:
     """The report. ``s`` (``summarise``) None: a run of the precision section alone, reported alone."""
     a = report["args"]
+    pa = report.get("section_args", {}).get("photo", a)  # the photo section's own run
     v = report["versions"]
     if s is None:
         return "\n".join([
@@ -547,8 +548,9 @@ def markdown(report: dict, s: dict | None, command: str) -> str:
             for n in report["variants"]
         ]),
         "",
-        f"The pack's worker (ComfyUI defaults) also ran the sections below; its peak over the whole run, photo "
-        f"sizes up to {max([512, *a['photo_sizes']])}² included"
+        "The pack's worker (ComfyUI defaults) of the run that measured the photo section also ran the sections "
+        f"below; its peak over that whole run, photo "
+        f"sizes up to {max([512, *pa['photo_sizes']])}² included"
         + (" (and the channels-last section's extra copy of the UNet and VAE)" if "layout" in report else "")
         + f", was {report['final_ours']['peak_rss_mib']:.0f} MiB.",
         "",
@@ -599,10 +601,12 @@ def markdown(report: dict, s: dict | None, command: str) -> str:
             "",
             f"At {lay['size']}², the same weights with their convolution kernels in each memory order (one copy of the "
             f"modules per order, so no conversion is timed), interleaved, median of {lay['reps']} each. On the CPU "
-            "the pack loads the VAE's kernels channels-last, re-ordered in place so the weights stay one copy "
-            "(`pbe_core/memory_format.py`; exact: tests/test_memory_format.py), and leaves the UNet's as the file "
-            "has them: its gain is small here and turned into a loss at 256² in a separate probe (1.04×), while "
-            "re-ordering its 2 GB of kernels adds seconds to every load (3.4 s alone in a probe):",
+            "`PBE_LoadModel`'s `cpu_channels_last_vae` (off by default in fp32: the other summation order moved "
+            "the masked-image latent by 8.7e-4 on torch 2.13, where a thread-count change moves it by 3.4e-5; on "
+            "in bf16) loads the VAE's kernels channels-last, re-ordered in place so the weights stay one copy "
+            "(`pbe_core/memory_format.py`; the same values: tests/test_memory_format.py). The UNet's stay as the "
+            "file has them in fp32: the gain is small here and turned into a loss at 256² in a separate probe "
+            "(1.04×), while re-ordering its 2 GB of kernels adds seconds to every load (3.4 s alone in a probe):",
             "",
             fmt_table(["", "channels-last s", "NCHW s", "channels-last / NCHW"], [
                 [names[k], f"{lay[k]['channels_last']:.2f}", f"{lay[k]['nchw']:.2f}", f"**{lay[k]['ratio']:.3f}**"]
@@ -619,9 +623,9 @@ def markdown(report: dict, s: dict | None, command: str) -> str:
         "",
         "## Photo size (crop-and-stitch)",
         "",
-        f"`PBE_Sampler` on an N×N photo whose mask box covers 10% of it, `working_size` 512, {a['photo_steps']} "
+        f"`PBE_Sampler` on an N×N photo whose mask box covers 10% of it, `working_size` 512, {pa['photo_steps']} "
         "step(s) (fewer steps make the size-dependent part a larger share, so this is the conservative setting), "
-        f"median of {a['reps']}, sizes interleaved.",
+        f"median of {pa['reps']}, sizes interleaved.",
         "",
     ]
     rows = [[f"{n}²", f"{p['total_s']:.1f}", f"{p['rest_s']:.2f}", f"**{p['ratio']:.2f}**", f"{p['ratio_rest_only']:.3f}"]
@@ -710,14 +714,14 @@ def analysis(report: dict, s: dict) -> list[str]:
         f"{row[n0]['vae_encode_s'] / max(d['vae_encode_s'], 1e-9):.2f}, VAE decode "
         f"{row[n0]['vae_decode_s'] / max(d['vae_decode_s'], 1e-9):.2f}, exemplar encoder "
         f"{row[n0]['exemplar_s'] / max(d['exemplar_s'], 1e-9):.2f}. Both sides run the same fp32 maths with the "
-        "same kinds of kernels (oneDNN convolutions, BLAS linear layers, torch's flash-attention SDPA). For the VAE "
-        "the memory order differs: the pack loads the VAE's convolution kernels channels-last on the CPU, so oneDNN "
-        "runs its convolutions on NHWC activations"
+        "same kinds of kernels (oneDNN convolutions, BLAS linear layers, torch's flash-attention SDPA), in PyTorch's "
+        "default NCHW order by default. The VAE is faster with its convolution kernels channels-last, which makes "
+        "oneDNN run its convolutions on NHWC activations"
         + (f" (measured alone, channels-last / NCHW: VAE encode {s['layout']['vae_encode_s']['ratio']:.2f}×, VAE "
-           f"decode {s['layout']['vae_decode_s']['ratio']:.2f}×; the UNet is left NCHW, see above)"
-           if "layout" in s else "")
-        + "; diffusers' pipeline, as the existing packs run it, keeps PyTorch's default NCHW (converting its VAE "
-        "with `.to(memory_format=torch.channels_last)` would copy those weights). Going further exactly would need "
+           f"decode {s['layout']['vae_decode_s']['ratio']:.2f}×)" if "layout" in s else "")
+        + ", but that summation order moves the result beyond the thread-count noise floor, so it is opt-in "
+        "(`cpu_channels_last_vae`; diffusers would need `.to(memory_format=torch.channels_last)`, a copy of its "
+        "VAE). Going further exactly would need "
         "faster kernels; inexact routes (fewer steps, half precision, decoding only the window around the mask) are "
         "outside these rules.",
         "- Memory: the pack holds one copy of the weights (the checkpoint's tensors are the model's). With SDPA its "
@@ -1007,7 +1011,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         report = combine([json.loads(p.read_text())["report"] for p in args.render])
-        report["notes"] = args.note
+        report["notes"] = report["notes"] + args.note
         write_report(args.out, report, report["command"])
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -1040,17 +1044,33 @@ SECTION_KEYS = {
 }
 
 
+RUN_KEYS = ("commit", "machine", "versions", "started", "args")
+
+
 def combine(reports: list[dict]) -> dict:
-    """One report from several runs: each section comes from the last run that measured it."""
+    """One report from several runs: each section comes from the last run that measured it.
+
+    The setup lines (machine, commit, versions, repetitions) are those of the run that measured the main section;
+    a note names the run of every other section, which keeps its own arguments (``section_args``)."""
     out = dict(reports[0])
+    origin = {section: reports[0] for section in reports[0]["args"]["sections"]}
     commands = [reports[0]["command"]]
     for r in reports[1:]:
         for section in r["args"]["sections"]:
             for k in SECTION_KEYS[section]:
                 if k in r:
                     out[k] = r[k]
+            origin[section] = r
         commands.append(r["command"] + f"  (sections: {', '.join(r['args']['sections'])})")
     out["command"] = "`; then `".join(commands)
+    setup = origin.get("main", reports[0])
+    out.update({k: setup[k] for k in RUN_KEYS})
+    out["section_args"] = {section: r["args"] for section, r in origin.items()}
+    out["notes"] = [
+        f"Section {section}: measured in the run of commit {r['commit']}, started {r['started']}, on {r['machine']}, "
+        f"{r['args']['reps']} repetitions."
+        for section, r in origin.items() if r is not setup and section != "precision"
+    ]
     return out
 
 
