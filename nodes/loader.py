@@ -45,7 +45,7 @@ class LoadModel(io.ComfyNode):
                         "Precision of the model. 'default' lets ComfyUI choose: fp16/bf16 on a GPU, fp32 on the CPU. "
                         "On a CPU, bf16 pays off only with AMX (Intel Xeon 4th generation and later; check with "
                         "`lscpu | grep amx_bf16`): the UNet, VAE and exemplar encoder then compute in bf16, a 512x512 "
-                        "edit took about a third of the fp32 time with 0.6x its memory, and the result moves slightly "
+                        "edit took 0.37x the fp32 time with 0.53x its memory, and the result moves slightly "
                         "(measured inside the mask: about 1/255 on average, at most 5/255; 50 steps, full-size random "
                         "weights; outside the mask the photo stays exact). On a CPU without AMX, fp32 is the fast "
                         "choice: there bf16 (and fp16 on any CPU, which computes fp16 no faster than fp32) only makes "
