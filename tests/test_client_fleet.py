@@ -171,3 +171,42 @@ def test_report_md_lists_workers_failures_and_retried_rows():
     assert "| w1 | private | gpu1, http://127.0.0.1:5000, GPU 0 | 0 | 0 | 1 | 1 | stopped |" in md
     assert "| 002_b | PBE_Sampler (node 5): Mask is empty \\| x |" in md  # a | in a reason does not break the table
     assert "| 001_a | w1: lost (its ComfyUI exited (status -9)); w2: done |" in md
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _OwnedProcess:
+    """What WorkerClient asks of the PrivateComfyUI it owns: the process, and whether it still runs."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def test_a_worker_stops_waiting_once_its_comfyui_process_has_exited():
+    """A SIGKILLed ComfyUI can refuse connections a moment before its process has exited: the worker saw it alive,
+    began waiting for it to come back, and must give up as soon as the process is gone, not after --reconnect-wait."""
+    import time
+
+    from pbe_core.client.errors import ServerUnreachable
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])  # exits while the worker waits
+    try:
+        base = f"127.0.0.1:{_free_port()}"  # nothing listens there: connection refused, as after the kill
+        client = fleet.WorkerClient(base, "test", 30, progress=False, reconnect_wait=60, server=_OwnedProcess(proc))
+        client.reached = True  # it had answered earlier in the run
+        started = time.monotonic()
+        with pytest.raises(fleet.ComfyUIDied, match=r"its ComfyUI exited \(status 0\)"):
+            client.wait_for_server(ServerUnreachable(f"cannot reach ComfyUI at http://{base}: refused"))
+        assert time.monotonic() - started < 10  # found at the next try (pauses of 1-5 s), not after 60 s
+    finally:
+        proc.kill()
+        proc.wait()

@@ -153,6 +153,11 @@ class ComfyClient:
             log.warning("could not cancel %s: %s", prompt_id, e)
 
     # --- a lost server ---------------------------------------------------------------------------------------------
+    def check_server(self) -> None:
+        """Called before every try while waiting for the server: raise to stop waiting. Over HTTP alone nothing tells
+        a server that exited from one that is slow to come back, so this client waits; a subclass that owns the
+        server's process knows better."""
+
     def wait_for_server(self, error: Exception) -> None:
         """After a connection error: return once the server answers again; ServerGone after ``reconnect_wait`` s.
 
@@ -165,6 +170,7 @@ class ComfyClient:
                     self.base, reason, self.reconnect_wait)
         started = time.monotonic()
         for attempt in itertools.count(1):
+            self.check_server()
             if self.revive is not None:
                 try:
                     self.revive()

@@ -128,9 +128,13 @@ class WorkerClient(ComfyClient):
         self.queued.append(prompt_id)  # before POST: a prompt cut off mid-request may still have been queued
         return super().queue(prompt, prompt_id)
 
-    def wait_for_server(self, error: Exception) -> None:
+    def check_server(self) -> None:
+        # at every try: a SIGKILLed ComfyUI can refuse connections a moment before its process has exited
         if self.server is not None and not self.server.alive():
             raise ComfyUIDied(f"its ComfyUI exited (status {self.server.proc.returncode})")
+
+    def wait_for_server(self, error: Exception) -> None:
+        self.check_server()
         super().wait_for_server(error)
 
 
