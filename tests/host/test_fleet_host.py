@@ -98,6 +98,20 @@ def _running(port: int) -> bool:
         return False
 
 
+def _signal_while_running(run, workers: Path, label: str, sig: int, timeout: float, when=lambda: True) -> int:
+    """Send ``sig`` to worker ``label``'s private ComfyUI as soon as ``when()`` holds and it is running a row, while
+    the batch ``run`` goes on; its pid."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert run.proc.poll() is None, "".join(run.err)[-4000:]
+        assert time.monotonic() < deadline, "".join(run.err)[-4000:]
+        found = _private(workers, label)
+        if when() and found and _running(found[1]):
+            os.kill(found[0], sig)
+            return found[0]
+        time.sleep(0.01)
+
+
 def _executed(log: Path) -> int:
     """Prompts ComfyUI says it finished (its log line "Prompt executed in ..."), over all its starts."""
     return log.read_text(errors="replace").count("Prompt executed in")
@@ -120,16 +134,7 @@ def test_two_private_workers_match_the_single_server_client_and_survive_a_killed
                 "--workers", "2", "--cpus-per-worker", "2", "--worker-dir", str(workers))  # fmt: skip
     left = Leftovers(tmp_path)
     run = Background(cmd)
-    deadline, killed = time.monotonic() + 600, None
-    while killed is None:
-        assert run.proc.poll() is None, "".join(run.err)[-4000:]
-        assert time.monotonic() < deadline, "".join(run.err)[-4000:]
-        found = _private(workers, "w1")
-        if len(list(out.glob("*.png"))) >= 3 and found and _running(found[1]):
-            os.kill(found[0], signal.SIGKILL)
-            killed = found[0]
-        else:
-            time.sleep(0.01)
+    _signal_while_running(run, workers, "w1", signal.SIGKILL, 600, when=lambda: len(list(out.glob("*.png"))) >= 3)
     r = run.finish(timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     # killed while its row ran, or between two rows (then the next row finds it gone before it is sent)
@@ -281,15 +286,7 @@ def test_a_private_comfyui_that_hangs_is_ended_and_started_again(tmp_path, exemp
                 "--no-progress")  # fmt: skip
     left = Leftovers(tmp_path)
     run = Background(cmd)
-    deadline, stopped = time.monotonic() + 300, None
-    while stopped is None:
-        assert run.proc.poll() is None and time.monotonic() < deadline, "".join(run.err)[-4000:]
-        found = _private(workers, "w1")
-        if found and _running(found[1]):
-            os.kill(found[0], signal.SIGSTOP)
-            stopped = found[0]
-        else:
-            time.sleep(0.01)
+    stopped = _signal_while_running(run, workers, "w1", signal.SIGSTOP, 300)
     r = run.finish(timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "did not come back within 3 s" in r.stderr and "starting it again (restart 1 of at most 2)" in r.stderr
