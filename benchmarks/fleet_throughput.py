@@ -42,18 +42,11 @@ from pbe_core.client.results import ResultStore  # noqa: E402
 log = logging.getLogger("pbe.bench.fleet")
 
 
-def machine() -> dict:
-    cpu, flags = "?", []
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        line = next(line for line in text.splitlines() if line.startswith("flags"))
-        flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "fma", "amx"))]
-    except (OSError, StopIteration):
-        pass
-    return {"system": f"{platform.system()} {platform.machine()}", "cpu": cpu, "flags": flags,
-            "logical_cpus": os.cpu_count(), "python": platform.python_version()}  # fmt: skip
+def machine() -> str:
+    """The machine as benchmarks/run.py names it (CPU model and its AVX-512 / AMX flags), and this Python."""
+    from benchmarks.run import machine as named
+
+    return f"{named()}, Python {platform.python_version()}"
 
 
 def make_rows(folder: Path, n: int) -> Path:
