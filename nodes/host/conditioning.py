@@ -25,9 +25,23 @@ def window_conditioning(positive, negative, vae, window: EditWindow, latent: str
     paste-back restores everything outside the mask) or ``"source"`` (the window's own latent with
     ``noise_mask`` = the region, so the host's samplers keep the unmasked source at every step; for denoise < 1).
     """
-    masked_latent = vae.encode(ec.masked_source(window.image, ec.keep_mask(window.region)))
+    masked_latent = encode_channels_first(vae, ec.masked_source(window.image, ec.keep_mask(window.region)))
     entries = {"concat_latent_image": masked_latent, "concat_mask": window.region}
     pos, neg = (node_helpers.conditioning_set_values(c, entries) for c in (positive, negative))
     if latent == "source":
-        return pos, neg, {"samples": vae.encode(window.image), "noise_mask": window.region.unsqueeze(1)}
+        return pos, neg, {"samples": encode_channels_first(vae, window.image), "noise_mask": window.region.unsqueeze(1)}
     return pos, neg, {"samples": torch.zeros_like(masked_latent)}
+
+
+def encode_channels_first(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """``vae.encode(pixels)`` for a (B, H, W, C) image, with the encoder computing on plain channels-first tensors.
+
+    The host's ``VAE.encode`` (ComfyUI's ``comfy/sd.py``, 0.3.64 and the 0.38-era files alike) turns the image into
+    (B, C, H, W) with ``movedim``, a view: a contiguous IMAGE becomes a channels-last tensor, and on the CPU oneDNN
+    then runs the encoder's convolutions and group norms channels-last, summing in another order. That moved the
+    masked-image latent every UNet call sees by several times the fp32 noise floor from the references (which encode
+    a contiguous channels-first tensor); ``tests/host/test_conditioning_host.py`` measures it. Handing the host an
+    image whose channels-first view is contiguous gives its ``movedim`` a contiguous result, so the same host call
+    computes what the references compute. Costs one copy of the image.
+    """
+    return vae.encode(pixels.movedim(-1, 1).contiguous().movedim(1, -1))
