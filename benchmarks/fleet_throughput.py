@@ -43,8 +43,8 @@ log = logging.getLogger("pbe.bench.fleet")
 
 
 def machine() -> str:
-    """The machine as benchmarks/run.py names it (CPU model and its AVX-512 / AMX flags), and this Python."""
-    from benchmarks.run import machine as named
+    """The machine as the benchmark reports name it (benchmarks/machine.py: CPU model, AVX-512 / AMX flags), and this Python."""
+    from benchmarks.machine import machine as named
 
     return f"{named()}, Python {platform.python_version()}"
 
