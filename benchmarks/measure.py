@@ -80,22 +80,13 @@ def versions(env: dict) -> dict:
 
 
 def run(args) -> dict:
-    env = dict(os.environ)
-    env.update(OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               COMFYUI_PATH=str(args.comfyui), PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    deps = HERE / ".deps"  # optional: `pip install --target benchmarks/.deps accelerate` without touching the venv
-    if deps.is_dir():
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(deps), env.get("PYTHONPATH", "")) if p)
+    """Every section of ``args.sections``: the raw measurements, with the run's commit, machine and versions."""
+    env = worker_environment(args)
     log.info("weights: %s", args.weights)
     subprocess.run([sys.executable, str(HERE / "weights.py"), "--dir", str(args.weights)], env=env, check=True)
     logdir = args.weights / "logs"
     logdir.mkdir(exist_ok=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    report: dict = {"args": vars(args) | {"weights": str(args.weights), "comfyui": str(args.comfyui)},
-                    "commit": (commit.stdout.strip() or "?") + (" with uncommitted changes" if dirty else ""),
-                    "machine": machine(), "versions": versions(env), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    report = run_record(args, env)
     sections = set(args.sections)
     if "precision" in sections:  # first, and alone: its workers are started one at a time (see run_precision)
         report["precision"] = run_precision(args, env, logdir)
@@ -110,91 +101,131 @@ def run(args) -> dict:
             res = w("load", name="original-fp32.safetensors") if w.kind == "ours" else w("load")
             report[f"load_{name}"] = res
             log.info("%s loaded: %s", name, res)
-        order = list(workers)
-        edits: dict = {}
-        for size in args.sizes if "main" in sections else ():
-            common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
-            for name in order:  # warm-up (first touch of the weights, allocator, oneDNN primitives)
-                workers[name]("edit", **common)
-            if size == min(args.sizes):  # same inputs, same noise: the two results should agree inside the mask
-                paths = {}
-                for name in ("ours", "diffusers"):
-                    paths[name] = str(logdir / f"{name}-{size}.safetensors")
-                    workers[name]("save_last", path=paths[name])
-                report["agreement"] = {"size": size, **compare(paths["ours"], paths["diffusers"], size, env)}
-            for r in range(args.reps):
-                k = r % len(order)
-                for name in order[k:] + order[:k]:  # every implementation takes every position in turn
-                    res = workers[name]("edit", **common)
-                    edits.setdefault((name, size), []).append(res)
-                    log.info("%s %d rep %d: %.1f s (UNet %.1f s)", name, size, r, res["total_s"], res["unet_s"])
         if "main" in sections:
-            report["edits"] = {f"{k[0]}@{k[1]}": v for k, v in edits.items()}
-            # peak RSS after the same work in all (ru_maxrss only grows: the later sections are the pack's alone)
-            report["peak_compared"] = {name: w.last["peak_rss_mib"] for name, w in workers.items()}
-
-        # the fast path's gain on the UNet alone, interleaved, under each host attention
-        ours = workers["ours"]
-        size = max(args.sizes)
+            report.update(measure_main(args, workers, logdir, env))
         if "fast_path" in sections:
-            report["fast_path"] = {"size": size}
-            for name in [n for n in workers if n != "diffusers"]:
-                w = workers[name]
-                variants = ("all", "no_single_token", "no_shared_prefix")
-                for v in variants:
-                    w("unet", size=size, calls=1, variant=v)
-                times: dict = {v: [] for v in variants}
-                for r in range(args.reps):
-                    k = r % len(variants)
-                    for v in variants[k:] + variants[:k]:
-                        times[v].extend(w("unet", size=size, calls=1, variant=v)["times"])
-                key = "" if name == "ours" else f"_{name}"
-                report["fast_path"].update({f"fast_s{key}": times["all"], f"plain_s{key}": times["no_single_token"],
-                                            f"unshared_s{key}": times["no_shared_prefix"]})
-
-        # the fast path's gain on whole edits
-        if args.fast_path_edits and "fast_path" in sections:
-            common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
-            fe, pe = [], []
-            for r in range(args.reps):
-                for f in (True, False) if r % 2 == 0 else (False, True):
-                    (fe if f else pe).append(ours("edit", fast=f, **common)["total_s"])
-            report["fast_path"].update(edit_fast_s=fe, edit_plain_s=pe)
-
-        # channels-last convolution kernels (as the pack loads them on the CPU) against the same kernels in NCHW order
-        if "layout" in sections:
-            for cl in (True, False):  # warm-up: oneDNN builds its primitives for each order once
-                ours("layout", size=size, channels_last=cl)
-            lay: dict = {"size": size, "channels_last": [], "nchw": []}
-            for r in range(args.reps):
-                for cl in (True, False) if r % 2 == 0 else (False, True):
-                    lay["channels_last" if cl else "nchw"].append(ours("layout", size=size, channels_last=cl))
-            report["layout"] = lay
-
-        # exemplar encoding once: a second edit with only the seed changed does not run the encoder again
-        if "cache" in sections:
-            common = dict(size=min(args.sizes), steps=args.steps, cfg=args.cfg)
-            a = ours("edit", seed=args.seed + 1, **common)
-            b = ours("edit", seed=args.seed + 2, cold_exemplar=False, **common)
-            report["exemplar_cache"] = {"first_calls": a["exemplar_calls"], "seed_change_calls": b["exemplar_calls"],
-                                        "first_s": a["total_s"], "seed_change_s": b["total_s"]}
-
-        # photo size: a 10% mask on an N x N photo, edited in a 512 window
-        photo = {}
-        sizes = [512, *args.photo_sizes]
-        for r in range(args.reps if "photo" in sections else 0):
-            for n in sizes[r % len(sizes):] + sizes[: r % len(sizes)]:
-                res = ours("edit", size=512, photo=n, steps=args.photo_steps, seed=args.seed, cfg=args.cfg)
-                photo.setdefault(n, []).append(res)
-                log.info("photo %d rep %d: %.1f s", n, r, res["total_s"])
-        if "photo" in sections:
-            report["photo"] = {str(n): v for n, v in photo.items()}
+            report["fast_path"] = measure_fast_path(args, workers)
+        steps = {"layout": measure_layout, "cache": measure_exemplar_cache, "photo": measure_photo_sizes}
+        for section, measure in steps.items():
+            if section in sections:
+                report.update(measure(args, workers["ours"]))
         for name, w in workers.items():
             report[f"final_{name}"] = w.last  # every answer carries the worker's peak RSS so far
     finally:
         for w in workers.values():
             w.close()
     return report
+
+
+def worker_environment(args) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               COMFYUI_PATH=str(args.comfyui), PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    deps = HERE / ".deps"  # optional: `pip install --target benchmarks/.deps accelerate` without touching the venv
+    if deps.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(deps), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_record(args, env: dict) -> dict:
+    """What a report says of the run itself: its arguments, commit, machine, versions and start."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return {"args": vars(args) | {"weights": str(args.weights), "comfyui": str(args.comfyui)},
+            "commit": (commit.stdout.strip() or "?") + (" with uncommitted changes" if dirty else ""),
+            "machine": machine(), "versions": versions(env), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def rotations(items, r: int) -> list:
+    """``items`` in the order of repetition ``r``: every item takes every position in turn."""
+    k = r % len(items)
+    return list(items[k:]) + list(items[:k])
+
+
+def measure_main(args, workers: dict, logdir: Path, env: dict) -> dict:
+    """Whole edits of every implementation at every size, interleaved; the agreement of ours and diffusers."""
+    order = list(workers)
+    edits: dict = {}
+    out: dict = {}
+    for size in args.sizes:
+        common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
+        for name in order:  # warm-up (first touch of the weights, allocator, oneDNN primitives)
+            workers[name]("edit", **common)
+        if size == min(args.sizes):  # same inputs, same noise: the two results should agree inside the mask
+            paths = {}
+            for name in ("ours", "diffusers"):
+                paths[name] = str(logdir / f"{name}-{size}.safetensors")
+                workers[name]("save_last", path=paths[name])
+            out["agreement"] = {"size": size, **compare(paths["ours"], paths["diffusers"], size, env)}
+        for r in range(args.reps):
+            for name in rotations(order, r):
+                res = workers[name]("edit", **common)
+                edits.setdefault(f"{name}@{size}", []).append(res)
+                log.info("%s %d rep %d: %.1f s (UNet %.1f s)", name, size, r, res["total_s"], res["unet_s"])
+    out["edits"] = edits
+    # peak RSS after the same work in all (ru_maxrss only grows: the later sections are the pack's alone)
+    out["peak_compared"] = {name: w.last["peak_rss_mib"] for name, w in workers.items()}
+    return out
+
+
+def measure_fast_path(args, workers: dict) -> dict:
+    """The fast paths' gain on the UNet alone, interleaved, under each host attention; with --fast-path-edits also
+    on whole edits."""
+    size = max(args.sizes)
+    out: dict = {"size": size}
+    variants = ("all", "no_single_token", "no_shared_prefix")
+    for name in [n for n in workers if n != "diffusers"]:
+        w = workers[name]
+        for v in variants:
+            w("unet", size=size, calls=1, variant=v)
+        times: dict = {v: [] for v in variants}
+        for r in range(args.reps):
+            for v in rotations(variants, r):
+                times[v].extend(w("unet", size=size, calls=1, variant=v)["times"])
+        key = "" if name == "ours" else f"_{name}"
+        out.update({f"fast_s{key}": times["all"], f"plain_s{key}": times["no_single_token"],
+                    f"unshared_s{key}": times["no_shared_prefix"]})
+    if args.fast_path_edits:
+        common = dict(size=size, steps=args.steps, seed=args.seed, cfg=args.cfg)
+        fe, pe = [], []
+        for r in range(args.reps):
+            for f in (True, False) if r % 2 == 0 else (False, True):
+                (fe if f else pe).append(workers["ours"]("edit", fast=f, **common)["total_s"])
+        out.update(edit_fast_s=fe, edit_plain_s=pe)
+    return out
+
+
+def measure_layout(args, ours: Worker) -> dict:
+    """Channels-last convolution kernels (as the pack loads them on the CPU) against the same kernels in NCHW order."""
+    size = max(args.sizes)
+    for cl in (True, False):  # warm-up: oneDNN builds its primitives for each order once
+        ours("layout", size=size, channels_last=cl)
+    lay: dict = {"size": size, "channels_last": [], "nchw": []}
+    for r in range(args.reps):
+        for cl in (True, False) if r % 2 == 0 else (False, True):
+            lay["channels_last" if cl else "nchw"].append(ours("layout", size=size, channels_last=cl))
+    return {"layout": lay}
+
+
+def measure_exemplar_cache(args, ours: Worker) -> dict:
+    """Exemplar encoding once: a second edit with only the seed changed does not run the encoder again."""
+    common = dict(size=min(args.sizes), steps=args.steps, cfg=args.cfg)
+    a = ours("edit", seed=args.seed + 1, **common)
+    b = ours("edit", seed=args.seed + 2, cold_exemplar=False, **common)
+    return {"exemplar_cache": {"first_calls": a["exemplar_calls"], "seed_change_calls": b["exemplar_calls"],
+                               "first_s": a["total_s"], "seed_change_s": b["total_s"]}}
+
+
+def measure_photo_sizes(args, ours: Worker) -> dict:
+    """Photo size: a 10% mask on an N x N photo, edited in a 512 window."""
+    photo: dict = {}
+    for r in range(args.reps):
+        for n in rotations([512, *args.photo_sizes], r):
+            res = ours("edit", size=512, photo=n, steps=args.photo_steps, seed=args.seed, cfg=args.cfg)
+            photo.setdefault(str(n), []).append(res)
+            log.info("photo %d rep %d: %.1f s", n, r, res["total_s"])
+    return {"photo": photo}
 
 
 #: the precision section's implementations: worker kind and load options. "ours fp32" is the pack's CPU default
@@ -236,8 +267,7 @@ def run_precision(args, env: dict, logdir: Path) -> dict:
     saved: dict = {}
     common = dict(size=size, seed=args.seed, cfg=args.cfg)
     for r in range(args.reps):
-        k = r % len(order)
-        for name in order[k:] + order[:k]:
+        for name in rotations(order, r):
             kind, options = PRECISION_VARIANTS[name]
             w = Worker(kind, args.weights, env, logdir / f"precision-{name}.log")
             try:

@@ -4,6 +4,7 @@ runs saved with ``--json``), written as Markdown, one function per section.
 
 from __future__ import annotations
 
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -742,9 +743,20 @@ def combine(reports: list[dict]) -> dict:
     return out
 
 
+#: an absolute path in a command line (not a URL, not the tail of a relative path)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+-]+/)*([\w.+-]+)")
+
+
+def portable(command: str) -> str:
+    """``command`` with every absolute path replaced by ``/path/to/NAME``: a report names no folder of the machine
+    it ran on (older saved runs recorded them)."""
+    return _ABSOLUTE_PATH.sub(lambda m: f"/path/to/{m.group(1)}", command)
+
+
 def write_report(out: Path, report: dict, command: str) -> None:
     """Write the markdown report; print it, the ratios last."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    command = portable(command)
     s = summarise(report) if "edits" in report else None
     text = markdown(report, s, command)
     ratios = precision_ratios_text(report) + (ratios_text(s) if s is not None else "")

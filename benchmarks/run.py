@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from measure import PRECISION_VARIANTS, SECTIONS, run
-from report import combine, write_report
+from report import combine, portable, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -82,7 +82,7 @@ def main() -> None:
         ap.error("set --comfyui or COMFYUI_PATH to a ComfyUI folder")
     if args.reps < 3:
         log.warning("--reps %d: medians of fewer than 3 repetitions are not what docs/benchmarks.md reports", args.reps)
-    command = "COMFYUI_PATH=... " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv])
+    command = portable("COMFYUI_PATH=... " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]))
     report = run(args)
     report["command"] = command
     if args.json:
