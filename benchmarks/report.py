@@ -9,7 +9,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from machine import cpu_flags_text
+from machine import cpu_flags_text, peak_flops_per_cycle
 from measure import PRECISION_ISAS
 
 LABELS = {
@@ -475,7 +475,7 @@ def precision_markdown(report: dict) -> list[str]:
     the choice of precisions."""
     p = report["precision"]
     s = summarise_precision(p)
-    parts = (_precision_headline(report, p, s), _precision_targets(s), _precision_breakdown(p, s),
+    parts = (_precision_headline(report, p, s), _precision_targets(s), _limit(report, p, s), _precision_breakdown(p, s),
              _precision_agreement(p), _precision_fast_paths(s), _precision_layout(p, s), precision_probes_markdown(p))
     return [line for part in parts for line in part]
 
@@ -547,6 +547,58 @@ def _precision_targets(s: dict) -> list[str]:
     lines += ["What each network computes in, as loaded: " + "; ".join(prec) + "; diffusers: every component in its "
               "`torch_dtype`, NCHW. The sampler's latents stay fp32 in ComfyUI (the UNet's output is cast back), "
               "while diffusers' pipeline keeps them in its dtype.", ""]
+    return lines
+
+
+def _limit(report: dict, p: dict, s: dict) -> list[str]:
+    """FLOP/s reached by each UNet call against the counted FLOPs (``benchmarks/flops.py``, given as ``--flops``),
+    the probes' single kernels and the CPU's peak from its flags and clock."""
+    counted = report.get("flops", {}).get("unet", {}).get(str(p["size"]))
+    if not counted:
+        return []
+    threads = report["args"]["threads"]
+    per_cycle = peak_flops_per_cycle(p["cpu"])
+    mhz = p["cpu"].get("mhz")
+    kernels = {op: {dt: report["flops"]["kernels"][op] / med(ts) for dt, ts in by_dt.items()}
+               for op, by_dt in p.get("kernels", {}).get("", {}).get("times", {}).items()}
+    ours_flops = counted["total"] - counted["cross_attention"]
+
+    def row(label: str, precision: str, s_per_call: float, flops: float) -> list[str]:
+        rate = flops / s_per_call
+        best = max((k[precision] for k in kernels.values() if precision in k), default=None)
+        peak = per_cycle.get(precision)
+        if peak and mhz:
+            of_peak = f"{rate / (threads * peak * mhz * 1e6):.0%}"
+        elif peak:
+            of_peak = "clock not recorded: " + ", ".join(
+                f"{rate / (threads * peak * ghz * 1e9):.0%} at {ghz} GHz" for ghz in (2, 3))
+        else:
+            of_peak = "?"
+        return [label, f"{s_per_call:.2f}", f"{flops / 1e12:.3f}", f"**{rate / 1e12:.2f}**",
+                f"{rate / best:.0%}" if best else "", of_peak]
+
+    rows = [row(PRECISION_LABELS[n], "bf16" if n.endswith("bf16") else "fp32", o["unet_per_call_s"],
+                ours_flops if n.startswith("ours") else counted["total"]) for n, o in s["variants"].items()]
+    alone = p.get("unet_precisions", {}).get("", {}).get("times", {})
+    for key, precision in (("fp32", "fp32"), ("bf16_native", "bf16")):
+        if key in alone:
+            rows.append([f"ours {precision}, a UNet call alone (probe)", *row("", precision, med(alone[key]),
+                                                                                 ours_flops)[1:]])
+    peaks = ", ".join(f"{dt} {n} FLOPs per cycle and core" for dt, n in per_cycle.items() if n)
+    lines = [f"### The limit: FLOP/s reached by a UNet call at {p['size']}²", "",
+             f"One CFG call of the full-size UNet at {p['size']}² is {counted['total'] / 1e12:.3f} TFLOP, counted "
+             f"(`benchmarks/flops.py`: {report['flops'].get('counted_with', 'torch FlopCounterMode')}); "
+             f"{counted['cross_attention'] / 1e12:.3f} TFLOP of it is the cross-attention, which the pack's "
+             "single-token path does not compute per pixel, so the pack's call is counted as the rest (an upper "
+             "bound: the shared CFG prefix saves a little more). Times: the median UNet time per call inside the "
+             "edits above, and a UNet call alone from the probes below. Peak: "
+             f"{threads} cores x clock x ({peaks}; `benchmarks/machine.py`).", "",
+             fmt_table(["", "s / call", "TFLOP / call", "TFLOP/s", "/ fastest probe kernel, same precision",
+                        "/ CPU peak"], rows), ""]
+    if kernels:
+        lines += ["The probes' single kernels (below), as FLOP/s: "
+                  + "; ".join(f"{op} " + ", ".join(f"{dt} {r / 1e12:.2f}" for dt, r in by_dt.items()) + " TFLOP/s"
+                              for op, by_dt in kernels.items()) + ".", ""]
     return lines
 
 

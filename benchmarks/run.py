@@ -65,6 +65,8 @@ def main() -> None:
                     help="skip the pack's second run under ComfyUI's --use-pytorch-cross-attention")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    ap.add_argument("--flops", type=Path, default=None,
+                    help="counts from benchmarks/flops.py --json: adds 'The limit' (FLOP/s reached) to the report")
     ap.add_argument("--note", action="append", default=[], help="with --render: a line for the report's setup")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                     help="what to measure (default: all); the report needs all of them, see --render")
@@ -75,6 +77,8 @@ def main() -> None:
     if args.render:
         report = combine([json.loads(p.read_text())["report"] for p in args.render])
         report["notes"] = report["notes"] + args.note
+        if args.flops:
+            report["flops"] = json.loads(args.flops.read_text())
         write_report(args.out, report, report["command"])
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -85,6 +89,8 @@ def main() -> None:
     command = portable("COMFYUI_PATH=... " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv]))
     report = run(args)
     report["command"] = command
+    if args.flops:
+        report["flops"] = json.loads(args.flops.read_text())
     if args.json:
         args.json.write_text(json.dumps({"report": report}, indent=1, default=str))
     if set(args.sections) == {"precision"}:
