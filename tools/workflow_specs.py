@@ -168,7 +168,7 @@ MODULAR = Workflow(
 
 HIGH_RES = Workflow(
     name="pbe_high_resolution",
-    title="Paint by Example 3, high-resolution photo",
+    title="Paint by Example 3, large photo",
     summary="A high-resolution photo, edited through crop-and-stitch",
     nodes=[
         _loader(),
