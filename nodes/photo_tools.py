@@ -186,7 +186,7 @@ class ExemplarBatch(io.ComfyNode):
             description=(
                 "Puts exemplars of any sizes into one batch for 'Paint by Example' or 'Exemplar Encode': one result "
                 "per exemplar in one run. Each is brought to the 224 x 224 pixels the model sees, exactly as the "
-                "encoder would ('squash' or 'center_crop'), so the batch gives the same edits as each exemplar alone."
+                "encoder would ('squash' or 'center_crop'), so each is encoded exactly as it would be alone."
             ),
             inputs=[
                 io.Image.Input("exemplar", tooltip="The first exemplar (a batch is taken whole, as are the others)."),

@@ -220,10 +220,10 @@ SEVERAL_EXEMPLARS = Workflow(
     note=(
         "Paint by Example: several exemplars into one scene.\n\n"
         "Three exemplars are tried in the same masked region of one photo, in one run: the node takes a batch of "
-        "exemplars and gives one result per exemplar (3 images), all with the same seed, so they differ only by "
-        "the object.\n\n"
+        "exemplars and gives one result per exemplar (3 images), from one seed (each result gets its own noise "
+        "from it, as in a KSampler batch; the first is the edit the first exemplar gives alone).\n\n"
         "Exemplar Batch brings each exemplar to the 224 x 224 pixels the model sees (squash, as the encoder does), "
-        "so photos of different sizes can share a batch and each result is the one that exemplar gives alone. It "
+        "so photos of different sizes can share a batch, each encoded exactly as it would be alone. It "
         "takes up to four; for more, feed one Exemplar Batch into another.\n\n"
         f"{MASK_NOTE}\n\n{MODEL_NOTE}"
     ),
