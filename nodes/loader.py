@@ -61,16 +61,6 @@ class LoadModel(io.ComfyNode):
                         "at every pixel and is computed once instead of per pixel. Exact; turn off only to compare."
                     ),
                 ),
-                io.Boolean.Input(
-                    "cpu_channels_last_vae",
-                    default=False,
-                    optional=True,
-                    tooltip=(
-                        "On the CPU only: re-order the VAE's convolution kernels channels-last (in place, no extra "
-                        "memory), which makes VAE encoding and decoding about 1.2x faster at 512x512. It changes "
-                        "results by about 1e-3, more than fp32's own noise, so it is off by default."
-                    ),
-                ),
             ],
             outputs=[
                 io.Model.Output(
@@ -102,11 +92,17 @@ class LoadModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype="default", single_token_attention=True,
-                cpu_channels_last_vae=False) -> io.NodeOutput:
+                cpu_channels_last_vae=None) -> io.NodeOutput:
+        # cpu_channels_last_vae was a widget of this node; prompts saved with it still reach here (callers of
+        # execute) or have it dropped by the host (the prompt's input is no longer in the schema). The loader now
+        # chooses the VAE's memory order itself.
+        if cpu_channels_last_vae is not None:
+            log.debug("Paint by Example: cpu_channels_last_vae=%r is ignored: the VAE's memory order is now chosen "
+                      "automatically", cpu_channels_last_vae)
         path = resolve_model(model_name)
         ckpt = load_checkpoint(path, read_dtypes(weight_dtype))  # CheckpointError names the problem and the fix
         log.info("Paint by Example: loaded %s (%s); %s", model_name, ckpt.layout, ckpt.info)
-        model, encoder, vae = build_all(ckpt, weight_dtype, channels_last_vae=bool(cpu_channels_last_vae))
+        model, encoder, vae = build_all(ckpt, weight_dtype, channels_last_vae=False)
         del ckpt  # the models hold what they need; the rest of the file's tensors can go
         if single_token_attention:
             model = with_single_token_attention(model)

@@ -1,7 +1,8 @@
-"""Nodes for real photos: mask tools, crop-and-stitch around any sampler, exemplar blend and strength, colour match.
+"""Nodes for real photos: mask tools, crop-and-stitch around any sampler, exemplar batch, blend and strength, colour
+match.
 
-Thin glue over ``pbe_core.mask_ops``, ``pbe_core.crop_stitch``, ``pbe_core.exemplar_mixing`` and
-``pbe_core.color_match``.
+Thin glue over ``pbe_core.mask_ops``, ``pbe_core.crop_stitch``, ``pbe_core.exemplar_preprocess``,
+``pbe_core.exemplar_mixing`` and ``pbe_core.color_match``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from comfy_api.latest import io
 
 from ..pbe_core import color_match, crop_stitch, exemplar_mixing, inputs, mask_ops
 from ..pbe_core.edit import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
+from ..pbe_core.exemplar_preprocess import BATCH_MODES, batch_exemplars
 from .host.tooltips import MASK_TOOLTIP
 
 CATEGORY = "paint_by_example/tools"
@@ -174,6 +176,40 @@ class ExemplarBlend(io.ComfyNode):
         return io.NodeOutput([[mixed, positive[0][1].copy()]], [[negative[0][0][:1], negative[0][1].copy()]])
 
 
+class ExemplarBatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBE_ExemplarBatch",
+            display_name="Paint-by-Example Exemplar Batch",
+            category=CATEGORY,
+            description=(
+                "Puts exemplars of any sizes into one batch for 'Paint by Example' or 'Exemplar Encode': one result "
+                "per exemplar in one run. Each is brought to the 224 x 224 pixels the model sees, exactly as the "
+                "encoder would ('squash' or 'center_crop'), so each is encoded exactly as it would be alone."
+            ),
+            inputs=[
+                io.Image.Input("exemplar", tooltip="The first exemplar (a batch is taken whole, as are the others)."),
+                io.Combo.Input(
+                    "preprocess", options=list(BATCH_MODES), default="squash",
+                    tooltip="squash (official): the whole exemplar to 224x224 ignoring aspect; center_crop: shortest "
+                    "side to 224, then the central square.",
+                ),
+                io.Image.Input("exemplar_2", optional=True, tooltip="The second exemplar (optional)."),
+                io.Image.Input("exemplar_3", optional=True, tooltip="The third exemplar (optional)."),
+                io.Image.Input("exemplar_4", optional=True, tooltip="The fourth exemplar (optional)."),
+            ],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The exemplars, 224 x 224 each, in input order.")],
+        )
+
+    @classmethod
+    def execute(cls, exemplar, preprocess="squash", exemplar_2=None, exemplar_3=None, exemplar_4=None
+                ) -> io.NodeOutput:
+        inputs.check_choice("preprocess", preprocess, BATCH_MODES)
+        images = [x for x in (exemplar, exemplar_2, exemplar_3, exemplar_4) if x is not None]
+        return io.NodeOutput(batch_exemplars(images, preprocess))
+
+
 class ColorMatch(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -211,4 +247,4 @@ class ColorMatch(io.ComfyNode):
         return io.NodeOutput(crop_stitch.blend(edited, matched, region))
 
 
-NODES = [MaskTools, CropForEdit, StitchEdit, ExemplarStrength, ExemplarBlend, ColorMatch]
+NODES = [MaskTools, CropForEdit, StitchEdit, ExemplarBatch, ExemplarStrength, ExemplarBlend, ColorMatch]

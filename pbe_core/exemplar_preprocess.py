@@ -127,6 +127,27 @@ def preprocess(image: torch.Tensor, mode: str = "squash", size: int = 224) -> to
     return normalize(x)
 
 
+#: the modes whose 224x224 result is 8-bit pixels, so that encoding it again (any mode) changes nothing
+BATCH_MODES = ("squash", "center_crop")
+
+
+def batch_exemplars(images: list[torch.Tensor], mode: str = "squash", size: int = 224) -> torch.Tensor:
+    """Exemplars of any sizes as one IMAGE batch (N, size, size, 3) in [0, 1], each resized as ``mode`` does.
+
+    A batch needs one shape, and the encoder sees ``size`` x ``size`` anyway: each image (or batch) is brought there
+    by ``squash`` or ``center_crop``, whose pixels are multiples of 1/255. Encoding the batch then gives exactly the
+    pixels that encoding each image alone with ``mode`` gives, whatever preprocessing the encoding node is set to:
+    at ``size`` x ``size`` all three modes keep the image as it is (no resample, no crop, no padding).
+    """
+    if mode not in BATCH_MODES:
+        raise ValueError(
+            f"Unknown exemplar batch mode {mode!r}; choose one of {', '.join(BATCH_MODES)} ('pad' would fill with "
+            f"CLIP's mean colour, which is not an 8-bit pixel)."
+        )
+    fit = squash if mode == "squash" else center_crop
+    return torch.cat([fit(image, size) for image in images]).movedim(1, -1)
+
+
 def object_mask(mask: torch.Tensor, marks: str = "auto") -> torch.Tensor:
     """The exemplar's object mask (B, H, W), 1 = the object, from a mask that marks the object or its background.
 

@@ -159,6 +159,29 @@ def test_bad_exemplars_name_the_problem():
         pre.preprocess(torch.rand(1, 8, 8, 3), "crop")
 
 
+@pytest.mark.parametrize("mode", pre.BATCH_MODES)
+def test_a_batch_of_exemplars_encodes_as_each_exemplar_alone(mode):
+    """Exemplar Batch: photos of different sizes in one batch give the encoder, in every preprocessing mode, exactly the
+    pixels each photo gives alone in the batch's mode (the official PIL squash is the oracle for 'squash')."""
+    photos = [_photo(300, 451, seed=1), _photo(97, 500, seed=2), _photo(640, 640, seed=3)]
+    batch = pre.batch_exemplars([image for image, _ in photos], mode)
+    assert batch.shape == (3, 224, 224, 3)
+    alone = torch.cat([pre.preprocess(image, mode) for image, _ in photos])
+    for encoder_mode in pre.PREPROCESS_MODES:
+        assert torch.equal(pre.preprocess(batch, encoder_mode), alone), (mode, encoder_mode)
+    if mode == "squash":
+        for got, (_, pil) in zip(batch, photos, strict=True):
+            assert torch.equal(got, _official_squash(pil))
+    # what the template did before (torch's bicubic at 224, as ComfyUI's ImageScale): not the same pixels
+    torch_bicubic = torch.nn.functional.interpolate(photos[0][0].movedim(-1, 1), (224, 224), mode="bicubic").clamp(0, 1)
+    assert not torch.equal(pre.preprocess(torch_bicubic.movedim(1, -1), mode), alone[:1])
+
+
+def test_exemplar_batch_refuses_pad():
+    with pytest.raises(ValueError, match="Unknown exemplar batch mode 'pad'; choose one of squash, center_crop"):
+        pre.batch_exemplars([torch.rand(1, 8, 8, 3)], "pad")
+
+
 def test_exemplar_mask_cuts_out_and_crops():
     image = torch.rand(1, 100, 120, 3)
     mask = torch.zeros(1, 100, 120)

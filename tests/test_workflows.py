@@ -5,16 +5,20 @@ Known nodes are this pack's (read from ``nodes/*.py``) and the host's in ``tests
 of the live ``/object_info`` that ``tests/host/test_workflows_host.py`` keeps honest).
 """
 
+import ast
+import itertools
 import json
 import struct
 
 import pytest
 from workflow_schema import (
     FRONTEND_ONLY,
+    REPO,
     WORKFLOWS_DIR,
     api_workflows,
     host_schemas,
     pack_schemas,
+    template_titles,
     ui_to_api,
     ui_workflows,
     widget_slots,
@@ -43,7 +47,7 @@ def test_the_four_workflows_exist_in_both_formats():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_thumbnail_is_a_real_jpeg_next_to_the_workflow(name):
-    path = WORKFLOWS_DIR / f"{name}.jpg"
+    path = UI[name].with_suffix(".jpg")
     data = path.read_bytes()
     assert data[:3] == b"\xff\xd8\xff", "not a JPEG"
     w, h = _jpeg_size(data)
@@ -193,3 +197,120 @@ def test_api_prompt_has_what_the_headless_client_fills_in(name):
     assert any(n["class_type"] == "PBE_LoadModel" for n in prompt.values())
     assert any(n["class_type"] == "SaveImage" for n in prompt.values())
     assert any(n["class_type"] in PACK for n in prompt.values())
+
+
+# --- the template browser -----------------------------------------------------------------------------------------------
+def test_templates_are_titled_and_ordered_by_their_file_names():
+    """The browser shows a pack's template by its file name (title; description = the name with '-' and '_' as
+    spaces) and newer hosts list the files sorted by name: the names are the titles, one-node edit first."""
+    titles = template_titles()
+    assert {path.stem for path in UI.values()} == set(titles.values())
+    listed = sorted(titles.values())
+    assert listed[0] == titles["pbe_one_node_edit"]
+    assert [titles[n] for n in ("pbe_one_node_edit", "pbe_modular_graph", "pbe_high_resolution",
+                                "pbe_several_exemplars")] == listed
+    for title in listed:
+        assert title.startswith("Paint by Example ") and title[0].isupper()
+        # safe in every file system and in the template URL the frontend builds (it does not escape them)
+        assert not set(title) & set('<>:"/\\|?*#%&'), title
+
+
+def _models_folder():
+    """``FOLDER`` of nodes/host/models_folder.py (the folder the loader lists), read without importing ComfyUI."""
+    tree = ast.parse((REPO / "nodes" / "host" / "models_folder.py").read_text())
+    return next(
+        s.value.value for s in tree.body
+        if isinstance(s, ast.Assign) and any(getattr(t, "id", None) == "FOLDER" for t in s.targets)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_ui_workflow_names_the_model_its_folder_and_where_to_get_it(name):
+    """What the frontend's missing-model check reads: the loader's ``properties.models`` (an entry whose name is the
+    widget's value) and the workflow's ``models`` list, each with the model folder and a download URL."""
+    ui = _load(UI[name])
+    folder = _models_folder()
+    loaders = [n for n in ui["nodes"] if n["type"] == "PBE_LoadModel"]
+    assert loaders
+    for node in loaders:
+        chosen = node["widgets_values"][0]
+        entries = [m for m in node["properties"]["models"] if m["name"] == chosen]
+        assert entries, f"{name}: the loader's model {chosen!r} has no properties.models entry"
+        assert set(entries[0]) == {"name", "url", "directory"}
+        assert entries[0]["directory"] == folder
+        assert entries[0]["url"] == f"https://huggingface.co/Fantasy-Studio/Paint-by-Example/resolve/main/{chosen}"
+    assert ui["models"] == [entries[0]]
+
+
+#: The frontend's node geometry (ComfyUI 0.3.64's frontend, litegraph): the title bar is NODE_TITLE_HEIGHT = 30 px
+#: above ``pos``; node badges are drawn above the title bar (2 px gap, 20 px high); a title gets the node's width less
+#: one title height on each side, and is cut ("Batch Ima...") beyond that; its font is NODE_TEXT_SIZE 14 px
+#: NODE_FONT Arial.
+TITLE_HEIGHT, BADGE, FONT_PX = 30, 2 + 20, 14
+#: Arial's advance widths in 1/1000 em (the same as Helvetica's; Liberation Sans, Chromium's Arial on Linux, has the
+#: same metrics). Without kerning the sum is an upper bound of what the canvas measures (e.g. 'VA').
+ARIAL = {
+    " ": 278, "!": 278, '"': 355, "#": 556, "$": 556, "%": 889, "&": 667, "'": 191, "(": 333, ")": 333, "*": 389,
+    "+": 584, ",": 278, "-": 333, ".": 278, "/": 278, ":": 278, ";": 278, "<": 584, "=": 584, ">": 584, "?": 556,
+    "@": 1015, "[": 278, "\\": 278, "]": 278, "^": 469, "_": 556, "`": 333, "{": 334, "|": 260, "}": 334, "~": 584,
+    **dict.fromkeys("0123456789", 556),
+    **dict(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", (667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556, 833, 722, 778,
+                                              667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611), strict=True)),
+    **dict(zip("abcdefghijklmnopqrstuvwxyz", (556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833, 556, 556,
+                                              556, 556, 333, 500, 278, 556, 500, 722, 500, 500, 500), strict=True)),
+}
+#: pixels beside a title kept free, for fonts a little wider than Arial
+TITLE_SLACK = 6
+#: the window a template opens in (a 1280 x 800 screen less the frontend's menus), for the view stored in the file
+OPEN_VIEW = (1280, 720)
+
+
+def title_width(title: str) -> float:
+    return sum(ARIAL[c] for c in title) * FONT_PX / 1000
+
+
+def node_boxes(name):
+    """``{node id: (title, x0, y0, x1, y1)}``: each node's box on the canvas with its title bar and badges. Titles
+    the UI file does not store are the node's display name, which the API prompt built from /object_info keeps."""
+    ui, api = _load(UI[name]), _load(API[name])
+    boxes = {}
+    for n in ui["nodes"]:
+        title = n.get("title") or api[str(n["id"])]["_meta"]["title"]
+        (x, y), (w, h) = n["pos"], n["size"]
+        above = TITLE_HEIGHT + (0 if n["type"] in FRONTEND_ONLY else BADGE)
+        boxes[n["id"]] = (title, x, y - above, x + w, y + h)
+    return boxes
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_no_two_nodes_overlap(name):
+    boxes = node_boxes(name)
+    for (ta, *ba), (tb, *bb) in itertools.combinations(boxes.values(), 2):
+        apart = ba[2] <= bb[0] or bb[2] <= ba[0] or ba[3] <= bb[1] or bb[3] <= ba[1]
+        assert apart, f"{name}: {ta!r} {ba} overlaps {tb!r} {bb}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_title_fits_its_node(name):
+    for n in _load(UI[name])["nodes"]:
+        title, x0, _, x1, _ = node_boxes(name)[n["id"]]
+        need = title_width(title) + 2 * TITLE_HEIGHT + TITLE_SLACK
+        assert x1 - x0 >= need, f"{name}: {title!r} needs {need:.0f} px, the node is {x1 - x0:.0f} px wide"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_the_template_opens_with_every_node_in_view(name):
+    """The frontend restores the view stored in ``extra.ds`` (screen = (canvas + offset) x scale)."""
+    ds = _load(UI[name])["extra"]["ds"]
+    s, (ox, oy) = ds["scale"], ds["offset"]
+    assert 0.4 <= s <= 1.2, s  # readable
+    for title, x0, y0, x1, y1 in node_boxes(name).values():
+        sx0, sy0, sx1, sy1 = ((x0 + ox) * s, (y0 + oy) * s, (x1 + ox) * s, (y1 + oy) * s)
+        assert 0 <= sx0 and sx1 <= OPEN_VIEW[0] and 0 <= sy0 and sy1 <= OPEN_VIEW[1], (name, title)
+
+
+def test_title_metrics_are_arials():
+    """The stated widths against two the build measured in Chromium's canvas (tools/build_workflows.py logs them):
+    'Load Paint-by-Example Model' 187.5 px, 'Paint-by-Example Inpaint Conditioning' 238.1 px at 14 px."""
+    assert title_width("Load Paint-by-Example Model") == pytest.approx(187.5, abs=0.1)
+    assert title_width("Paint-by-Example Inpaint Conditioning") == pytest.approx(238.1, abs=0.1)

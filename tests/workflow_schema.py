@@ -222,9 +222,24 @@ def _widget_values(node, schema):
 WORKFLOWS_DIR = REPO / "workflows"
 
 
+def template_titles() -> dict[str, str]:
+    """``{API prompt name: UI file stem}``: a UI workflow is named by its title in the template browser
+    (``tools/workflow_specs.py``), its API prompt by the short name the client takes."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from workflow_specs import WORKFLOWS
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    return {w.name: w.title for w in WORKFLOWS}
+
+
 def ui_workflows() -> dict[str, Path]:
-    """``{stem: path}`` of the UI workflows (the template browser's: the folder's top level)."""
-    return {p.stem: p for p in sorted(WORKFLOWS_DIR.glob("*.json"))}
+    """``{name: path}`` of the UI workflows (the template browser's: the folder's top level), keyed by their API
+    prompt's name; a file that no spec titles keeps its own stem (and so fails the tests that pair the two)."""
+    names = {title: name for name, title in template_titles().items()}
+    return {names.get(p.stem, p.stem): p for p in sorted(WORKFLOWS_DIR.glob("*.json"))}
 
 
 def api_workflows() -> dict[str, Path]:

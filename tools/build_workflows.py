@@ -1,11 +1,13 @@
-"""Build workflows/*.json (UI), workflows/api/*.json (API), their .jpg thumbnails and the README's graph picture.
+"""Build workflows/TITLE.json (UI), workflows/api/NAME.json (API), the .jpg thumbnails and the README's graph picture.
 
     COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy-python tools/build_workflows.py
 
 Starts ComfyUI headless with this pack (``tests/comfy_host.py``) and opens its own frontend in headless Chromium
 (``tools/frontend.py``). The frontend builds each graph of ``tools/workflow_specs.py`` node by node and serialises it,
 so the UI files are in exactly the format the frontend writes; the API prompts are built here from the same spec with
-the live ``/object_info``'s defaults. The pictures are screenshots of the frontend with the workflow loaded.
+the live ``/object_info``'s defaults. The frontend also lays each graph out (``LAYOUT_JS``) once the image previews
+have grown their nodes, and the file gets the model's metadata and the view it opens in. The pictures are screenshots
+of the frontend with the workflow loaded.
 Run it again after changing a spec or a node's inputs; ``tests/test_workflows.py`` checks the result offline.
 """
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from comfy_host import ComfyServer  # noqa: E402
 from frontend import Browser  # noqa: E402
-from workflow_specs import WORKFLOWS, Workflow  # noqa: E402
+from workflow_specs import MODEL, WORKFLOWS, Workflow  # noqa: E402
 
 log = logging.getLogger("build_workflows")
 
@@ -41,13 +43,13 @@ BUILD_JS = r"""
   for (const n of spec.nodes) {
     const node = LiteGraph.createNode(n.type);
     if (!node) throw new Error(`unknown node type ${n.type}`);
-    node.pos = n.pos;
     if (n.title) node.title = n.title;
     for (const [name, value] of Object.entries(n.widgets)) {
       const w = (node.widgets || []).find((w) => w.name === name);
       if (!w) throw new Error(`${n.type} has no widget ${name}`);
       w.value = value;
     }
+    if (n.type === "PBE_LoadModel") node.properties.models = [spec.model];
     app.graph.add(node);
     if (n.size) node.size = n.size;
     nodes[n.key] = node;
@@ -59,7 +61,6 @@ BUILD_JS = r"""
     if (!nodes[a].connect(slot, nodes[b], idx)) throw new Error(`cannot link ${a}:${slot} -> ${b}.${name}`);
   }
   const note = LiteGraph.createNode("Note");
-  note.pos = spec.note_pos;
   note.size = spec.note_size;
   note.title = "About this workflow";
   note.widgets[0].value = spec.note;
@@ -70,23 +71,84 @@ BUILD_JS = r"""
 
 LOAD_JS = "(async (ui) => { await app.loadGraphData(ui, true, false, null); })"
 
-FIT_JS = r"""
-(async () => {
-  const title = LiteGraph.NODE_TITLE_HEIGHT || 30;
-  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-  for (const n of app.graph._nodes) {
-    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - title);
-    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
-  }
-  const el = app.canvas.canvas, W = el.clientWidth, H = el.clientHeight, m = 30;
-  const s = Math.min((W - 2 * m) / (x1 - x0), (H - 2 * m) / (y1 - y0), 1.2);
-  app.canvas.ds.scale = s;
-  app.canvas.ds.offset = [-x0 + (W / s - (x1 - x0)) / 2, -y0 + (H / s - (y1 - y0)) / 2];
-  app.canvas.setDirty(true, true);
+#: true once every Load Image node shows its picture (the preview makes the node taller)
+IMAGES_SHOWN_JS = r"""
+(() => {
   app.canvas.draw(true, true);
-  return [x0, y0, x1, y1, s];
+  return app.graph._nodes.filter((n) => n.type === "LoadImage").map((n) => {
+    const img = n.imgs && n.imgs[0];
+    return img && img.complete && img.naturalWidth > 0 ? [n.size[0], n.size[1]] : null;
+  });
+})()
+"""
+
+#: Lay the loaded graph out in columns from the nodes' real sizes (after the previews grew them): each node's box is
+#: its title bar (and the badges the frontend draws above it) plus its body; a node whose title the frontend would cut
+#: ("Batch Ima...") is widened until it fits. Returns the serialised graph and what was measured.
+LAYOUT_JS = r"""
+(async (layout) => {
+  const T = LiteGraph.NODE_TITLE_HEIGHT, GAP_X = layout.gap_x, GAP_Y = layout.gap_y, M = layout.margin;
+  const ctx = document.createElement("canvas").getContext("2d");
+  const byId = new Map(app.graph._nodes.map((n) => [n.id, n]));
+  const measured = [];
+  const above = (n) => {
+    const badges = (n.badges || []).map((b) => (typeof b === "function" ? b() : b));
+    return T + (badges.length ? 2 + Math.max(...badges.map((b) => b.height)) : 0);
+  };
+  for (const n of app.graph._nodes) {
+    ctx.font = n.titleFontStyle;
+    const title = n.getTitle();
+    const width = ctx.measureText(title).width;
+    // drawTitleText: the title gets the node's width less a title height on each side
+    const need = Math.ceil(width + 2 * T + layout.title_slack);
+    if (n.size[0] < need) n.size = [need, n.size[1]];
+    measured.push({ id: n.id, title, font: n.titleFontStyle, title_width: width, above: above(n) });
+  }
+  let x = M;
+  for (const column of layout.columns) {
+    let y = M, right = x;
+    for (const [id, room] of column) {
+      const n = byId.get(id);
+      y += above(n);
+      n.pos = [x, y];
+      y += n.size[1] + room + GAP_Y;
+      right = Math.max(right, x + n.size[0]);
+    }
+    x = right + GAP_X;
+  }
+  app.canvas.setDirty(true, true);
+  return { ui: app.graph.serialize(), measured };
 })
 """
+
+#: the view that shows the whole graph in a canvas of w x h pixels (fit: applied to the canvas; view: only returned)
+FIT_JS = r"""
+(async (w, h, apply) => {
+  const title = LiteGraph.NODE_TITLE_HEIGHT || 30, badge = 24;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of app.graph._nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - title - badge);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  const el = app.canvas.canvas, W = w || el.clientWidth, H = h || el.clientHeight, m = 30;
+  const s = Math.min((W - 2 * m) / (x1 - x0), (H - 2 * m) / (y1 - y0), 1.2);
+  const offset = [-x0 + (W / s - (x1 - x0)) / 2, -y0 + (H / s - (y1 - y0)) / 2];
+  if (apply) {
+    app.canvas.ds.scale = s;
+    app.canvas.ds.offset = offset;
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+    await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));  // DOM widgets follow
+  }
+  return { scale: s, offset };
+})
+"""
+
+#: the window a template is opened in, for the view saved in the file (the frontend restores it): a 1280 x 800 screen
+#: less the frontend's menus
+OPEN_VIEW = (1280, 720)
+#: layout: canvas margin, gaps between columns and between nodes, and pixels kept beside a title (rounding, fonts)
+LAYOUT = {"margin": 20, "gap_x": 60, "gap_y": 40, "title_slack": 8}
 
 
 #: frontend settings for clean pictures: no first-run template dialog, no minimap, text drawn at any zoom
@@ -168,6 +230,38 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def build(browser: Browser, spec: Workflow) -> tuple[dict, dict]:
+    """The frontend builds the spec's graph, opens it as a user would, waits for the image previews, lays it out
+    (``LAYOUT_JS``) and serialises it; the result gets the model's metadata and the view to open it in."""
+    data = asdict(spec)
+    data["model"] = MODEL
+    built = browser.evaluate(f"{BUILD_JS}({json.dumps(data)})")
+    browser.evaluate(f"{LOAD_JS}({json.dumps(built['ui'])})")
+    _wait_for_previews(browser)
+    columns: dict[int, list] = {}
+    for n in spec.nodes:
+        columns.setdefault(n.col, []).append([built["ids"][n.key], n.room_below])
+    note_id = max(n["id"] for n in built["ui"]["nodes"])  # added last
+    columns.setdefault(spec.note_col, []).append([note_id, 0])
+    laid = browser.evaluate(f"{LAYOUT_JS}({json.dumps({**LAYOUT, 'columns': [columns[c] for c in sorted(columns)]})})")
+    ui = laid["ui"]
+    ui["extra"]["ds"] = browser.evaluate(f"{FIT_JS}({OPEN_VIEW[0]}, {OPEN_VIEW[1]}, false)")
+    ui["models"] = [MODEL]  # the workflow-level list the frontend's missing-model check also reads
+    return ui, {"ids": built["ids"], "measured": laid["measured"]}
+
+
+def _wait_for_previews(browser: Browser, timeout: float = 60) -> None:
+    """Until every Load Image node shows its picture and its size has settled (two equal readings in a row)."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        sizes = browser.evaluate(IMAGES_SHOWN_JS)
+        if all(sizes) and sizes == last:
+            return
+        last = sizes
+        time.sleep(0.25)
+    raise RuntimeError(f"the Load Image previews did not settle within {timeout} s: {last}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI folder (or COMFYUI_PATH)")
@@ -190,6 +284,8 @@ def main(argv=None) -> int:
             _post_setting(server, key, value)
         object_info = server.object_info()
         (args.out / "api").mkdir(parents=True, exist_ok=True)
+        for old in [*args.out.glob("*.json"), *args.out.glob("*.jpg")]:  # templates are named by their titles
+            old.unlink()
         with Browser(tw, th) as browser:
             browser.open(server.base, "!!(window.app && app.graph && window.LiteGraph && app.canvas)")
             time.sleep(2)
@@ -197,20 +293,18 @@ def main(argv=None) -> int:
                 f"document.head.insertAdjacentHTML('beforeend', '<style>{CANVAS_ONLY_CSS}</style>')"
             )
             for spec in WORKFLOWS:
-                built = browser.evaluate(f"{BUILD_JS}({json.dumps(asdict(spec))})")
-                ui, ids = built["ui"], built["ids"]
-                write_json(args.out / f"{spec.name}.json", ui)
-                write_json(args.out / "api" / f"{spec.name}.json", api_prompt(spec, ids, object_info))
-                browser.evaluate(f"{LOAD_JS}({json.dumps(ui)})")
-                time.sleep(1.5)  # image previews load (and grow their nodes)
-                browser.evaluate(f"{FIT_JS}()")
-                time.sleep(0.5)
-                browser.screenshot(args.out / f"{spec.name}.jpg", selector="#graph-canvas")
-                log.info("%s: %d nodes, %d links", spec.name, len(ui["nodes"]), len(ui["links"]))
+                ui, layout = build(browser, spec)
+                write_json(args.out / f"{spec.title}.json", ui)
+                write_json(args.out / "api" / f"{spec.name}.json", api_prompt(spec, layout["ids"], object_info))
+                browser.evaluate(f"{FIT_JS}(0, 0, true)")
+                browser.screenshot(args.out / f"{spec.title}.jpg", selector="#graph-canvas")
+                log.info("%s: %d nodes, %d links", spec.title, len(ui["nodes"]), len(ui["links"]))
+                for m in layout["measured"]:
+                    log.info("  %-36s title %5.1f px (%s), %d px above the body", m["title"], m["title_width"],
+                             m["font"], m["above"])
                 if spec.name == "pbe_one_node_edit" and args.readme_image:
                     browser.resize(1400 + CHROME, 800 + CHROME)
-                    browser.evaluate(f"{FIT_JS}()")
-                    time.sleep(0.5)
+                    browser.evaluate(f"{FIT_JS}(0, 0, true)")
                     args.readme_image.parent.mkdir(parents=True, exist_ok=True)
                     browser.screenshot(args.readme_image, selector="#graph-canvas")
                     browser.resize(tw, th)

@@ -1,8 +1,8 @@
 """The four shared workflows as data: nodes, widget values, links, layout and the note each one carries.
 
-``tools/build_workflows.py`` turns every spec into both files: the UI workflow (``workflows/NAME.json``, built and
-serialised by the real ComfyUI frontend) and the API prompt (``workflows/api/NAME.json``, built here from the spec and
-the live ``/object_info``'s defaults). The offline test converts each UI file back to API form and compares, so the
+``tools/build_workflows.py`` turns every spec into both files: the UI workflow (``workflows/TITLE.json``, built, laid
+out in the spec's columns and serialised by the real ComfyUI frontend) and the API prompt (``workflows/api/NAME.json``,
+built here from the spec and the live ``/object_info``'s defaults). The offline test converts each UI file back to API form and compares, so the
 two cannot drift apart.
 
 Node titles are the contract with the headless client (``pbe_core.client``): it puts the uploaded files into the
@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 
 #: the official checkpoint's file name (Fantasy-Studio/Paint-by-Example on Hugging Face)
 MODEL_FILE = "model.ckpt"
+#: what the frontend reads to name a missing model, its folder and where to get it: the loader node's
+#: ``properties.models`` (entries name/url/directory, matched to the widget's value) and the workflow's ``models``
+MODEL = {
+    "name": MODEL_FILE,
+    "url": "https://huggingface.co/Fantasy-Studio/Paint-by-Example/resolve/main/model.ckpt",
+    "directory": "paint_by_example",  # nodes/host/models_folder.py: FOLDER
+}
 #: ships with every ComfyUI (input/example.png), so a template opens without a missing-file error
 PLACEHOLDER_IMAGE = "example.png"
 
@@ -34,34 +41,41 @@ MASK_NOTE = (
 class Node:
     key: str
     type: str
-    pos: tuple[int, int]
+    #: the layout column (0 = left); within a column nodes are stacked in the order of the spec
+    col: int
     widgets: dict = field(default_factory=dict)
     title: str | None = None
     size: tuple[int, int] | None = None
+    #: free canvas kept below the node (where a Save Image node shows its results after a run)
+    room_below: int = 0
 
 
 @dataclass
 class Workflow:
+    #: the API prompt's file name (workflows/api/NAME.json), the name the client and the tests use
     name: str
+    #: the template browser's title: the UI workflow's file name (workflows/TITLE.json); the browser shows it as the
+    #: title and, with '-' and '_' as spaces, as the description, and newer hosts list the files sorted by name
+    title: str
     summary: str
     nodes: list[Node]
     #: (from node key, output slot, to node key, input name)
     links: list[tuple[str, int, str, str]]
     note: str
-    note_pos: tuple[int, int]
+    note_col: int
     note_size: tuple[int, int] = (420, 330)
 
 
-def _loader(pos):
-    return Node("load", "PBE_LoadModel", pos, {"model_name": MODEL_FILE})
+def _loader(col=0):
+    return Node("load", "PBE_LoadModel", col, {"model_name": MODEL_FILE})
 
 
-def _image(key, title, pos):
-    return Node(key, "LoadImage", pos, {"image": PLACEHOLDER_IMAGE}, title=title)
+def _image(key, title, col=0):
+    return Node(key, "LoadImage", col, {"image": PLACEHOLDER_IMAGE}, title=title)
 
 
-def _save(pos, prefix):
-    return Node("save", "SaveImage", pos, {"filename_prefix": prefix}, title="Save")
+def _save(col, prefix):
+    return Node("save", "SaveImage", col, {"filename_prefix": prefix}, title="Save", room_below=320)
 
 
 def _sampler_links(exemplar=("ex", 0)):
@@ -78,13 +92,14 @@ def _sampler_links(exemplar=("ex", 0)):
 
 ONE_NODE = Workflow(
     name="pbe_one_node_edit",
+    title="Paint by Example 1, one-node edit",
     summary="The whole edit in one node",
     nodes=[
-        _loader((20, 20)),
-        _image("src", "Source", (20, 200)),
-        _image("ex", "Exemplar", (20, 560)),
-        Node("pbe", "PBE_Sampler", (380, 20), {"seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "reference"}),
-        _save((720, 20), "paint_by_example/edit"),
+        _loader(),
+        _image("src", "Source"),
+        _image("ex", "Exemplar"),
+        Node("pbe", "PBE_Sampler", 1, {"seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "reference"}),
+        _save(2, "paint_by_example/edit"),
     ],
     links=_sampler_links(),
     note=(
@@ -95,27 +110,28 @@ ONE_NODE = Workflow(
         f"{MASK_NOTE}\n\n{MODEL_NOTE}\n\n"
         "working_size 512: the model edits a window around the mask at 512 px, so a photo of any size works."
     ),
-    note_pos=(720, 330),
+    note_col=2,
 )
 
 MODULAR = Workflow(
     name="pbe_modular_graph",
+    title="Paint by Example 2, modular graph",
     summary="The modular graph with KSampler, masked in the mask editor",
     nodes=[
-        _loader((20, 20)),
-        _image("src", "Source", (20, 200)),
-        _image("ex", "Exemplar", (20, 560)),
-        Node("enc", "PBE_ExemplarEncode", (380, 20), {"preprocess": "squash"}),
-        Node("cond", "PBE_InpaintConditioning", (380, 200)),
+        _loader(),
+        _image("src", "Source"),
+        _image("ex", "Exemplar"),
+        Node("enc", "PBE_ExemplarEncode", 1, {"preprocess": "squash"}),
+        Node("cond", "PBE_InpaintConditioning", 1),
         Node(
             "sample",
             "KSampler",
-            (720, 20),
+            2,
             {"seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "ddim", "scheduler": "ddim_uniform", "denoise": 1.0},
         ),
-        Node("decode", "VAEDecode", (1060, 20)),
-        Node("paste", "ImageCompositeMasked", (1060, 140), {"x": 0, "y": 0, "resize_source": False}, title="Paste back"),
-        _save((1400, 20), "paint_by_example/modular"),
+        Node("decode", "VAEDecode", 3),
+        Node("paste", "ImageCompositeMasked", 3, {"x": 0, "y": 0, "resize_source": False}, title="Paste back"),
+        _save(4, "paint_by_example/modular"),
     ],
     links=[
         ("load", 1, "enc", "encoder"),
@@ -146,27 +162,28 @@ MODULAR = Workflow(
         f"{MASK_NOTE}\n\n{MODEL_NOTE}\n\n"
         "The source is edited at its own size: keep it near 512 px (or use the one-node graph's working_size)."
     ),
-    note_pos=(720, 360),
-    note_size=(620, 300),
+    note_col=4,
+    note_size=(420, 420),
 )
 
 HIGH_RES = Workflow(
     name="pbe_high_resolution",
+    title="Paint by Example 3, large photo",
     summary="A high-resolution photo, edited through crop-and-stitch",
     nodes=[
-        _loader((20, 20)),
-        _image("src", "Source", (20, 200)),
-        _image("ex", "Exemplar", (20, 560)),
+        _loader(),
+        _image("src", "Source"),
+        _image("ex", "Exemplar"),
         Node(
             "pbe",
             "PBE_Sampler",
-            (380, 20),
+            1,
             {
                 "seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "reference", "mask_grow": 8, "mask_feather": 16,
                 "working_size": 512, "context_margin": 0.5, "window_shape": "square",
             },
         ),
-        _save((720, 20), "paint_by_example/high_res"),
+        _save(2, "paint_by_example/high_res"),
     ],
     links=_sampler_links(),
     note=(
@@ -177,47 +194,41 @@ HIGH_RES = Workflow(
         "A 6000 x 4000 photo keeps its size, and every pixel away from the mask stays untouched.\n\n"
         f"{MASK_NOTE}\n\n{MODEL_NOTE}"
     ),
-    note_pos=(720, 330),
+    note_col=2,
 )
 
 SEVERAL_EXEMPLARS = Workflow(
     name="pbe_several_exemplars",
+    title="Paint by Example 4, several exemplars",
     summary="Several exemplars into one scene, one result each (batch)",
     nodes=[
-        _loader((20, 20)),
-        _image("src", "Source", (20, 200)),
-        _image("ex", "Exemplar", (380, 20)),
-        _image("ex2", "Exemplar 2", (380, 400)),
-        _image("ex3", "Exemplar 3", (380, 780)),
-        Node("scale1", "ImageScale", (720, 20), {"upscale_method": "bicubic", "width": 224, "height": 224, "crop": "disabled"}),
-        Node("scale2", "ImageScale", (720, 400), {"upscale_method": "bicubic", "width": 224, "height": 224, "crop": "disabled"}),
-        Node("scale3", "ImageScale", (720, 780), {"upscale_method": "bicubic", "width": 224, "height": 224, "crop": "disabled"}),
-        Node("batch12", "ImageBatch", (1060, 640)),
-        Node("batch123", "ImageBatch", (1060, 780)),
-        Node("pbe", "PBE_Sampler", (1060, 20), {"seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "reference"}),
-        _save((1400, 20), "paint_by_example/exemplars"),
+        _loader(),
+        _image("src", "Source"),
+        _image("ex", "Exemplar", 1),
+        _image("ex2", "Exemplar 2", 1),
+        _image("ex3", "Exemplar 3", 1),
+        Node("batch", "PBE_ExemplarBatch", 2, {"preprocess": "squash"}),
+        Node("pbe", "PBE_Sampler", 3, {"seed": 0, "steps": 50, "cfg": 5.0, "sampler_name": "reference"}),
+        _save(4, "paint_by_example/exemplars"),
     ],
     links=[
-        ("ex", 0, "scale1", "image"),
-        ("ex2", 0, "scale2", "image"),
-        ("ex3", 0, "scale3", "image"),
-        ("scale1", 0, "batch12", "image1"),
-        ("scale2", 0, "batch12", "image2"),
-        ("batch12", 0, "batch123", "image1"),
-        ("scale3", 0, "batch123", "image2"),
-        *_sampler_links(exemplar=("batch123", 0)),
+        ("ex", 0, "batch", "exemplar"),
+        ("ex2", 0, "batch", "exemplar_2"),
+        ("ex3", 0, "batch", "exemplar_3"),
+        *_sampler_links(exemplar=("batch", 0)),
     ],
     note=(
         "Paint by Example: several exemplars into one scene.\n\n"
         "Three exemplars are tried in the same masked region of one photo, in one run: the node takes a batch of "
-        "exemplars and gives one result per exemplar (3 images), all with the same seed, so they differ only by "
-        "the object.\n\n"
-        "Each exemplar is first squashed to 224 x 224, the size the model sees anyway, because Batch Images would "
-        "otherwise crop the 2nd and 3rd to the first one's shape. For more exemplars, chain more Batch Images.\n\n"
+        "exemplars and gives one result per exemplar (3 images), from one seed (each result gets its own noise "
+        "from it, as in a KSampler batch; the first is the edit the first exemplar gives alone).\n\n"
+        "Exemplar Batch brings each exemplar to the 224 x 224 pixels the model sees (squash, as the encoder does), "
+        "so photos of different sizes can share a batch, each encoded exactly as it would be alone. It "
+        "takes up to four; for more, feed one Exemplar Batch into another.\n\n"
         f"{MASK_NOTE}\n\n{MODEL_NOTE}"
     ),
-    note_pos=(1400, 200),
-    note_size=(440, 560),
+    note_col=4,
+    note_size=(420, 420),
 )
 
 WORKFLOWS = [ONE_NODE, MODULAR, HIGH_RES, SEVERAL_EXEMPLARS]

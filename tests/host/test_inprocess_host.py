@@ -215,6 +215,23 @@ def test_load_model_applies_the_fast_path_by_default_with_an_off_switch(host, fi
     assert not host.sta.has_single_token_attention(off)
 
 
+def test_former_cpu_channels_last_vae_switch_is_accepted_and_ignored(host, fixture_paths, monkeypatch, caplog):
+    """The loader's schema no longer has the expert switch; execute still takes it (saved prompts, direct callers),
+    says at debug level that it is ignored, and builds the fp32 VAE with the file's NCHW kernels either way."""
+    import logging
+
+    import folder_paths
+
+    assert [i.id for i in host.loader.LoadModel.define_schema().inputs] == [
+        "model_name", "weight_dtype", "single_token_attention"]
+    folder = str(next(iter(fixture_paths.values())).parent)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "paint_by_example", ([folder], {".safetensors"}))
+    with caplog.at_level(logging.DEBUG, logger=host.loader.log.name), torch.inference_mode():
+        vae = host.loader.LoadModel.execute("original-fp32.safetensors", cpu_channels_last_vae=True).args[2]
+    assert "cpu_channels_last_vae=True is ignored" in caplog.text
+    assert all(p.is_contiguous() for p in _kernels(vae.first_stage_model).values())
+
+
 # --- attention on the CPU ---------------------------------------------------------------------------------------------
 @cpu_only
 def test_cpu_attention_is_sdpa_and_exact(host, tiny, fixture_paths, monkeypatch):
@@ -534,7 +551,7 @@ def test_default_optimisations_stay_within_the_thread_count_noise_floor(host, fi
         moved = [float((a - b).abs().max()) for a, b in zip(_edit_at(host, model, encoder, vae, 2), base, strict=True)]
         print(f"{name}: image {moved[0]:.2e}, latent {moved[1]:.2e}")  # noqa: T201
         assert moved[0] <= 1.5 * floor[0] and moved[1] <= 1.5 * floor[1], (name, moved, floor)
-    # the channels-last VAE moves the masked-image latent further: opt-in (PBE_LoadModel's cpu_channels_last_vae)
+    # the channels-last VAE moves the masked-image latent further: opt-in (build_all's channels_last_vae)
     with torch.inference_mode():
         _, _, cl_vae = host.model_type.build_all(host.checkpoint.load_checkpoint(
             fixture_paths["original-fp32.safetensors"]), channels_last_vae=True)

@@ -78,3 +78,33 @@ def test_mask_tools_and_color_match_run(comfy_server, images):
     p["pbe"]["inputs"]["mask"] = ["tools", 0]
     out = fetch_tensor(comfy_server, run_ok(comfy_server, p), "save")[0]
     assert out.shape == (SIZE, SIZE, 3) and torch.isfinite(out).all()
+
+
+def test_exemplar_batch_gives_each_exemplar_its_own_edit(comfy_server, images):
+    """Exemplars of different sizes through Exemplar Batch into one run: one result each, and an exemplar's edit is
+    the one it gives alone (the sampler squashing it itself) with the same noise: the first result of a batch, and a
+    batch of one. (The k-th result of a batch gets the k-th noise of the seed, as in a KSampler batch.)"""
+    from host_util import make_photo, png_bytes
+
+    comfy_server.upload("exemplar_wide.png", png_bytes(make_photo(180, 300, 7)))
+
+    def run(exemplar_link, *batched):
+        p = one_node_prompt("original.ckpt", steps=3, exemplar_link=exemplar_link)
+        p["ex_wide"] = {"class_type": "LoadImage", "inputs": {"image": "exemplar_wide.png"}}
+        if batched:
+            extra = {f"exemplar_{k}": [key, 0] for k, key in enumerate(batched[1:], start=2)}
+            p["batch"] = {"class_type": "PBE_ExemplarBatch",
+                          "inputs": {"exemplar": [batched[0], 0], "preprocess": "squash", **extra}}
+        return fetch_tensor(comfy_server, run_ok(comfy_server, p), "save")
+
+    together = run(("batch", 0), "ex", "ex_wide")
+    assert together.shape[0] == 2
+    ex_alone, wide_alone = run(("ex", 0))[0], run(("ex_wide", 0))[0]
+    wide_batched = run(("batch", 0), "ex_wide")
+    assert wide_batched.shape[0] == 1
+    print("exemplar batch: first result vs alone", float((together[0] - ex_alone).abs().max()),  # noqa: T201
+          "wide exemplar batched vs alone", float((wide_batched[0] - wide_alone).abs().max()),
+          "the two exemplars alone", float((ex_alone - wide_alone).abs().max()))
+    assert (together[0] - ex_alone).abs().max() <= 1e-4  # a batch of two rounds differently (measured 7e-6)
+    assert torch.equal(wide_batched[0], wide_alone)
+    assert (ex_alone - wide_alone).abs().max() > 0.01  # the comparison can fail: the exemplar changes the edit

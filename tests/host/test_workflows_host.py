@@ -4,6 +4,7 @@ API workflow runs on the tiny fixture weights; and the offline test's snapshot o
 import io
 import json
 import os
+import urllib.parse
 import uuid
 
 import numpy as np
@@ -75,14 +76,30 @@ def test_ui_workflow_matches_live_object_info(comfy_server, name):
 
 def test_templates_are_listed_and_served(comfy_server):
     """The template browser's routes (app/custom_node_manager.py): /workflow_templates lists the top-level JSON files
-    of the pack's workflows/ folder (not api/), /api/workflow_templates/<pack>/<file> serves them and thumbnails."""
+    of the pack's workflows/ folder (not api/) by their names, the templates' titles; /api/workflow_templates/<pack>/
+    <file> serves them, as the frontend asks for them (it does not escape the name; the browser encodes the spaces),
+    and the thumbnails (newer hosts serve only the .json: the templates do not need them)."""
     listed = comfy_server.get_json("/workflow_templates")
-    assert sorted(listed[PACK_NAME]) == NAMES
-    for name in NAMES:
-        served = json.loads(comfy_server._request(f"/api/workflow_templates/{PACK_NAME}/{name}.json"))
-        assert served == json.loads(ws.ui_workflows()[name].read_text())
-        thumb = comfy_server._request(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
-        assert thumb == (ws.WORKFLOWS_DIR / f"{name}.jpg").read_bytes()
+    assert sorted(listed[PACK_NAME]) == sorted(p.stem for p in ws.ui_workflows().values())
+    for path in ws.ui_workflows().values():
+        url = f"/api/workflow_templates/{PACK_NAME}/{urllib.parse.quote(path.stem)}"
+        assert json.loads(comfy_server._request(url + ".json")) == json.loads(path.read_text())
+        assert comfy_server._request(url + ".jpg") == path.with_suffix(".jpg").read_bytes()
+
+
+def test_a_prompt_saved_with_the_former_loader_switch_still_runs(comfy_server):
+    """cpu_channels_last_vae was a widget of the loader: prompts saved with it (pbe_core/eval/official_workflow.json
+    has it) pass validation and load; the host drops an input the node no longer declares."""
+    prompt = json.loads(ws.api_workflows()["pbe_modular_graph"].read_text())
+    loader = next(n for n in prompt.values() if n["class_type"] == "PBE_LoadModel")
+    loader["inputs"].update(model_name="original.ckpt", cpu_channels_last_vae=True)
+    loader_id = next(i for i, n in prompt.items() if n is loader)
+    # only the loader, through a node that needs its outputs: VAE Decode of an empty latent
+    latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    decode = {"class_type": "VAEDecode", "inputs": {"samples": ["900", 0], "vae": [loader_id, 2]}}
+    save = {"class_type": "SaveImage", "inputs": {"images": ["901", 0], "filename_prefix": "wf_former_switch"}}
+    entry = comfy_server.run({loader_id: loader, "900": latent, "901": decode, "902": save})
+    assert execution_error(entry) is None, execution_error(entry)
 
 
 # --- every API workflow runs ------------------------------------------------------------------------------------------
