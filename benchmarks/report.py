@@ -285,9 +285,8 @@ def _layout(s: dict) -> list[str]:
         "",
         f"At {lay['size']}², the same weights with their convolution kernels in each memory order (one copy of the "
         f"modules per order, so no conversion is timed), interleaved, median of {lay['reps']} each. On the CPU "
-        "`PBE_LoadModel`'s `cpu_channels_last_vae` (off by default in fp32: the other summation order moved "
-        "the masked-image latent by 8.7e-4 on torch 2.13, where a thread-count change moves it by 3.4e-5; on "
-        "in bf16) loads the VAE's kernels channels-last, re-ordered in place so the weights stay one copy "
+        "the loader lays the VAE's kernels out channels-last for a bf16 VAE only (in fp32 the other summation "
+        "order moves the result beyond the thread-count noise floor), re-ordered in place so the weights stay one copy "
         "(`pbe_core/memory_format.py`; the same values: tests/test_memory_format.py). The UNet's stay as the "
         "file has them in fp32: the gain is small here and turned into a loss at 256² in a separate probe "
         "(1.04×), while re-ordering its 2 GB of kernels adds seconds to every load (3.4 s alone in a probe):",
@@ -412,9 +411,8 @@ def analysis(report: dict, s: dict) -> list[str]:
         "oneDNN run its convolutions on NHWC activations"
         + (f" (measured alone, channels-last / NCHW: VAE encode {s['layout']['vae_encode_s']['ratio']:.2f}×, VAE "
            f"decode {s['layout']['vae_decode_s']['ratio']:.2f}×)" if "layout" in s else "")
-        + ", but that summation order moves the result beyond the thread-count noise floor, so it is opt-in "
-        "(`cpu_channels_last_vae`; diffusers would need `.to(memory_format=torch.channels_last)`, a copy of its "
-        "VAE). Going further exactly would need "
+        + ", but that summation order moves the result beyond the thread-count noise floor, so fp32 keeps NCHW "
+        "(the channels-last layout is the bf16 VAE's). Going further exactly would need "
         "faster kernels; inexact routes (fewer steps, half precision, decoding only the window around the mask) are "
         "outside these rules.",
         "- Memory: the pack holds one copy of the weights (the checkpoint's tensors are the model's). With SDPA its "
