@@ -270,6 +270,7 @@ def test_the_check_reads_the_trained_schedule_independently_of_the_host(host, mo
 COMPILE_REL = 1e-4
 
 
+@pytest.mark.slow
 def test_torch_compile_model_compiles_the_fast_paths_into_one_graph(host, models):
     """The host's TorchCompileModel (inductor; on the CPU it needs a C++ compiler) on the loader's MODEL: the whole UNet
     with the single-token cross-attention becomes one graph without a break (the shared CFG prefix steps aside while
