@@ -276,8 +276,6 @@ def test_torch_compile_model_compiles_the_fast_paths_into_one_graph(host, models
     with the single-token cross-attention becomes one graph without a break (the shared CFG prefix steps aside while
     it is traced, nodes/host/shared_cfg_prefix.py), and both paths give the bare model's eager result to the
     compiler's rounding. Slow: compiling even the tiny UNet takes minutes on two busy cores."""
-    import time
-
     import torch._dynamo
     from comfy_extras import nodes_torch_compile
     from torch._dynamo.utils import counters
@@ -285,6 +283,15 @@ def test_torch_compile_model_compiles_the_fast_paths_into_one_graph(host, models
     fast, plain, encoder, vae = models
     torch._dynamo.reset()
     counters.clear()
+    try:
+        _compile_and_compare(host, fast, plain, encoder, vae, nodes_torch_compile, counters)
+    finally:
+        torch._dynamo.reset()  # the compiled graphs and their guards go; nothing else in the session compiles
+
+
+def _compile_and_compare(host, fast, plain, encoder, vae, nodes_torch_compile, counters):
+    import time
+
     compiled = nodes_torch_compile.TorchCompileModel.execute(fast, "inductor").args[0]
     assert host.sta.has_single_token_attention(compiled) and host.shared.has_shared_cfg_prefix(compiled)
     timings, results = {}, {}
