@@ -194,6 +194,31 @@ def test_node_on_the_fast_paths_matches_the_bare_model_and_changes_the_edit(host
         assert set(shared) == {(2, 1)}, shared
 
 
+
+def test_guidance_with_two_exemplars_shares_only_equal_halves(host, models):
+    """Two exemplars, one photo: every CFG batch is [uncond x2, cond x2] over the same two latents (shared), while
+    PAG's and SAG's extra calls hold two different latents (noise differs per item): an even batch whose halves
+    differ, which the shared prefix must compute whole. Same result as the bare model."""
+    fast, plain, encoder, vae = models
+    image, mask, exemplar = _inputs()
+    exemplars = torch.cat([exemplar, exemplar.flip(2)])
+
+    def both(m):
+        return NODES["SelfAttentionGuidance"](host, NODES["PerturbedAttentionGuidance"](host, m))
+
+    outs = []
+    on_fast = both(fast)
+    single, shared = record_fast_paths(host, on_fast)
+    for m in (on_fast, both(plain)):
+        with torch.inference_mode():
+            outs.append(host.sampler.Sampler.execute(
+                m, encoder, vae, image, mask, exemplars, 7, STEPS, 5.0, "reference", "normal", 1.0, 0, 4,
+                working_size=0,
+            ).args[1]["samples"])
+    assert outs[0].shape[0] == 2 and rel_diff(outs[0], outs[1]) <= REL, rel_diff(outs[0], outs[1])
+    assert not single
+    assert set(shared) == {(4, 2), (2, 0)} and shared.count((2, 0)) == 2 * shared.count((4, 2)), shared
+
 # --- ModelSamplingDiscrete: what the model is, bit for bit; anything else refused ----------------------------------
 def _model_sampling(host, model, sampling, zsnr=False):
     return host.model_advanced.ModelSamplingDiscrete().patch(model, sampling, zsnr)[0]
