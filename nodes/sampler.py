@@ -15,6 +15,7 @@ from ..pbe_core import exemplar_mixing, inputs
 from ..pbe_core.edit import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
 from ..pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES
 from .host.encoder import EncoderType, encode_exemplars
+from .host.model_sampling_check import check_model_sampling
 from .host.model_type import check_same_checkpoint
 from .host.sampling import REFERENCE, check_memory, host_sampler, reference_sigmas, sample_window, sampler_names
 from .host.tooltips import (
@@ -145,6 +146,7 @@ class Sampler(io.ComfyNode):
         inputs.check_choice("sampler_name", sampler_name, sampler_names())
         inputs.check_choice("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)
         check_same_checkpoint(model, encoder, vae)
+        check_model_sampling(model.get_model_object("model_sampling"))
         # 1. Encode the exemplars (the encoder remembers recent ones) and mix them as asked
         cond, uncond = encode_exemplars(encoder, exemplar, exemplar_mask, exemplar_preprocess,
                                         mask_marks=exemplar_mask_marks)
@@ -224,4 +226,5 @@ class ReferenceScheduler(io.ComfyNode):
     @classmethod
     def execute(cls, model, steps, denoise) -> io.NodeOutput:
         inputs.check_finite(denoise=denoise)
+        check_model_sampling(model.get_model_object("model_sampling"))  # the sigma table it reads
         return io.NodeOutput(reference_sigmas(model, steps, float(denoise)))

@@ -9,6 +9,8 @@
 * ``sampling``: the reference sampler and the host's samplers starting from noise, one window sampled and decoded;
 * ``single_token_attention``, ``shared_cfg_prefix``, ``attention_choice``, ``forward_patches``: patches of the UNet
   on a clone of the MODEL, the host's way;
+* ``model_sampling_check``: the noise schedule and prediction type the model can be sampled with (what a host
+  ModelSampling node may set);
 * ``tooltips``: texts several nodes show.
 
 Everything PbE-specific that does not need the host lives in ``pbe_core``.

@@ -33,6 +33,7 @@ from ...pbe_core.checkpoint import CheckpointError, PbECheckpoint, check_fits
 from ...pbe_core.cpu_precision import cpu_computes_natively
 from ...pbe_core.memory_format import conv_weights_to_channels_last_, is_conv_kernel
 from .encoder import PbEEncoder, encoder_dtype
+from .model_sampling_check import check_model_sampling
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class PaintByExampleModel(comfy.model_base.BaseModel):
     pbe_context_dim: int | None = None
 
     def extra_conds(self, **kwargs):
+        check_model_sampling(self.model_sampling)  # a ModelSampling node's object while the host samples
         context = kwargs.get("cross_attn")
         if context is not None and self.pbe_context_dim is not None and context.shape[-1] != self.pbe_context_dim:
             raise ValueError(

@@ -15,6 +15,12 @@ checks that the two halves of every tensor argument are equal (``torch.equal``; 
 layer on one half and repeats the result; anything else (an odd batch, halves that differ, e.g. two different
 latents, or a batch of one when cfg is 1) goes to the forward it replaced, unchanged. The result is exact up to fp32
 rounding (the kernels may sum in another order for a batch of one than of two).
+
+Under ``torch.compile`` (the host's ``TorchCompileModel`` node) the patch steps aside while the graph is traced: the
+check reads the tensors' values (``torch.equal``), which the compiler cannot put in a graph (a graph break that cut
+the UNet into dozens of separately compiled pieces and tripped the compiler's recompile limit). The compiled graph
+then computes both halves, exactly the normal path; the single-token cross-attention, which only looks at shapes,
+is compiled into the graph (tests/host/test_host_model_nodes_host.py).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ import torch
 from .forward_patches import clone_with_forward_patches
 
 log = logging.getLogger(__name__)
+
+#: True while torch.compile (dynamo) traces the code (torch >= 2.3; never on older torch, which has no such check)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 class SharedHalves:
@@ -54,6 +63,8 @@ class SharedHalves:
         return h if all(torch.equal(t[:h], t[h:]) for t in tensors) else 0
 
     def __call__(self, *args, **kwargs):
+        if _is_compiling():  # see the module doc: torch.compile traces the normal path
+            return self.fallback(*args, **kwargs)
         h = self._halves_equal([*args, *kwargs.values()])
         if not h:
             return self.fallback(*args, **kwargs)
