@@ -63,8 +63,10 @@ class ComfyServer(PrivateComfyUI):
 
     def __init__(self, comfy_path: str | os.PathLike, workdir: Path, models: dict[str, Path] | None = None,
                  extra_packs: dict[str, Path] | None = None, python: str | None = None, extra_args=(),
-                 env: dict[str, str] | None = None, popen_kwargs: dict | None = None):
+                 env: dict[str, str] | None = None, popen_kwargs: dict | None = None, newer_host: bool | None = None):
         python = python or sys.executable
+        #: start through the newer-host launcher (None: as PBE_NEWER_HOST says)
+        self.newer_host = newer_host_emulation.enabled() if newer_host is None else newer_host
         super().__init__(
             comfy_path, python=python, models=models, extra_packs=extra_packs,
             extra_args=[*host_device_args(python), "--preview-method", "latent2rgb", *extra_args], workdir=workdir,
@@ -75,7 +77,7 @@ class ComfyServer(PrivateComfyUI):
 
     def command(self) -> list[str]:
         cmd = super().command()
-        if newer_host_emulation.enabled():  # the launcher runs main.py itself, after installing the patches
+        if self.newer_host:  # the launcher runs main.py itself, after installing the patches
             i = cmd.index("main.py")
             cmd[i:i + 1] = [newer_host_emulation.__file__, "main.py"]
         return cmd
