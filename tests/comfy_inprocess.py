@@ -33,6 +33,14 @@ def host_device() -> str:
     return choose_device(os.environ.get("PBE_HOST_DEVICE"), torch.cuda.is_available())
 
 
+def host_version() -> str:
+    """``ComfyUI <version> at <path>`` for the ComfyUI of ``COMFYUI_PATH`` (its ``comfyui_version.py``)."""
+    path = os.path.join(os.environ["COMFYUI_PATH"], "comfyui_version.py")
+    text = Path(path).read_text(encoding="utf-8") if os.path.isfile(path) else ""
+    found = [ln.split("=", 1)[1].strip().strip("\"'") for ln in text.splitlines() if ln.startswith("__version__")]
+    return f"ComfyUI {found[0] if found else '(version unknown)'} at {os.environ['COMFYUI_PATH']}"
+
+
 def choose_device(requested: str | None, cuda_available: bool) -> str:
     """The device the host tests run ComfyUI on: ``requested`` (``PBE_HOST_DEVICE``: ``cpu``, ``cuda``, or empty /
     ``auto`` for the machine's choice) and whether the host's torch finds a CUDA GPU. A GPU asked for where there is

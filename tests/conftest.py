@@ -53,6 +53,12 @@ def pytest_report_header(config):
             "torch is not installed: only the standard-library tests (pytest.mark.stdlib) run. For the whole suite "
             "run `bash tests/run.sh` (README, 'Tests'), which builds the test environment."
         )
+    if host_present():
+        from comfy_inprocess import host_device, host_version
+        from newer_host_emulation import enabled
+
+        mode = ", newer-host mode (tests/newer_host_emulation.py)" if enabled() else ""
+        return f"host: {host_version()}; device: {host_device()}{mode}"
     return None
 
 
