@@ -49,7 +49,8 @@ MODULES = {
     "node_helpers": ["conditioning_set_values"],
 }  # fmt: skip
 
-#: callable -> (number of positional arguments the pack passes, keyword names it passes); where it is called
+#: callable -> (number of positional arguments the pack passes, keyword names it passes); where it is called. A
+#: class: the arguments of its constructor (without self); a method read from its class: self counts
 CALLS = {
     "comfy.model_detection.detect_unet_config": (2, []),  # nodes/host/model_type.py build_model_patcher
     "comfy.model_management.unet_dtype": (0, ["model_params", "supported_dtypes", "weight_dtype"]),
@@ -67,13 +68,13 @@ CALLS = {
     "comfy.supported_models.SD15.set_inference_dtype": (3, []),  # self, dtype, manual_cast_dtype (+device: newer)
     "comfy.supported_models.SD15.process_unet_state_dict": (2, []),
     "comfy.supported_models.SD15.get_model": (3, []),
-    "comfy.model_base.BaseModel": (2, ["model_type", "device"]),  # via PaintByExampleConfig.get_model
+    "comfy.model_base.BaseModel": (1, ["model_type", "device"]),  # via PaintByExampleConfig.get_model
     "comfy.model_base.BaseModel.extra_conds": (1, []),
     "comfy.model_base.BaseModel.concat_cond": (1, []),
     "comfy.model_base.BaseModel.process_latent_in": (2, []),
     "comfy.model_patcher.ModelPatcher.clone": (1, []),
     "comfy.model_patcher.ModelPatcher.add_object_patch": (3, []),
-    "comfy.samplers.KSampler": (8, []),  # self + model, steps, device, sampler, scheduler, denoise, model_options
+    "comfy.samplers.KSampler": (7, []),  # model, steps, device, sampler, scheduler, denoise, model_options
     "comfy.samplers.sampler_object": (1, []),
     "comfy.sample.prepare_noise": (2, []),
     "comfy.sample.sample_custom": (8, ["callback", "disable_pbar", "seed"]),
@@ -250,9 +251,10 @@ def test_core_nodes_and_inputs_of_the_workflows(comfy_server):
             moved += [f"{name}: {kind} has no input {k!r}" for k in node["inputs"] if k not in known]
             if live[kind].get("deprecated"):
                 moved.append(f"{name}: core node {kind} is marked deprecated")
+    frontend_only = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # the web UI's own nodes, not the server's
     for name, path in sorted(ws.ui_workflows().items()):
         for node in json.loads(path.read_text()).get("nodes", []):
-            if not node["type"].startswith("PBE_") and node["type"] not in live:
+            if not node["type"].startswith("PBE_") and node["type"] not in {*live, *frontend_only}:
                 moved.append(f"{name} (UI): core node {node['type']} is gone")
     _report(moved, "core nodes or inputs")
 
