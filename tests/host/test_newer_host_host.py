@@ -114,3 +114,19 @@ def test_the_edit_under_the_newer_host_gives_the_plain_hosts_pixels(plain_result
             # fp16 latents and decoded pixels: 11 significant bits, below 1/255 on 0..1 pixels; the sampler's
             # trajectory amplifies the latent's rounding a little
             assert diff.max() <= 3 and diff.mean() < 0.5, (name, int(diff.max()), float(diff.mean()))
+
+
+def test_outputs_evicted_from_the_cache_are_rebuilt_with_the_same_results(plain_results):
+    """Newer hosts cache node outputs by RAM pressure (0.38-era ``main.py``, ``CacheType.RAM_PRESSURE``): a cached
+    MODEL, VAE or PBE_ENCODER can be dropped and PBE_LoadModel run again, which starts the encoder's own cache of
+    exemplar encodings empty. ``--cache-none`` (0.3.64) is the extreme of that: every prompt evicts and reloads
+    everything. The results stay the plain host's, prompt after prompt."""
+    paths = pbe_fixtures.write_all_layouts(pbe_fixtures.fixture_root())
+    with temporary_server(prefix="pbe-nocache-", models=paths, newer_host=False, extra_args=["--cache-none"]) as server:
+        first = _results(server)
+        second = _results(server)
+        log = server.log()
+    assert log.count("Paint by Example: loaded") == 4, "every prompt should have loaded the model again"
+    assert log.count("Paint by Example: encoding") == 4, "every reloaded encoder should have encoded again"
+    for name, plain in plain_results.items():
+        assert np.array_equal(first[name], plain) and np.array_equal(second[name], plain), name
