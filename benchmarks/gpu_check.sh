@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: one command, about 6 minutes on a machine with one NVIDIA GPU and the repo's test setup
-# (bash tests/run.sh built .venv-host; ComfyUI at $COMFYUI_PATH or .host/ComfyUI; Ray, the 'fleet' extra, for step 6).
+# (bash tests/run.sh built .venv-host; ComfyUI at $COMFYUI_PATH or .host/ComfyUI; Ray, the 'fleet' extra, for step 7).
+# Any ComfyUI: COMFYUI_PATH=/path/to/ComfyUI runs it there, with that ComfyUI's own Python (its venv/ or .venv/, or the
+# portable build's python_embeded) unless PYTHON names one; that Python needs the pack's test extra (pyproject.toml).
 #
 #   bash benchmarks/gpu_check.sh          # on the GPU
 #   bash benchmarks/gpu_check.sh --cpu    # the same steps on the CPU with the tiny fixture model: checks the plumbing
@@ -9,14 +11,16 @@
 # Steps (each with its own time limit; a failed step is reported and the others still run):
 #   1. weights       the full-size random Paint-by-Example model (1.31 B parameters, both layouts, no download;
 #                    benchmarks/weights.py, kept in benchmarks/.weights/ for the next run)
-#   2. inprocess     tests/host/test_inprocess_host.py with ComfyUI on the GPU (PBE_HOST_DEVICE=cuda; the tests of
+#   2. census        tests/host/test_host_census_host.py: every host symbol the pack relies on, checked against this
+#                    ComfyUI (its version and what moved, if anything did), and the server on the GPU, no --cpu
+#   3. inprocess     tests/host/test_inprocess_host.py with ComfyUI on the GPU (PBE_HOST_DEVICE=cuda; the tests of
 #                    CPU-only behaviour left out)
-#   3. ours          one 512² edit (20 steps) in fp32, fp16 and bf16 weights: time, peak VRAM, max |diff| to fp32
-#   4. ours_lowvram  the fp16 edit again with ComfyUI's --lowvram: peak VRAM against step 3's
-#   5. diffusers     diffusers' PaintByExamplePipeline in fp16 on the same weights and noise: the time to beat
-#   6. fleet         python -m pbe_core.client batch --ray over 8 photos: one worker on the GPU, then two workers
+#   4. ours          one 512² edit (20 steps) in fp32, fp16 and bf16 weights: time, peak VRAM, max |diff| to fp32
+#   5. ours_lowvram  the fp16 edit again with ComfyUI's --lowvram: peak VRAM against step 4's
+#   6. diffusers     diffusers' PaintByExamplePipeline in fp16 on the same weights and noise: the time to beat
+#   7. fleet         python -m pbe_core.client batch --ray over 8 photos: one worker on the GPU, then two workers
 #                    sharing it (--workers 2 --gpus-per-worker 0.5); rows/s and rows per worker
-#   7. summary       the tables (benchmarks/gpu_edit.py summary) in OUT/summary.md
+#   8. summary       the tables (benchmarks/gpu_edit.py summary) in OUT/summary.md
 #
 # Results: $GPU_CHECK_OUT, else $OUT, else benchmarks/.gpu_check/ (JSON, .npy images, each step's log, summary.md).
 # Exit status: 0 every step passed, 1 some failed or did not run, 2 no usable GPU (with --cpu: no ComfyUI/Python).
@@ -32,9 +36,13 @@ elif [ $# -gt 0 ]; then
   exit 2
 fi
 
-PY=${PYTHON:-$ROOT/.venv-host/bin/python}
-[ -x "$PY" ] || PY=$(command -v python3)
 export COMFYUI_PATH=${COMFYUI_PATH:-$ROOT/.host/ComfyUI}
+PY=${PYTHON:-}
+for candidate in "$COMFYUI_PATH/venv/bin/python" "$COMFYUI_PATH/.venv/bin/python" "$COMFYUI_PATH/../python_embeded/python" \
+  "$ROOT/.venv-host/bin/python"; do
+  [ -z "$PY" ] && [ -x "$candidate" ] && PY=$candidate
+done
+[ -n "$PY" ] || PY=$(command -v python3)
 OUTDIR=${GPU_CHECK_OUT:-${OUT:-$ROOT/benchmarks/.gpu_check}}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
@@ -103,6 +111,8 @@ fi
 
 # --- 1-5 -------------------------------------------------------------------------------------------------------------
 step weights 30 240 "$PY" benchmarks/gpu_edit.py weights "${TINY[@]}"
+step census 30 120 env PBE_HOST_DEVICE=$DEVICE "$PY" -m pytest -q -p no:cacheprovider \
+  tests/host/test_host_census_host.py
 step inprocess 40 180 env PBE_HOST_DEVICE=$DEVICE "$PY" -m pytest -q -p no:cacheprovider \
   tests/host/test_inprocess_host.py -k "not ($CPU_ONLY)"
 step ours 40 180 "$PY" benchmarks/gpu_edit.py ours --out "$OUTDIR" --device $DEVICE --size $SIZE --steps $STEPS \

@@ -38,6 +38,7 @@ __all__ = [
     "check_fits",
     "dtype_converter",
     "load_checkpoint",
+    "mismatch_message",
     "precheck",
     "read_state_dict",
 ]
@@ -414,8 +415,13 @@ def check_fits(
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     wrong = [(k, shape(got[k]), shape(expected[k])) for k in expected if k in got and shape(got[k]) != shape(expected[k])]
-    if not (missing or unexpected or wrong):
-        return
+    if missing or unexpected or wrong:
+        raise CheckpointError(mismatch_message(missing, unexpected, wrong, what, path))
+
+
+def mismatch_message(missing, unexpected, wrong, what: str, path: str) -> str:
+    """The refusal of a part whose tensors do not fit its network: ``missing`` and ``unexpected`` keys, ``wrong``
+    ``(key, shape in the file, shape expected)``; examples of each, and what to do."""
     problems = []
     if missing:
         problems.append(f"{len(missing)} tensor(s) missing (e.g. {', '.join(repr(k) for k in missing[:3])})")
@@ -425,9 +431,7 @@ def check_fits(
         problems.append(
             f"{len(wrong)} of the wrong shape (e.g. {', '.join(f'{k!r} is {g}, expected {e}' for k, g, e in wrong[:3])})"
         )
-    raise CheckpointError(
-        f"{path}: the {what} does not match the architecture its own tensors describe: {'; '.join(problems)}. {_DAMAGED}"
-    )
+    return f"{path}: the {what} does not match the architecture its own tensors describe: {'; '.join(problems)}. {_DAMAGED}"
 
 
 def _depth(part: Mapping[str, torch.Tensor], prefix: str, what: str, path: str) -> int:

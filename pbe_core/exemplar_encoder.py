@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import ModelInfo, PbECheckpoint, check_fits
+from .checkpoint import ModelInfo, PbECheckpoint
+from .module_loading import load_checked
 
 
 class MapperAttention(nn.Module):
@@ -136,23 +137,25 @@ class ExemplarEncoder(ExemplarHead):
         return any(k.startswith("vision_model.") for k in self.transformer.state_dict())
 
     def _checkpoint_state_dict(self, ckpt: PbECheckpoint) -> dict[str, torch.Tensor]:
-        """The checkpoint's encoder tensors under this module's names (strict: every tensor must be used and every
-        weight set, in its own shape; :class:`~pbe_core.checkpoint.CheckpointError` otherwise)."""
+        """The checkpoint's encoder tensors under this module's names (whether they fit is checked by loading)."""
         sd = ckpt.encoder_state_dict()
         if not self._clip_has_vision_model_level():
             sd = {k.replace("transformer.vision_model.", "transformer.", 1): v for k, v in sd.items()}
-        own = self.state_dict()
-        # position_ids is a non-persistent buffer in recent transformers, a persistent one in old ones
-        expected = {k: v for k, v in own.items() if not k.endswith("position_ids")}
-        check_fits(expected, sd, "exemplar encoder", ckpt.source)
         return sd
 
+    def _load_checked(self, ckpt: PbECheckpoint, prepare=lambda k, v: v) -> None:
+        """Load the checkpoint's encoder tensors with ``assign`` (``pbe_core.module_loading.load_checked``): every
+        tensor must be used and every weight set, in the shape its layer declares; :class:`CheckpointError`
+        otherwise. ``position_ids`` may be absent (a non-persistent buffer in recent transformers, a persistent one
+        in old ones)."""
+        load_checked(self, self._checkpoint_state_dict(ckpt), "exemplar encoder", ckpt.source, prepare,
+                     optional=lambda k: k.endswith("position_ids"))
+
     def load_checkpoint(self, ckpt: PbECheckpoint) -> ExemplarEncoder:
-        """Copy the checkpoint's encoder weights in (checked as :meth:`_checkpoint_state_dict` says)."""
-        own = self.state_dict()
-        with torch.no_grad():
-            for k, v in self._checkpoint_state_dict(ckpt).items():
-                own[k].copy_(v)
+        """Load the checkpoint's encoder weights, cast to this module's dtype (checked as :meth:`_load_checked`
+        says)."""
+        dtype = next(self.parameters()).dtype
+        self._load_checked(ckpt, lambda k, v: v.to(dtype) if v.is_floating_point() else v)
         return self
 
     @classmethod
@@ -164,11 +167,7 @@ class ExemplarEncoder(ExemplarHead):
         """
         with torch.device("meta"):
             model = cls(ckpt.info)
-        sd = {
-            k: (v.to("cpu", dtype) if v.is_floating_point() else v.to("cpu"))
-            for k, v in model._checkpoint_state_dict(ckpt).items()
-        }
-        model.load_state_dict(sd, strict=False, assign=True)
+        model._load_checked(ckpt, lambda k, v: v.to("cpu", dtype) if v.is_floating_point() else v.to("cpu"))
         # buffers the file does not hold (position_ids in transformers 5) are still on the meta device: rebuild them
         for name, buf in list(model.named_buffers()):
             if buf.is_meta:

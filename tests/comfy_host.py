@@ -1,7 +1,10 @@
 """Drive a real ComfyUI, started headless as a subprocess, through its HTTP API only (as a user's client would).
 
-Shape taken from ComfyUI's own integration tests (``tests/execution/``): start ``main.py --cpu`` on a free loopback
-port, post prompts, read ``/history`` and ``/view``. The server is the pack's own private ComfyUI
+Shape taken from ComfyUI's own integration tests (``tests/execution/``): start ``main.py`` on a free loopback port,
+post prompts, read ``/history`` and ``/view``. The server runs where a user's would: on the GPU in the host's default
+memory mode where the host's torch finds a CUDA GPU, with ``--cpu`` only where it finds none
+(:func:`host_device_args`; ``PBE_HOST_DEVICE`` overrides). With ``PBE_NEWER_HOST=1`` it starts through
+``tests/newer_host_emulation.py`` (the newer-host mode). The server is the pack's own private ComfyUI
 (``pbe_core.client.embedded``: its own base directory, the pack and the fixture checkpoints through an
 ``--extra-model-paths-config`` file), the one the client's ``--comfyui`` starts.
 """
@@ -9,9 +12,11 @@ port, post prompts, read ``/history`` and ``/view``. The server is the pack's ow
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,9 +26,27 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import newer_host_emulation
+from comfy_inprocess import choose_device
+
 from pbe_core.client.embedded import PACK_NAME, PrivateComfyUI, free_port  # noqa: F401 - re-exported for the tests
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def cuda_available(python: str) -> bool:
+    """Whether torch in ``python`` (the Python that runs ComfyUI) finds a CUDA GPU."""
+    probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)  # noqa: S603
+    if done.returncode not in (0, 3):
+        raise RuntimeError(f"{python} could not import torch to tell whether it has a GPU:\n{done.stderr[-2000:]}")
+    return done.returncode == 0
+
+
+def host_device_args(python: str) -> list[str]:
+    """ComfyUI's device option for the test servers: none (its default memory mode) on the GPU, ``--cpu`` without."""
+    return ["--cpu"] if choose_device(os.environ.get("PBE_HOST_DEVICE"), cuda_available(python)) == "cpu" else []
 
 
 class PromptRejected(Exception):
@@ -36,18 +59,28 @@ class PromptRejected(Exception):
 
 class ComfyServer(PrivateComfyUI):
     """The pack's own private ComfyUI (``pbe_core.client.embedded``, what the client's ``--comfyui`` starts) on the
-    CPU with latent previews, plus the HTTP calls the tests make."""
+    machine's device (:func:`host_device_args`) with latent previews, plus the HTTP calls the tests make."""
 
     def __init__(self, comfy_path: str | os.PathLike, workdir: Path, models: dict[str, Path] | None = None,
                  extra_packs: dict[str, Path] | None = None, python: str | None = None, extra_args=(),
-                 env: dict[str, str] | None = None, popen_kwargs: dict | None = None):
+                 env: dict[str, str] | None = None, popen_kwargs: dict | None = None, newer_host: bool | None = None):
+        python = python or sys.executable
+        #: start through the newer-host launcher (None: as PBE_NEWER_HOST says)
+        self.newer_host = newer_host_emulation.enabled() if newer_host is None else newer_host
         super().__init__(
-            comfy_path, python=python or sys.executable, models=models, extra_packs=extra_packs,
-            extra_args=["--cpu", "--preview-method", "latent2rgb", *extra_args], workdir=workdir,
+            comfy_path, python=python, models=models, extra_packs=extra_packs,
+            extra_args=[*host_device_args(python), "--preview-method", "latent2rgb", *extra_args], workdir=workdir,
             env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}, popen_kwargs=popen_kwargs,
         )  # fmt: skip
         self.base = self.base_url
         self.client_id = uuid.uuid4().hex
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        if self.newer_host:  # the launcher runs main.py itself, after installing the patches
+            i = cmd.index("main.py")
+            cmd[i:i + 1] = [newer_host_emulation.__file__, "main.py"]
+        return cmd
 
     def start(self, timeout: float = 180.0) -> ComfyServer:
         super().start(timeout)

@@ -5,9 +5,11 @@ The HTTP harness (``comfy_host.py``) is how a user's client sees the pack; this 
 
 * ComfyUI's folder goes first on ``sys.path`` (its top-level ``nodes.py`` must win over this repository's ``nodes/``
   package, which is only ever imported as part of the pack);
-* ``comfy.cli_args.args.cpu = True`` *before* ``comfy.model_management`` is imported, else a CUDA build of torch on a
-  machine without a GPU fails at import (``--lowvram`` and friends can be set the same way); with
-  ``PBE_HOST_DEVICE=cuda`` it stays False, so ComfyUI takes the GPU as it does for a user (:func:`host_device`);
+* where torch finds no CUDA GPU, ``comfy.cli_args.args.cpu = True`` *before* ``comfy.model_management`` is imported,
+  else a CUDA build of torch on a machine without a GPU fails at import (``--lowvram`` and friends can be set the same
+  way); where it finds one, ComfyUI takes the GPU in its default memory mode, as it does for a user
+  (:func:`host_device`; ``PBE_HOST_DEVICE`` overrides the choice);
+* with ``PBE_NEWER_HOST=1``, the newer-host behaviours of ``tests/newer_host_emulation.py`` are applied;
 * the pack is imported as a package under a fixed name, as ComfyUI's loader does with a custom-node folder.
 """
 
@@ -24,16 +26,40 @@ PACK_MODULE = "comfyui_paint_by_example"
 
 
 def host_device() -> str:
-    """Where the in-process host runs: ``PBE_HOST_DEVICE``, ``cpu`` (the default) or ``cuda``."""
-    device = (os.environ.get("PBE_HOST_DEVICE") or "cpu").strip().lower()
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"PBE_HOST_DEVICE={device!r}: give cpu (the default) or cuda")
+    """Where the in-process host runs: ``PBE_HOST_DEVICE`` (``cpu`` or ``cuda``) if set, else ``cuda`` where torch
+    finds a CUDA GPU and ``cpu`` where it does not (:func:`choose_device`)."""
+    import torch
+
+    return choose_device(os.environ.get("PBE_HOST_DEVICE"), torch.cuda.is_available())
+
+
+def host_version() -> str:
+    """``ComfyUI <version> at <path>`` for the ComfyUI of ``COMFYUI_PATH`` (its ``comfyui_version.py``)."""
+    path = os.path.join(os.environ["COMFYUI_PATH"], "comfyui_version.py")
+    text = Path(path).read_text(encoding="utf-8") if os.path.isfile(path) else ""
+    found = [ln.split("=", 1)[1].strip().strip("\"'") for ln in text.splitlines() if ln.startswith("__version__")]
+    return f"ComfyUI {found[0] if found else '(version unknown)'} at {os.environ['COMFYUI_PATH']}"
+
+
+def choose_device(requested: str | None, cuda_available: bool) -> str:
+    """The device the host tests run ComfyUI on: ``requested`` (``PBE_HOST_DEVICE``: ``cpu``, ``cuda``, or empty /
+    ``auto`` for the machine's choice) and whether the host's torch finds a CUDA GPU. A GPU asked for where there is
+    none is an error naming both, not a quiet fall-back to the CPU."""
+    device = (requested or "auto").strip().lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"PBE_HOST_DEVICE={device!r}: give cpu, cuda or auto (the default: cuda where torch finds "
+                         f"a CUDA GPU)")
+    if device == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if device == "cuda" and not cuda_available:
+        raise ValueError("PBE_HOST_DEVICE=cuda, but the host's torch finds no CUDA GPU (torch.cuda.is_available() "
+                         "is False); unset PBE_HOST_DEVICE to run on the CPU")
     return device
 
 
 def import_host(comfy_path: str | os.PathLike | None = None, **cli_args):
-    """Put ComfyUI on ``sys.path`` and set its CLI args (``cpu=True`` unless given, or unless ``PBE_HOST_DEVICE=cuda``);
-    return ``comfy.model_management``.
+    """Put ComfyUI on ``sys.path`` and set its CLI args (``cpu=True`` where :func:`host_device` is the CPU, unless
+    given); apply the newer-host mode where it is on; return ``comfy.model_management``.
 
     Must run before anything imports ``comfy.model_management``; later calls only check that it already has.
     """
@@ -51,7 +77,10 @@ def import_host(comfy_path: str | os.PathLike | None = None, **cli_args):
         for k, v in settings.items():
             setattr(comfy.cli_args.args, k, v)
     import comfy.model_management
+    import newer_host_emulation
 
+    if newer_host_emulation.enabled():
+        newer_host_emulation.apply()
     return comfy.model_management
 
 

@@ -53,6 +53,12 @@ def pytest_report_header(config):
             "torch is not installed: only the standard-library tests (pytest.mark.stdlib) run. For the whole suite "
             "run `bash tests/run.sh` (README, 'Tests'), which builds the test environment."
         )
+    if host_present():
+        from comfy_inprocess import host_device, host_version
+        from newer_host_emulation import enabled
+
+        mode = ", newer-host mode (tests/newer_host_emulation.py)" if enabled() else ""
+        return f"host: {host_version()}; device: {host_device()}{mode}"
     return None
 
 
@@ -68,9 +74,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def _skip_counts_as_failure(item) -> bool:
+#: the one skip that depends on the machine: a test of CPU-only behaviour where the host tests run ComfyUI on the GPU
+#: (tests/host/test_inprocess_host.py ``cpu_only``; tests/comfy_inprocess.py ``host_device``)
+CPU_ONLY_ON_GPU = "CPU-only behaviour, and ComfyUI runs on the GPU here"
+
+
+def _skip_counts_as_failure(item, reason: str = "") -> bool:
     if item.nodeid.split("[")[0] in ALLOWED_SKIPS:
         return False
+    if reason.startswith(CPU_ONLY_ON_GPU):
+        from comfy_inprocess import host_device
+
+        return host_device() != "cuda"
     if os.environ.get("PBE_STRICT_SKIPS") == "1":
         return True
     return host_present() and "host" in item.keywords
@@ -80,8 +95,8 @@ def _skip_counts_as_failure(item) -> bool:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and not hasattr(report, "wasxfail") and _skip_counts_as_failure(item):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if report.skipped and not hasattr(report, "wasxfail") and _skip_counts_as_failure(item, reason.removeprefix("Skipped: ")):
         report.outcome = "failed"
         why = "PBE_STRICT_SKIPS=1" if os.environ.get("PBE_STRICT_SKIPS") == "1" else "the host is present"
         report.longrepr = f"skipped, but a skip is a failure here ({why}; see tests/conftest.py): {reason}"

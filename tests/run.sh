@@ -8,6 +8,8 @@
 # 2. .venv-host: the Python ComfyUI runs on (torch 2.14.1 + torchvision 0.29.1, ComfyUI's requirements.txt) plus the
 #    pack's requirements.txt and its test extra (pyproject.toml). Every test runs in it, the host suite included,
 #    with PBE_STRICT_SKIPS=1: a test that skips is a failure unless tests/conftest.py's ALLOWED_SKIPS names it.
+#    Then, with a ComfyUI, the newer-host mode (PBE_NEWER_HOST=1, tests/newer_host_emulation.py): loading, the one-node
+#    edit, the modular graph and bf16 again, with 0.38-era host behaviours reproduced on that ComfyUI.
 # 3. transformers 4: loading, the encoder and the converter again under transformers 4.57 (CLIP's weights are named
 #    differently there), with diffusers 0.35.2 as the oracle (diffusers 0.42 needs huggingface-hub >= 1, which
 #    transformers 4 does not accept).
@@ -91,6 +93,21 @@ PBE_STRICT_SKIPS=1 PBE_TEST_DDP=1 PBE_TRAIN_PYTHON=$ROOT/.venv-host/bin/python \
 
 if [ $# -gt 0 ]; then
   exit 0  # a selection of tests was asked for: the other Python environments are not part of it
+fi
+if [ -n "${COMFYUI_PATH:-}" ]; then
+  say "newer-host mode: loading, the one-node edit, the modular graph and bf16 (tests/newer_host_emulation.py)"
+  PBE_NEWER_HOST=1 PBE_STRICT_SKIPS=1 .venv-host/bin/python -m pytest -q -p no:cacheprovider \
+    tests/host/test_newer_host_host.py::test_in_process_host_runs_in_the_mode_asked_for \
+    tests/host/test_newer_host_host.py::test_session_server_runs_in_the_mode_asked_for \
+    tests/host/test_inprocess_host.py::test_loaded_weights_are_the_checkpoint_tensors \
+    tests/host/test_inprocess_host.py::test_half_precision_file_is_cast_to_the_model_dtype \
+    tests/host/test_inprocess_host.py::test_fast_path_whole_edit_matches \
+    tests/host/test_inprocess_host.py::test_bf16_edit_takes_the_fast_paths_and_stays_near_fp32 \
+    tests/host/test_inprocess_host.py::test_bf16_with_amx_computes_every_network_in_bf16 \
+    tests/host/test_nodes_host.py::test_every_graph_runs_for_every_layout \
+    tests/host/test_nodes_host.py::test_reference_sampler_matches_diffusers_pipeline \
+    tests/host/test_nodes_host.py::test_modular_graph_samples_what_the_paper_samples \
+    tests/host/test_bad_inputs_host.py::test_bad_model_files tests/host/test_bad_inputs_host.py::test_fixture_model_still_loads
 fi
 
 # --- 3. transformers 4 ----------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import logging
 from collections import OrderedDict
 
 import comfy.model_management
-import comfy.model_patcher
 import torch
 from comfy_api.latest import io
 
@@ -21,6 +20,7 @@ from ...pbe_core.checkpoint import PbECheckpoint
 from ...pbe_core.cpu_precision import cpu_computes_natively
 from ...pbe_core.exemplar_encoder import ExemplarEncoder
 from ...pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES, object_mask, prepare_exemplars
+from .patchers import patcher_class
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class PbEEncoder:
         weight_dtype = encoder_dtype(weight_dtype, self.load_device)
         self.dtype = weight_dtype
         self.model = ExemplarEncoder.from_checkpoint(ckpt, dtype=weight_dtype).to(offload_device)
-        self.patcher = comfy.model_patcher.ModelPatcher(self.model, load_device=self.load_device, offload_device=offload_device)
+        self.patcher = patcher_class()(self.model, load_device=self.load_device, offload_device=offload_device)
         # encodings of recent exemplars: lives and dies with this encoder (weights never change under it)
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 

@@ -14,6 +14,7 @@ loading below follows) and ``VAE(sd=..., config=..., dtype=...)``; for the preci
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import comfy.cli_args
@@ -29,11 +30,13 @@ import comfy.utils
 import torch
 
 from ...pbe_core import edit_conditioning as ec
-from ...pbe_core.checkpoint import CheckpointError, PbECheckpoint, check_fits
+from ...pbe_core.checkpoint import CheckpointError, PbECheckpoint
 from ...pbe_core.cpu_precision import cpu_computes_natively
 from ...pbe_core.memory_format import conv_weights_to_channels_last_, is_conv_kernel
+from ...pbe_core.module_loading import declared_shapes, load_checked
 from .encoder import PbEEncoder, encoder_dtype
 from .model_sampling_check import check_model_sampling
+from .patchers import wrap_in_patcher
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +128,29 @@ def build_model_patcher(ckpt: PbECheckpoint, weight_dtype: torch.dtype | None) -
         )
     manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, load_device, config.supported_inference_dtypes)
     manual_cast = native_half_on_cpu(weight_dtype, load_device, manual_cast)
-    # the model config's inference dtype, as the host's own loaders set it (0.38's comfy/sd.py passes a further
-    # device=load_device keyword; 0.3.64 takes these two arguments only)
-    config.set_inference_dtype(weight_dtype, manual_cast)
+    set_inference_dtype(config, weight_dtype, manual_cast, load_device)
     model = config.get_model(sd, "")
-    # the host only warns about missing UNet weights (and leaves them uninitialised): refuse such a file instead
-    check_fits(model.diffusion_model.state_dict(), sd, "UNet", ckpt.source)
     model.pbe_source, model.pbe_context_dim = ckpt.source, ckpt.info.unet_context_dim
-    # Instead of BaseModel.load_model_weights (which copies every tensor into the freshly allocated weights), the
-    # checkpoint's tensors become the weights: the fresh ones are never touched, so they never take memory.
     channels_last = unet_channels_last_on_cpu(ckpt, load_device, manual_cast or weight_dtype)
-    adopt_weights(model.diffusion_model, config.process_unet_state_dict(sd), ckpt.source, "UNet", channels_last)
-    model = model.to(offload_device)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    # As the host's BaseModel.load_model_weights: the config's key processing, then the UNet's load_state_dict; but
+    # with assign (the checkpoint's tensors become the weights: one copy in memory) and its report read, not only
+    # logged (the host only warns about missing UNet weights and leaves them uninitialised; refused here).
+    unet_sd = config.process_unet_state_dict(sd)
+    return wrap_in_patcher(
+        model, load_device, offload_device,
+        lambda: adopt_weights(model.diffusion_model, unet_sd, ckpt.source, "UNet", weight_dtype, channels_last),
+    )  # fmt: skip
+
+
+def set_inference_dtype(config, weight_dtype, manual_cast, load_device) -> None:
+    """The model config's inference dtype, as the host's own loaders set it: ComfyUI 0.38's
+    ``supported_models_base.BASE.set_inference_dtype(dtype, manual_cast_dtype, device=None)`` takes the load device
+    too (``comfy/sd.py`` passes it); 0.3.64's takes the two dtypes only."""
+    params = inspect.signature(config.set_inference_dtype).parameters
+    if "device" in params:
+        config.set_inference_dtype(weight_dtype, manual_cast, device=load_device)
+    else:
+        config.set_inference_dtype(weight_dtype, manual_cast)
 
 
 def native_half_on_cpu(weight_dtype: torch.dtype, device: torch.device, host_manual_cast: torch.dtype | None):
@@ -202,34 +215,37 @@ def _kernels_channels_last_in_place(ckpt: PbECheckpoint, part: str, dtype: torch
 
 
 def adopt_weights(
-    module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, what: str, channels_last: bool = False
+    module: torch.nn.Module,
+    sd: dict[str, torch.Tensor],
+    source: str,
+    what: str,
+    dtype: torch.dtype,
+    channels_last: bool = False,
 ) -> None:
-    """Make ``sd``'s tensors the weights of ``module`` (cast to each weight's dtype and device where they differ).
+    """Make ``sd``'s tensors the weights of ``module``, floating-point ones cast to ``dtype`` where they differ
+    (``pbe_core.module_loading.load_checked``: through the layers' own ``load_state_dict`` with ``assign``; a tensor of
+    another shape than its layer declares, a weight loading reports missing, or a tensor it reports unused raise
+    :class:`CheckpointError` naming them).
 
-    ``channels_last``: a convolution kernel that is cast is written in channels-last order (no extra copy: the cast
-    copies anyway); kernels that need no cast keep their layout (``vae_channels_last_on_cpu`` and
+    ``dtype``: the dtype the host built the network in (the model config's inference dtype, the VAE's
+    ``vae_dtype``): a given number, never read from the network's own weights, which a newer host leaves unset until
+    loading. ``channels_last``: a convolution kernel that is cast is written in channels-last order (no extra copy:
+    the cast copies anyway); kernels that need no cast keep their layout (``vae_channels_last_on_cpu`` and
     ``unet_channels_last_on_cpu`` re-order those in place).
 
     The one copy of the weights in memory is the checkpoint's: for an fp32 ``.safetensors`` file on the CPU these
     are views of the file's private, copy-on-write memory map (writes never reach the file), so peak memory while
-    loading is about the file's size instead of twice it. Every weight of ``module`` must be in ``sd`` and vice
-    versa (the loader has already checked the architecture); a mismatch raises with the names.
+    loading is about the file's size instead of twice it.
     """
-    own = module.state_dict(keep_vars=True)
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own)
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: the {what} weights do not fit the model ComfyUI built from their shapes: missing "
-            f"{missing[:5]}, unexpected {unexpected[:5]}. The file is not a complete Paint-by-Example checkpoint."
-        )
-    def adopt(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        cast = v.dtype != like.dtype or v.device != like.device
-        if cast and channels_last and is_conv_kernel(v):
-            return v.to(device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
-        return v.to(device=like.device, dtype=like.dtype)
 
-    module.load_state_dict({k: adopt(v, own[k]) for k, v in sd.items()}, strict=True, assign=True)
+    def prepare(key: str, v: torch.Tensor) -> torch.Tensor:
+        if not v.is_floating_point() or v.dtype == dtype:
+            return v
+        if channels_last and is_conv_kernel(v):
+            return v.to(dtype=dtype, memory_format=torch.channels_last)
+        return v.to(dtype=dtype)
+
+    load_checked(module, sd, what, source, prepare)
 
 
 #: ComfyUI's command-line options that fix the VAE's precision (``comfy/cli_args.py``; read by
@@ -274,14 +290,18 @@ def build_vae(ckpt: PbECheckpoint, dtype: torch.dtype | None = None, channels_la
         "dropout": 0.0,
     }
     config = {"params": {"embed_dim": info.vae_embed_dim, "ddconfig": ddconfig}}
-    with torch.device("meta"):  # shapes only: the host only warns about missing VAE weights
-        expected = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"]).state_dict()
-    check_fits(expected, ckpt.vae, "VAE", ckpt.source)
-    vae = comfy.sd.VAE(sd=dict(ckpt.vae), config=config, dtype=dtype)
+    # the host's VAE copies the state dict in with load_state_dict(strict=False), which raises on a tensor of another
+    # shape: such tensors (against the sizes the layers declare, on a shapes-only build) are held back here and
+    # named with what loading reports below
+    with torch.device("meta"):
+        declared = declared_shapes(comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"]))
+    sd = {k: v for k, v in ckpt.vae.items() if k not in declared or tuple(v.shape) == declared[k]}
+    vae = comfy.sd.VAE(sd=dict(sd), config=config, dtype=dtype)
     wanted = channels_last or vae.vae_dtype == torch.bfloat16
     channels_last = wanted and vae_channels_last_on_cpu(ckpt, vae.device, vae.vae_dtype)
-    # the host copied the weights in; share the checkpoint's instead so that one copy stays in memory
-    adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE", channels_last)
+    # the host copied the weights in; share the checkpoint's instead so that one copy stays in memory. Loading
+    # reports missing and unused tensors; the misshapen ones are named with them.
+    adopt_weights(vae.first_stage_model, dict(ckpt.vae), ckpt.source, "VAE", vae.vae_dtype, channels_last)
     factor = 2 ** (len(info.vae_channel_mult) - 1)
     vae.downscale_ratio = vae.upscale_ratio = factor
     return vae

@@ -1,10 +1,11 @@
 """The pack's nodes with a real ComfyUI imported in-process: the single-token fast path, exemplar caching, weight
 sharing at load. Needs COMFYUI_PATH and a Python with ComfyUI's requirements (like the HTTP host tests).
 
-``PBE_HOST_DEVICE=cuda`` runs them with ComfyUI on the GPU (benchmarks/gpu_check.sh does): the tensors a test feeds a
+On a machine whose torch finds a CUDA GPU (or with ``PBE_HOST_DEVICE=cuda``) they run with ComfyUI on the GPU
+(benchmarks/gpu_check.sh does so too): the tensors a test feeds a
 module go to the model's device, TF32 is turned off so that fp32 is fp32 (the tolerances are fp32's), and the tests of
 CPU-only behaviour (CPU attention, the CPU channels-last VAE, partial loading onto the CPU, the CPU thread-count
-noise floor) skip, saying so; gpu_check.sh leaves them out.
+noise floor) skip, saying so (``tests/conftest.py`` allows exactly that skip); gpu_check.sh leaves them out.
 """
 
 import pytest
@@ -14,7 +15,8 @@ from comfy_inprocess import host_device
 pytestmark = pytest.mark.host
 
 ON_CUDA = host_device() == "cuda"
-cpu_only = pytest.mark.skipif(ON_CUDA, reason="checks CPU-only behaviour; PBE_HOST_DEVICE=cuda runs ComfyUI on the GPU")
+cpu_only = pytest.mark.skipif(ON_CUDA, reason="CPU-only behaviour, and ComfyUI runs on the GPU here (PBE_HOST_DEVICE=cpu "
+                              "runs it on the CPU)")
 
 #: fp32 noise floor for the same maths in a different order (docs/design/model.md: ~4e-5 relative at most)
 REL = 2e-5
