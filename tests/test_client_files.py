@@ -66,15 +66,15 @@ def test_a_trailing_comma_is_refused_with_its_line(tmp_path, where):
 @pytest.mark.parametrize("meta", [None, {"title": None}, {"title": 7}, "Source", {}])
 def test_null_titles_and_meta_are_untitled(tmp_path, meta):
     prompt = _shipped(SEVERAL)
-    prompt["6"]["_meta"] = meta  # an ImageScale: untitled now, everything else as before
-    prompt["11"].pop("_meta")
+    prompt["6"]["_meta"] = meta  # the Exemplar Batch: untitled now, everything else as before
+    prompt["7"].pop("_meta")  # the sampler
     path = tmp_path / "w.json"
     path.write_text(json.dumps(prompt))
     loaded = workflow.load_workflow(str(path))
-    assert workflow.node_title(loaded["6"]) == "" and workflow.node_title(loaded["11"]) == ""
+    assert workflow.node_title(loaded["6"]) == "" and workflow.node_title(loaded["7"]) == ""
     assert workflow.check_workflow(loaded) == ("2", ["3", "4", "5"])
     settings = jobs.Settings(workflow=loaded, out_dir=tmp_path, sets=[("Save", "filename_prefix", "x")])
-    assert workflow.apply_settings(loaded, settings)["12"]["inputs"]["filename_prefix"] == "x"
+    assert workflow.apply_settings(loaded, settings)["8"]["inputs"]["filename_prefix"] == "x"
     prompt["2"]["_meta"] = None  # the Source itself untitled: said so
     path.write_text(json.dumps(prompt))
     with pytest.raises(ClientError, match="0 LoadImage titled 'Source'"):

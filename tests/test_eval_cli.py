@@ -136,7 +136,10 @@ def test_second_run_reads_the_reference_cache(scored, tiny, tmp_path):
                  "--bootstrap", 0, "--device", "cpu") == 0
     second = json.loads((out / "report.json").read_text())
     assert second["fid_reference"]["read_from_cache"] is True
-    assert second["metrics"]["fid_clip"]["value"] == pytest.approx(first["metrics"]["fid_clip"]["value"], rel=1e-12)
+    # the reference's statistics come back exactly (float64 in the cache); the results' float32 CLIP features are
+    # computed again, which on some CPUs sums in another order from run to run (BLAS kernels that depend on memory
+    # alignment): 7.5e-8 apart on an AMD EPYC with AVX2, so fp32's relative step is the tolerance
+    assert second["metrics"]["fid_clip"]["value"] == pytest.approx(first["metrics"]["fid_clip"]["value"], rel=1e-6)
     assert second["metrics"]["qs"]["skipped"] == "no --gmm given"
     assert second["metrics"]["clip_score"]["ci95"] == [None, None]  # --bootstrap 0
 
