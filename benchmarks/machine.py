@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import platform
 
-#: the CPU features that decide how fast torch computes bf16 / fp16 (as pbe_core.cpu_precision; not imported here,
+#: the CPU features that decide how fast torch computes bf16 / fp16 (as pbe_core.weights.cpu_precision; not imported here,
 #: because that imports torch and the parent process stays torch-free)
 HALF_PRECISION_FLAGS = ("amx_bf16", "amx_fp16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f")
 

@@ -287,7 +287,7 @@ def _layout(s: dict) -> list[str]:
         f"modules per order, so no conversion is timed), interleaved, median of {lay['reps']} each. On the CPU "
         "the loader lays the VAE's kernels out channels-last for a bf16 VAE only (in fp32 the other summation "
         "order moves the result beyond the thread-count noise floor), re-ordered in place so the weights stay one copy "
-        "(`pbe_core/memory_format.py`; the same values: tests/test_memory_format.py). The UNet's stay as the "
+        "(`pbe_core/weights/memory_format.py`; the same values: tests/test_memory_format.py). The UNet's stay as the "
         "file has them in fp32: the gain is small here and turned into a loss at 256² in a separate probe "
         "(1.04×), while re-ordering its 2 GB of kernels adds seconds to every load (3.4 s alone in a probe):",
         "",
@@ -709,7 +709,7 @@ def precision_probes_markdown(p: dict) -> list[str]:
                   fmt_table(["instruction set", "UNet", "s / call", "/ fp32", "CPU time / fp32", "vs fp32 max / mean"],
                             rows), ""]
     lines += [
-        "What this decides (`pbe_core/cpu_precision.py`, `nodes/host/model_type.py`):",
+        "What this decides (`pbe_core/weights/cpu_precision.py`, `nodes/host/model_type.py`):",
         "",
         "- bf16 is computed natively on the CPU only with AMX-BF16 (`lscpu | grep amx_bf16`): there the UNet, the VAE "
         "and the exemplar encoder all run in bf16, the UNet's and VAE's convolution kernels channels-last. Without "

@@ -39,8 +39,8 @@ GIB = 2**30
 WRITE = """
 import sys, torch
 from lightning_pickle import save_lightning_checkpoint
-from pbe_core.checkpoint import read_state_dict
-from pbe_core import layouts
+from pbe_core.weights.checkpoint import read_state_dict
+from pbe_core.weights import layouts
 src, dst, scratch = sys.argv[1:4]
 sd = dict(read_state_dict(src))  # views of the file's memory map: nothing is copied
 trained = [k for k in sd if k.startswith((layouts.UNET_PREFIX, layouts.MAPPER_PREFIX, layouts.FINAL_LN_PREFIX,
@@ -72,7 +72,7 @@ import_host(sys.argv[2])
 import folder_paths
 loader = pack_module("nodes.loader")
 folder = sys.argv[1]
-extensions = pack_module("pbe_core.checkpoint").CHECKPOINT_EXTENSIONS
+extensions = pack_module("pbe_core.weights.checkpoint").CHECKPOINT_EXTENSIONS
 folder_paths.folder_names_and_paths["paint_by_example"] = ([folder], set(extensions))
 {body}
 """

@@ -6,7 +6,7 @@ and transformers' own classes and fills every parameter from a seeded generator.
 * ``diffusers/``                a diffusers folder (``unet/``, ``vae/``, ``image_encoder/``, ``scheduler/``,
                                 ``feature_extractor/``), safetensors, fp32: what ``PaintByExamplePipeline`` loads;
 * ``original-fp32.safetensors`` the original single-file layout (what this pack's loader reads), written tensor by
-                                tensor with the pack's own key maps (``pbe_core.layouts``) and streaming writer.
+                                tensor with the pack's own key maps (``pbe_core.weights.layouts``) and streaming writer.
 
 Each file is ~5.2 GB; they live in the git-ignored ``benchmarks/.weights/`` and are reused when the stamp matches.
 Run as ``python benchmarks/weights.py [--dir DIR]``.
@@ -42,8 +42,8 @@ def ensure_weights(root: Path = DEFAULT_DIR, seed: int = SEED) -> dict[str, Path
     import pbe_fixtures
     import torch
 
-    from pbe_core import layouts
-    from pbe_core.safetensors_writer import write_safetensors
+    from pbe_core.weights import layouts
+    from pbe_core.weights.safetensors_writer import write_safetensors
 
     root = Path(root)
     paths = {"diffusers": root / "diffusers", "original": root / "original-fp32.safetensors"}

@@ -254,7 +254,7 @@ class Ours:
     def layout(self, size: int, channels_last: bool) -> dict:
         """One UNet call and one VAE encode + decode at ``size``, with the convolution kernels in either memory order.
 
-        The pack loads the VAE's kernels channels-last on the CPU (``pbe_core.memory_format``, in place), the UNet's
+        The pack loads the VAE's kernels channels-last on the CPU (``pbe_core.weights.memory_format``, in place), the UNet's
         channels-last where it computes in bf16 on the CPU and as the file has them (NCHW) otherwise. For the
         comparison the first call makes a copy of each module not already in the other order
         (``Module.to(memory_format=...)``; the copies stay for the rest of the run, so this worker's whole-run peak
@@ -310,7 +310,7 @@ class Ours:
         torch = self.torch
         from comfy_inprocess import pack_module
 
-        mt, ck = pack_module("nodes.host.model_type"), pack_module("pbe_core.checkpoint")
+        mt, ck = pack_module("nodes.host.model_type"), pack_module("pbe_core.weights.checkpoint")
         ckpt = ck.load_checkpoint(folder_paths.get_full_path_or_raise("paint_by_example", name))
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
         models = {}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..pbe_core import inputs
-from ..pbe_core.edit import EditSettings, plan_edit
-from ..pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES
+from ..pbe_core.edit.plan import EditSettings, plan_edit
+from ..pbe_core.exemplar.preprocess import MASK_MARKS, PREPROCESS_MODES
+from ..pbe_core.photo import inputs
 from .host.conditioning import LATENTS, window_conditioning
 from .host.encoder import EncoderType, encode_exemplars
 from .host.tooltips import (

@@ -6,7 +6,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..pbe_core.checkpoint import load_checkpoint, precheck
+from ..pbe_core.weights.checkpoint import load_checkpoint, precheck
 from .host.attention_choice import with_sdpa_on_cpu
 from .host.encoder import EncoderType
 from .host.model_type import WEIGHT_DTYPES, build_all, read_dtypes

@@ -1,22 +1,23 @@
 """Nodes for real photos: mask tools, crop-and-stitch around any sampler, exemplar batch, blend and strength, colour
 match.
 
-Thin glue over ``pbe_core.mask_ops``, ``pbe_core.crop_stitch``, ``pbe_core.exemplar_preprocess``,
-``pbe_core.exemplar_mixing`` and ``pbe_core.color_match``.
+Thin glue over ``pbe_core.photo.mask_ops``, ``pbe_core.photo.crop_stitch``, ``pbe_core.exemplar.preprocess``,
+``pbe_core.exemplar.mixing`` and ``pbe_core.photo.color_match``.
 """
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..pbe_core import color_match, crop_stitch, exemplar_mixing, inputs, mask_ops
-from ..pbe_core.edit import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
-from ..pbe_core.exemplar_preprocess import BATCH_MODES, batch_exemplars
+from ..pbe_core.edit.plan import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
+from ..pbe_core.exemplar import mixing as exemplar_mixing
+from ..pbe_core.exemplar.preprocess import BATCH_MODES, batch_exemplars
+from ..pbe_core.photo import color_match, crop_stitch, inputs, mask_ops
 from .host.tooltips import MASK_TOOLTIP
 
 CATEGORY = "paint_by_example/tools"
 
-#: from 'Crop for Edit' to 'Stitch Edit'; its value is the edit plan (``pbe_core.edit.EditPlan``) with one window
+#: from 'Crop for Edit' to 'Stitch Edit'; its value is the edit plan (``pbe_core.edit.plan.EditPlan``) with one window
 StitchType = io.Custom("PBE_STITCH")
 
 

@@ -1,6 +1,6 @@
 """PBE_Sampler: the whole Paint-by-Example edit in one node.
 
-The edit, as numbered steps (``execute``): encode the exemplars; plan the edit (``pbe_core.edit``: the inputs
+The edit, as numbered steps (``execute``): encode the exemplars; plan the edit (``pbe_core.edit.plan``: the inputs
 checked, the mask grown and feathered, the windows chosen); sample each window with the host (the official PLMS
 'reference' or any ComfyUI sampler and scheduler) and decode it; paste the results back through the feathered mask,
 so that every pixel outside it is bit-identical to the source.
@@ -11,9 +11,10 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..pbe_core import exemplar_mixing, inputs
-from ..pbe_core.edit import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
-from ..pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES
+from ..pbe_core.edit.plan import WINDOW_SHAPES, EditSettings, paste_back, plan_edit
+from ..pbe_core.exemplar import mixing as exemplar_mixing
+from ..pbe_core.exemplar.preprocess import MASK_MARKS, PREPROCESS_MODES
+from ..pbe_core.photo import inputs
 from .host.encoder import EncoderType, encode_exemplars
 from .host.model_sampling_check import check_model_sampling
 from .host.model_type import check_same_checkpoint

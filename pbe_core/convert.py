@@ -2,7 +2,7 @@
 
     python -m pbe_core.convert SRC DST.safetensors [--dtype fp16|bf16|fp32]
 
-SRC is anything :func:`pbe_core.checkpoint.load_checkpoint` reads (the 12.6 GB training ``model.ckpt``, a
+SRC is anything :func:`pbe_core.weights.checkpoint.load_checkpoint` reads (the 12.6 GB training ``model.ckpt``, a
 ``.safetensors`` conversion, a diffusers folder). The output holds the original key names (``model.diffusion_model.*``,
 ``first_stage_model.*``, ``cond_stage_model.*``, ``proj_out.*``, ``learnable_vector``) and loads back to the same
 tensors (exactly for fp32; rounded to the chosen dtype otherwise). Optimizer state and the fixed DDPM schedule
@@ -49,8 +49,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "fp32",
     """
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .safetensors_writer import write_safetensors
+    from .weights.checkpoint import load_checkpoint
+    from .weights.safetensors_writer import write_safetensors
 
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, not {dtype!r}.")

@@ -1,7 +1,7 @@
 """The model half of the bad-input matrix: files and folders a user may put into models/paint_by_example/
 instead of a Paint-by-Example checkpoint, each with the error it must get.
 
-Shared by the unit tests (``test_bad_inputs.py``: ``pbe_core.checkpoint``) and the host tests
+Shared by the unit tests (``test_bad_inputs.py``: ``pbe_core.weights.checkpoint``) and the host tests
 (``host/test_bad_inputs_host.py``: ``PBE_LoadModel`` through ``POST /prompt``), so both check the same cases and the
 same messages. Every builder writes into a folder it is given and derives what it needs from the tiny fixture model,
 so nothing large is written.
@@ -19,8 +19,8 @@ import torch
 from lightning_pickle import malicious_call, save_malicious_checkpoint, save_with_fakes
 from safetensors.torch import save_file
 
-from pbe_core import layouts
-from pbe_core.checkpoint import load_checkpoint
+from pbe_core.weights import layouts
+from pbe_core.weights.checkpoint import load_checkpoint
 
 #: "the fix" of the loader's messages (regexes): a user reading the error is told what to do
 GET_AGAIN = r"download (it|the file) again|get the file again"

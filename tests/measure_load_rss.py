@@ -29,7 +29,7 @@ LOADERS = {
 }
 CHILD = """
 import resource, sys, types, torch
-from pbe_core.safe_torch_load import load_state_dict
+from pbe_core.weights.safe_torch_load import load_state_dict
 for name in ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"):
     sys.modules[name] = types.ModuleType(name)  # stub, so that plain torch.load can resolve the callback class
 sys.modules["pytorch_lightning.callbacks.model_checkpoint"].ModelCheckpoint = type("ModelCheckpoint", (), {{}})

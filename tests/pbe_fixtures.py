@@ -13,7 +13,7 @@ diffusers' and transformers' own classes (``UNet2DConditionModel``, ``Autoencode
 * ``diffusers-bin/``         same with ``.bin`` weights, CLIP keys without ``vision_model.`` (transformers 5)
 * ``diffusers-fp16/``        fp16 variant files only (``*.fp16.safetensors``)
 
-The original layout is produced from the diffusers modules by the pack's key maps (``pbe_core.layouts``); the tests
+The original layout is produced from the diffusers modules by the pack's key maps (``pbe_core.weights.layouts``); the tests
 check those maps against diffusers' own LDM-to-diffusers converters, so the fixture cannot silently agree with a
 wrong map. ``TINY`` keeps every test fast; ``FULL`` is the real architecture (1.31 B parameters) for benchmarks.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pbe_core import layouts
+from pbe_core.weights import layouts
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ import unprivileged
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbe_core import crop_stitch, edit_conditioning, inputs, mask_ops
-from pbe_core import exemplar_preprocess as pre
-from pbe_core.checkpoint import CheckpointError, check_fits, load_checkpoint, precheck
+from pbe_core.edit import conditioning as edit_conditioning
+from pbe_core.exemplar import preprocess as pre
+from pbe_core.photo import crop_stitch, inputs, mask_ops
+from pbe_core.weights.checkpoint import CheckpointError, check_fits, load_checkpoint, precheck
 
 
 def _image(h, w, b=1, c=3, seed=0):
@@ -272,7 +273,7 @@ def test_bad_model_is_refused_with_the_problem_and_the_fix(tmp_path, fixture_pat
 
 def test_a_trojaned_but_complete_model_is_refused(tmp_path, fixture_paths):
     """The weights of the trojan are a working Paint-by-Example model: refusing is a decision, not a side effect."""
-    from pbe_core.safe_torch_load import load_state_dict
+    from pbe_core.weights.safe_torch_load import load_state_dict
 
     marker = tmp_path / "pwned"
     path = bad_models.BY_NAME["malicious_pickle"].build(tmp_path, fixture_paths, marker)
@@ -290,7 +291,7 @@ def test_valid_layouts_pass_the_cheap_check(fixture_paths):
 _UNREADABLE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from pbe_core.checkpoint import CheckpointError, load_checkpoint, precheck
+from pbe_core.weights.checkpoint import CheckpointError, load_checkpoint, precheck
 out = {}
 for path in sys.argv[2:]:
     for f in (precheck, load_checkpoint):
@@ -361,7 +362,7 @@ def _original_sd(fixture_paths):
 def test_damaged_files_get_the_packs_error_not_a_crash_or_a_hang(tmp_path, fixture_paths, damage, message):
     from safetensors.torch import save_file
 
-    from pbe_core.exemplar_encoder import ExemplarEncoder
+    from pbe_core.exemplar.encoder import ExemplarEncoder
 
     sd = _original_sd(fixture_paths)
     if damage == "stray_block":  # would otherwise build a billion mapper blocks

@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-from pbe_core import layouts
-from pbe_core.checkpoint import CheckpointError, load_checkpoint
+from pbe_core.weights import layouts
+from pbe_core.weights.checkpoint import CheckpointError, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_full_size_key_names_agree_with_diffusers_converters():
 
 def test_original_keys_follow_the_published_layout(fixture_paths):
     """Names and nesting of the published layout (docs/design/checkpoint-layouts.md), read back from the Lightning file itself."""
-    from pbe_core.checkpoint import read_state_dict
+    from pbe_core.weights.checkpoint import read_state_dict
 
     sd = read_state_dict(fixture_paths["original.ckpt"])
     assert sd["model.diffusion_model.input_blocks.0.0.weight"].shape[1] == 9
@@ -317,7 +317,7 @@ def test_refuses_unreadable_folder(tmp_path, fixture_paths):
     shutil.copytree(fixture_paths["diffusers-hub"], folder)
     folder.chmod(0)
     code = (
-        "import sys; from pbe_core.checkpoint import CheckpointError, load_checkpoint\n"
+        "import sys; from pbe_core.weights.checkpoint import CheckpointError, load_checkpoint\n"
         "try:\n    load_checkpoint(sys.argv[1])\nexcept CheckpointError as e:\n    sys.stdout.write(str(e))"
     )
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pbe_core.checkpoint import load_checkpoint, read_state_dict
 from pbe_core.convert import convert
+from pbe_core.weights.checkpoint import load_checkpoint, read_state_dict
 
 REPO = Path(__file__).resolve().parent.parent
 

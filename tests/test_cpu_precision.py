@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pbe_core.cpu_precision import HALF_PRECISION_FLAGS, cpu_computes_natively, cpu_flags, cpu_model_name
+from pbe_core.weights.cpu_precision import HALF_PRECISION_FLAGS, cpu_computes_natively, cpu_flags, cpu_model_name
 
 SAPPHIRE_RAPIDS = frozenset({"amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f"})
 ZEN4 = frozenset({"avx512_bf16", "avx512f"})  # AVX-512 BF16, no AMX

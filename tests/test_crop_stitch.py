@@ -1,4 +1,4 @@
-"""pbe_core.crop_stitch on real photographs (scikit-image's samples), at their own odd sizes and upscaled to
+"""pbe_core.photo.crop_stitch on real photographs (scikit-image's samples), at their own odd sizes and upscaled to
 3000+ pixels: window maths, resampling shapes, exact paste-back, orientation, borders, tiny and huge masks,
 several regions."""
 
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbe_core import crop_stitch as cs
-from pbe_core import mask_ops as mo
+from pbe_core.photo import crop_stitch as cs
+from pbe_core.photo import mask_ops as mo
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -139,7 +139,7 @@ def test_small_mask_on_large_photo_gets_a_small_window():
 
 
 def test_tiny_mask_is_clamped_to_min_side_and_logged(caplog):
-    caplog.set_level(logging.INFO, logger="pbe_core.crop_stitch")
+    caplog.set_level(logging.INFO, logger="pbe_core.photo.crop_stitch")
     bbox = (1500, 2200, 1503, 2203)  # 3x3 px on a 3000x4500 photo
     win = cs.plan_window((3000, 4500), bbox)
     check_window(win, (3000, 4500), bbox)
@@ -151,7 +151,7 @@ def test_tiny_mask_is_clamped_to_min_side_and_logged(caplog):
 
 
 def test_square_is_limited_by_min_area_fraction(caplog):
-    caplog.set_level(logging.INFO, logger="pbe_core.crop_stitch")
+    caplog.set_level(logging.INFO, logger="pbe_core.photo.crop_stitch")
     bbox = (1000, 500, 1100, 2500)  # 100 x 2000 px: the 3000-px square around it would make it 2.2% of the window
     win = cs.plan_window((3000, 4500), bbox, shape="square", min_area_fraction=0.05)
     check_window(win, (3000, 4500), bbox)
@@ -195,7 +195,7 @@ def test_plan_window_invariants_random(h, w, fy, fx, margin, shape, working_size
 
 # --- several regions -------------------------------------------------------------------------------------------------
 def test_plan_windows_merges_overlapping_and_keeps_far_regions_apart(caplog):
-    caplog.set_level(logging.INFO, logger="pbe_core.crop_stitch")
+    caplog.set_level(logging.INFO, logger="pbe_core.photo.crop_stitch")
     hw = (3000, 4500)
     boxes = [(100, 100, 300, 300), (150, 380, 350, 560), (2500, 4000, 2700, 4300), (2000, 100, 2040, 150)]
     wins = cs.plan_windows(hw, boxes)
@@ -310,7 +310,7 @@ def test_tiny_mask_round_trip_on_a_3000px_photo(big_coffee, caplog):
     src = big_coffee
     mask = torch.zeros(1, 3000, 4500)
     mask[0, 1500:1503, 2200:2203] = 1.0
-    with caplog.at_level(logging.WARNING, logger="pbe_core.crop_stitch"):
+    with caplog.at_level(logging.WARNING, logger="pbe_core.photo.crop_stitch"):
         out, paste, win = edit_round_trip(src, mask, grow=0, feather=4)
     assert win.size == (64, 64)
     assert any("3x3" in r.getMessage() for r in caplog.records)
@@ -395,7 +395,7 @@ def test_stitch_warns_when_the_feather_is_cut_by_the_window(photos, caplog):
     mask = torch.zeros(1, 512, 512)
     mask[0, 200:240, 200:240] = 1.0
     win = cs.plan_window((512, 512), mo.mask_bbox(mask))  # 10 px margin
-    with caplog.at_level(logging.WARNING, logger="pbe_core.crop_stitch"):
+    with caplog.at_level(logging.WARNING, logger="pbe_core.photo.crop_stitch"):
         cs.stitch(src, cs.crop_to_window(src, win), win, mo.feather_mask(mask, 8))
         assert not caplog.records
         cs.stitch(src, cs.crop_to_window(src, win), win, mo.feather_mask(mask, 30))

@@ -1,4 +1,4 @@
-"""The edit without the host (pbe_core.edit): the plan's checks, windows and regions, and the paste-back.
+"""The edit without the host (pbe_core.edit.plan): the plan's checks, windows and regions, and the paste-back.
 
 The host's part (encode, sample, decode) is replaced by a known edit of each window's pixels, so every number here is
 the engine's own: what reaches the model, and what comes back.
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pbe_core import crop_stitch, mask_ops
-from pbe_core.edit import EditSettings, paste_back, plan_edit, visible_region
-from pbe_core.edit_conditioning import keep_mask, latent_keep_mask
+from pbe_core.edit.conditioning import keep_mask, latent_keep_mask
+from pbe_core.edit.plan import EditSettings, paste_back, plan_edit, visible_region
+from pbe_core.photo import crop_stitch, mask_ops
 
 
 def _photo(h, w, seed=0):

@@ -5,9 +5,9 @@ import pbe_fixtures
 import pytest
 import torch
 
-from pbe_core import exemplar_preprocess as pre
-from pbe_core.checkpoint import load_checkpoint
-from pbe_core.exemplar_encoder import ExemplarEncoder
+from pbe_core.exemplar import preprocess as pre
+from pbe_core.exemplar.encoder import ExemplarEncoder
+from pbe_core.weights.checkpoint import load_checkpoint
 
 # Relative tolerance of the fp32 comparison: max |ours - diffusers| / max |diffusers|.
 RTOL = 1e-5

@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pbe_core.checkpoint import CheckpointError, load_checkpoint
-from pbe_core.exemplar_encoder import ExemplarEncoder
+from pbe_core.exemplar.encoder import ExemplarEncoder
+from pbe_core.weights.checkpoint import CheckpointError, load_checkpoint
 
 EXAMPLES = int(os.environ.get("PBE_FUZZ_EXAMPLES", "0")) or None
 FUZZ = settings(

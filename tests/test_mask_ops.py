@@ -1,4 +1,4 @@
-"""pbe_core.mask_ops: exactness against SciPy's ndimage (an independent oracle) and properties with hypothesis.
+"""pbe_core.photo.mask_ops: exactness against SciPy's ndimage (an independent oracle) and properties with hypothesis.
 
 Masks come from scikit-image's sample photographs (thresholded) as well as from hypothesis. SciPy is only used
 here, as the reference; pbe_core itself must not need it.
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pbe_core import mask_ops as mo
+from pbe_core.photo import mask_ops as mo
 
 ndi = pytest.importorskip("scipy.ndimage")  # comes with scikit-image (the test extra)
 skdata = pytest.importorskip("skimage.data")

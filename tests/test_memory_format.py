@@ -1,4 +1,4 @@
-"""Channels-last convolution kernels re-ordered in place (pbe_core.memory_format).
+"""Channels-last convolution kernels re-ordered in place (pbe_core.weights.memory_format).
 
 Reference: torch's own ``Tensor.contiguous(memory_format=torch.channels_last)`` and ``torch.nn.functional.conv2d`` on
 the untouched kernel. The re-ordering only moves values, so the kernels must compare *equal*; a convolution with a
@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pbe_core.checkpoint import load_checkpoint
-from pbe_core.memory_format import conv_weights_to_channels_last_
+from pbe_core.weights.checkpoint import load_checkpoint
+from pbe_core.weights.memory_format import conv_weights_to_channels_last_
 
 
 def _kernels(seed=0):

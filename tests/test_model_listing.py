@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from pbe_core.model_listing import MAX_DEPTH, list_model_names
+from pbe_core.weights.model_listing import MAX_DEPTH, list_model_names
 
 pytestmark = pytest.mark.stdlib
 

@@ -1,4 +1,4 @@
-"""``pbe_core.module_loading``: shapes from the layers' declared sizes, completeness from what loading reports, also for
+"""``pbe_core.weights.module_loading``: shapes from the layers' declared sizes, completeness from what loading reports, also for
 layers that have no weights until loaded (as a newer ComfyUI builds them under dynamic VRAM; the host-level
 reproduction is tests/newer_host_emulation.py)."""
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pbe_core.checkpoint import CheckpointError
-from pbe_core.module_loading import declared_shapes, load_checked
+from pbe_core.weights.checkpoint import CheckpointError
+from pbe_core.weights.module_loading import declared_shapes, load_checked
 
 
 class WeightlessLinear(nn.Linear):

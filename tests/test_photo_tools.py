@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pbe_core import color_match as cm
-from pbe_core import exemplar_mixing as mix
-from pbe_core import exemplar_preprocess as pre
+from pbe_core.exemplar import mixing as mix
+from pbe_core.exemplar import preprocess as pre
+from pbe_core.photo import color_match as cm
 
 
 def test_pad_keeps_aspect_ratio_and_orientation():

@@ -1,4 +1,4 @@
-"""pbe_core.safe_torch_load: round trips, laziness, malicious pickles, refusals, fuzzing.
+"""pbe_core.weights.safe_torch_load: round trips, laziness, malicious pickles, refusals, fuzzing.
 
 Nothing here calls ``torch.load`` on a malicious file in this process; the one test that proves the
 malicious fixtures really run code does so in a subprocess inside ``tmp_path``.
@@ -29,8 +29,8 @@ from lightning_pickle import (
 )
 from mutations import apply_byte_damage
 
-from pbe_core import safe_torch_load as stl
-from pbe_core.safe_torch_load import CheckpointError, LazyTensor, Placeholder, load_state_dict, read_torch_zip
+from pbe_core.weights import safe_torch_load as stl
+from pbe_core.weights.safe_torch_load import CheckpointError, LazyTensor, Placeholder, load_state_dict, read_torch_zip
 
 TRAINABLE = ["unet.w", "unet.w_t", "fp16", "param"]
 

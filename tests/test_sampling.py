@@ -1,4 +1,4 @@
-"""Tests of pbe_core.sampling against diffusers' PNDMScheduler / DDIMScheduler (the independent oracles).
+"""Tests of pbe_core.edit.sampling against diffusers' PNDMScheduler / DDIMScheduler (the independent oracles).
 
 The oracle loops run in diffusers' VP space on a toy eps-model; ours run in ComfyUI's sigma space on the same
 model wrapped as a k-diffusion denoiser. The toy model is non-linear and depends strongly on the integer
@@ -21,7 +21,7 @@ import math
 import pytest
 import torch
 
-from pbe_core.sampling import (
+from pbe_core.edit.sampling import (
     official_sigmas,
     official_timesteps,
     sample_ddim,

@@ -10,7 +10,7 @@ from train_toy import toy_images, write_toy_dataset
 
 pytest.importorskip("albumentations")
 
-from pbe_core.exemplar_preprocess import CLIP_MEAN, CLIP_STD  # noqa: E402
+from pbe_core.exemplar.preprocess import CLIP_MEAN, CLIP_STD  # noqa: E402
 from pbe_core.train import masks  # noqa: E402
 from pbe_core.train.annotations import AnnotationError, BoxRecord, load_records  # noqa: E402
 from pbe_core.train.data import StreamSampler, TrainingSamples  # noqa: E402

@@ -17,9 +17,9 @@ from train_toy import write_toy_dataset
 pytest.importorskip("accelerate")
 pytest.importorskip("albumentations")
 
-from pbe_core import layouts  # noqa: E402
-from pbe_core.checkpoint import load_checkpoint, read_state_dict  # noqa: E402
 from pbe_core.train.cli import main  # noqa: E402
+from pbe_core.weights import layouts  # noqa: E402
+from pbe_core.weights.checkpoint import load_checkpoint, read_state_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "pbe_core" / "train" / "example_config.toml"
@@ -150,7 +150,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in ('accelerate', 'albumentations', 'albucore', 'cv2', 'diffusers'):
             raise ImportError(f'No module named {name!r} (blocked by the test)')
 sys.meta_path.insert(0, Block())
-import pbe_core, pbe_core.checkpoint, pbe_core.exemplar_encoder, pbe_core.convert, pbe_core.train
+import pbe_core, pbe_core.weights.checkpoint, pbe_core.exemplar.encoder, pbe_core.convert, pbe_core.train
 from pbe_core.train import config, cli, loop
 assert cli.main(['--print-config', 'init_from=x', 'annotations=a', 'images=b']) == 0
 here = sys.argv[1]  # an existing path for each setting that names one: the paths are checked first

@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-from pbe_core import layouts
-from pbe_core.checkpoint import CheckpointError, load_checkpoint, read_state_dict
 from pbe_core.train import model as M
+from pbe_core.weights import layouts
+from pbe_core.weights.checkpoint import CheckpointError, load_checkpoint, read_state_dict
 
 
 # --- key maps: LDM -> diffusers -------------------------------------------------------------------------------------

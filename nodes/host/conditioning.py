@@ -1,6 +1,6 @@
 """An edit window as the host sees it: the masked source and the mask on both conditionings, and the LATENT.
 
-The model's own conventions (channel order, keep-mask polarity, the grey hole) are ``pbe_core.edit_conditioning``'s;
+The model's own conventions (channel order, keep-mask polarity, the grey hole) are ``pbe_core.edit.conditioning``'s;
 here they become CONDITIONING entries that ``PaintByExampleModel.concat_cond`` reads (``concat_latent_image``,
 ``concat_mask``), set on the positive *and* the negative (ComfyUI 0.3.64 ``comfy/model_base.py``
 ``BaseModel.extra_conds``: a negative without them would get the host's default mask and image).
@@ -11,8 +11,8 @@ from __future__ import annotations
 import node_helpers
 import torch
 
-from ...pbe_core import edit_conditioning as ec
-from ...pbe_core.edit import EditWindow
+from ...pbe_core.edit import conditioning as ec
+from ...pbe_core.edit.plan import EditWindow
 
 #: what the LATENT to sample starts from
 LATENTS = ("empty", "source")

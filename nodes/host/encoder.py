@@ -1,7 +1,7 @@
 """The ``PBE_ENCODER`` socket type and its value: the exemplar encoder as the host runs it, with its cache.
 
 The encoder itself (CLIP vision tower -> class token -> mapper -> LayerNorm -> ``proj_out``) is
-``pbe_core.exemplar_encoder``; here it is wrapped in a host ``ModelPatcher`` so that ComfyUI's model management places
+``pbe_core.exemplar.encoder``; here it is wrapped in a host ``ModelPatcher`` so that ComfyUI's model management places
 and offloads it like any other model, and it remembers its recent encodings.
 """
 
@@ -15,11 +15,11 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ...pbe_core import inputs, mask_ops
-from ...pbe_core.checkpoint import PbECheckpoint
-from ...pbe_core.cpu_precision import cpu_computes_natively
-from ...pbe_core.exemplar_encoder import ExemplarEncoder
-from ...pbe_core.exemplar_preprocess import MASK_MARKS, PREPROCESS_MODES, object_mask, prepare_exemplars
+from ...pbe_core.exemplar.encoder import ExemplarEncoder
+from ...pbe_core.exemplar.preprocess import MASK_MARKS, PREPROCESS_MODES, object_mask, prepare_exemplars
+from ...pbe_core.photo import inputs, mask_ops
+from ...pbe_core.weights.checkpoint import PbECheckpoint
+from ...pbe_core.weights.cpu_precision import cpu_computes_natively
 from .patchers import patcher_class
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def encoder_dtype(weight_dtype: torch.dtype | None, device: torch.device) -> tor
     """The exemplar encoder's dtype for the loader's ``weight_dtype`` (None: "default") on ``device``.
 
     Default: fp32 on the CPU (fp16 there is slow and inexact), the host's text-encoder dtype on an accelerator. A
-    chosen precision as it is, except on a CPU that does not compute it natively (``pbe_core.cpu_precision``: bf16
+    chosen precision as it is, except on a CPU that does not compute it natively (``pbe_core.weights.cpu_precision``: bf16
     without AMX-BF16, fp16 on every CPU): fp32 there, because the encoder runs in plain torch, without the host's
     per-layer casting that lets the UNet keep such weights and compute in fp32.
     """

@@ -1,7 +1,7 @@
 """Which noise schedule and prediction type the Paint-by-Example UNet may be sampled with: its own, and no other.
 
 The UNet predicts the noise (eps) at the 1000 discrete timesteps of SD-1's schedule, linear betas 0.00085..0.012
-(docs/design/model.md; ``pbe_core.sampling.scaled_linear_alphas_cumprod``). A host ``ModelSampling*`` node (ComfyUI's
+(docs/design/model.md; ``pbe_core.edit.sampling.scaled_linear_alphas_cumprod``). A host ``ModelSampling*`` node (ComfyUI's
 ``comfy_extras/nodes_model_advanced.py``) swaps the MODEL's ``model_sampling`` object on a clone
 (``add_object_patch("model_sampling", ...)``), which the samplers then use to turn sigmas into timesteps and the
 UNet's output into a denoised latent:
@@ -26,7 +26,7 @@ import functools
 import comfy.model_sampling
 import torch
 
-from ...pbe_core.sampling import scaled_linear_alphas_cumprod
+from ...pbe_core.edit.sampling import scaled_linear_alphas_cumprod
 
 #: the methods that turn the UNet's output into a denoised latent: eps-prediction's are ``comfy.model_sampling.EPS``'s
 _PREDICTION = ("calculate_input", "calculate_denoised", "noise_scaling", "inverse_noise_scaling")

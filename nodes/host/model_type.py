@@ -4,7 +4,7 @@ The host knows a 9-channel SD-1 UNet only as SD-inpainting (``supported_models.S
 which feeds ``[noisy, mask, masked image]`` with 1 = region to fill. Paint by Example needs
 ``[noisy, masked image, keep-mask]`` with 1 = keep. ``PaintByExampleModel`` overrides ``concat_cond`` so every host
 sampler, scheduler and model patch (KSampler, KSamplerAdvanced, SamplerCustomAdvanced, ...) sees the right input;
-the order and polarity themselves live in ``pbe_core.edit_conditioning``.
+the order and polarity themselves live in ``pbe_core.edit.conditioning``.
 
 Host references (ComfyUI 0.3.64): ``comfy/model_base.py`` ``BaseModel.concat_cond`` / ``extra_conds``,
 ``comfy/supported_models.py`` ``SD15``, ``comfy/sd.py`` ``load_diffusion_model_state_dict`` (whose steps the UNet
@@ -29,11 +29,11 @@ import comfy.supported_models
 import comfy.utils
 import torch
 
-from ...pbe_core import edit_conditioning as ec
-from ...pbe_core.checkpoint import CheckpointError, PbECheckpoint
-from ...pbe_core.cpu_precision import cpu_computes_natively
-from ...pbe_core.memory_format import conv_weights_to_channels_last_, is_conv_kernel
-from ...pbe_core.module_loading import declared_shapes, load_checked
+from ...pbe_core.edit import conditioning as ec
+from ...pbe_core.weights.checkpoint import CheckpointError, PbECheckpoint
+from ...pbe_core.weights.cpu_precision import cpu_computes_natively
+from ...pbe_core.weights.memory_format import conv_weights_to_channels_last_, is_conv_kernel
+from ...pbe_core.weights.module_loading import declared_shapes, load_checked
 from .encoder import PbEEncoder, encoder_dtype
 from .model_sampling_check import check_model_sampling
 from .patchers import wrap_in_patcher
@@ -157,7 +157,7 @@ def native_half_on_cpu(weight_dtype: torch.dtype, device: torch.device, host_man
     """The UNet's manual-cast dtype (the model config's inference dtype; None = compute in the weights' dtype).
 
     The host's choice (``host_manual_cast``, from ``comfy.model_management.unet_manual_cast``), except for half-precision
-    weights on a CPU that computes that precision natively (``pbe_core.cpu_precision``: bf16 with AMX-BF16): None
+    weights on a CPU that computes that precision natively (``pbe_core.weights.cpu_precision``: bf16 with AMX-BF16): None
     there, so the host builds the UNet with plain bf16 layers (``comfy.ops.pick_operations`` gives
     ``disable_weight_init`` when no cast is needed, in 0.3.64 and 0.38 alike). The host never computes bf16 on a CPU: ``should_use_bf16`` is
     False for a CPU device (ComfyUI 0.3.64 and 0.38 alike: "bf16 works on CPU but is extremely slow", true without
@@ -178,7 +178,7 @@ def vae_channels_last_on_cpu(ckpt: PbECheckpoint, device: torch.device, dtype: t
     oneDNN then runs the VAE's convolutions on channels-last activations, which is faster on the CPU in fp32 and in
     bf16 (docs/benchmarks.md, "Channels-last convolution kernels" and "Channels-last in bf16"). Kernels already in the VAE's
     ``dtype`` (None: all of them) are re-ordered here, in place inside the checkpoint's own memory
-    (``pbe_core.memory_format``), so memory does not grow; ``adopt_weights`` casts the others straight into
+    (``pbe_core.weights.memory_format``), so memory does not grow; ``adopt_weights`` casts the others straight into
     channels-last order (a cast copies anyway). On an accelerator nothing changes (not measured there).
     """
     if torch.device(device).type != "cpu":
@@ -209,7 +209,7 @@ def _kernels_channels_last_in_place(ckpt: PbECheckpoint, part: str, dtype: torch
     """Re-order in place the convolution kernels of ``ckpt``'s ``part`` that are ``dtype`` (None: any); their names."""
     parts = ckpt.parts()
     same = {k: t for k, t in parts[part].items() if dtype is None or t.dtype == dtype}
-    # a kernel whose bytes another tensor of the file also views is left alone (pbe_core.memory_format)
+    # a kernel whose bytes another tensor of the file also views is left alone (pbe_core.weights.memory_format)
     others = [t for name, d in parts.items() for k, t in d.items() if name != part or k not in same]
     return conv_weights_to_channels_last_(same, also_in_memory=others)
 
@@ -223,7 +223,7 @@ def adopt_weights(
     channels_last: bool = False,
 ) -> None:
     """Make ``sd``'s tensors the weights of ``module``, floating-point ones cast to ``dtype`` where they differ
-    (``pbe_core.module_loading.load_checked``: through the layers' own ``load_state_dict`` with ``assign``; a tensor of
+    (``pbe_core.weights.module_loading.load_checked``: through the layers' own ``load_state_dict`` with ``assign``; a tensor of
     another shape than its layer declares, a weight loading reports missing, or a tensor it reports unused raise
     :class:`CheckpointError` naming them).
 

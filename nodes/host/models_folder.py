@@ -1,7 +1,7 @@
 """The pack's model folder in the host: ``models/paint_by_example`` (and the folders ``extra_model_paths.yaml`` adds).
 
 Registered with the host's ``folder_paths`` with exactly the loader's file extensions; listed with a walk that enters
-every folder once (``pbe_core.model_listing``); names resolved back to paths with a message that says where the file
+every folder once (``pbe_core.weights.model_listing``); names resolved back to paths with a message that says where the file
 goes when it is not there.
 """
 
@@ -11,8 +11,8 @@ import os
 
 import folder_paths
 
-from ...pbe_core.checkpoint import CHECKPOINT_EXTENSIONS
-from ...pbe_core.model_listing import list_model_names
+from ...pbe_core.weights.checkpoint import CHECKPOINT_EXTENSIONS
+from ...pbe_core.weights.model_listing import list_model_names
 
 FOLDER = "paint_by_example"
 

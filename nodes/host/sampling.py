@@ -1,7 +1,7 @@
 """Sampling one edit window with the host: the official sampler, the host's samplers, the memory an edit needs.
 
 * ``reference``: the official inference, PLMS (eta 0) over the uniform timesteps 981, 961, ..., 1
-  (``pbe_core.sampling``), on the host's own sigma table so every step lands on an exact timestep.
+  (``pbe_core.edit.sampling``), on the host's own sigma table so every step lands on an exact timestep.
 * Every host sampler (euler, ddim, dpmpp_2m, ...) with any host scheduler.
 
 At a full denoise every one of them starts from unit-variance noise, as the paper's samplers do. The host does so
@@ -19,8 +19,8 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ...pbe_core import sampling
-from ...pbe_core.edit import EditWindow
+from ...pbe_core.edit import sampling
+from ...pbe_core.edit.plan import EditWindow
 from .conditioning import window_conditioning
 
 REFERENCE = "reference"

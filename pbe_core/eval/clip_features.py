@@ -5,7 +5,7 @@ All three official metrics use OpenAI CLIP ViT-B/32 (``clip.load("ViT-B/32")``):
 class token after ``ln_post`` times the visual projection: transformers' ``CLIPModel.get_image_features``, 512-d,
 not L2-normalised. The model comes from a transformers folder (``openai/clip-vit-base-patch32`` layout:
 ``config.json`` + ``model.safetensors``, or ``pytorch_model.bin``), read without executing anything in it:
-safetensors by safetensors, a ``.bin`` by the pack's restricted unpickler (:func:`pbe_core.checkpoint.read_state_dict`,
+safetensors by safetensors, a ``.bin`` by the pack's restricted unpickler (:func:`pbe_core.weights.checkpoint.read_state_dict`,
 which refuses a pickle that names code). Nothing is downloaded.
 
 Preprocessing is written here with Pillow and torch, not taken from transformers' ``CLIPImageProcessor``: that
@@ -103,7 +103,7 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu", dtype: tor
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from ..checkpoint import CheckpointError, read_state_dict
+    from ..weights.checkpoint import CheckpointError, read_state_dict
 
     folder = Path(folder)
     config_file = folder / "config.json"

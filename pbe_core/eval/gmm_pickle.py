@@ -9,11 +9,11 @@
   numeric dtypes and build the arrays with ``np.frombuffer``;
 * ``sklearn.mixture[._]gaussian_mixture.GaussianMixture`` to :class:`GaussianMixtureState`, an inert stand-in that
   keeps the state dict the pickle gives it (scikit-learn is not imported);
-* every other name to an inert placeholder (:class:`pbe_core.safe_torch_load.Placeholder`) that records its
+* every other name to an inert placeholder (:class:`pbe_core.weights.safe_torch_load.Placeholder`) that records its
   arguments and does nothing.
 
 After loading, a pickle that names anything that would run code under ``pickle.load`` (``os.system``,
-``builtins.exec``, ``subprocess.*``...: :func:`pbe_core.safe_torch_load.code_names`) is refused with those names,
+``builtins.exec``, ``subprocess.*``...: :func:`pbe_core.weights.safe_torch_load.code_names`) is refused with those names,
 although nothing was run; so is a mixture whose fields are not plain arrays, or any other object.
 """
 
@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from ..safe_torch_load import CheckpointError, Placeholder, PlaceholderType, check_pickle, code_names
+from ..weights.safe_torch_load import CheckpointError, Placeholder, PlaceholderType, check_pickle, code_names
 
 #: the pickled names of scikit-learn's GaussianMixture (module moved in 0.22)
 GAUSSIAN_MIXTURE_NAMES = frozenset(

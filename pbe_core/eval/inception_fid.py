@@ -3,7 +3,7 @@
 Only when the user gives the InceptionV3 FID weights file (torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``,
 as ``.pth`` or converted to ``.safetensors``); nothing is downloaded, and without the file or the two packages the
 metric is skipped with a message. torch-fidelity opens its weights with ``torch.load(weights_only=False)``, so the
-user's file never reaches it: the pack's safe reader (:func:`pbe_core.checkpoint.read_state_dict`) takes the tensors
+user's file never reaches it: the pack's safe reader (:func:`pbe_core.weights.checkpoint.read_state_dict`) takes the tensors
 out, they are re-saved with ``torch.save`` into a private temporary folder, and that file (written here, tensors only)
 is what torch-fidelity opens. Images go in as uint8; torchmetrics resizes them to 299x299 (bilinear, antialiased).
 """
@@ -55,7 +55,7 @@ def inception_fid(
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as e:
         raise InceptionUnavailable(f"Inception FID needs {' and '.join(PACKAGES)} ({e}); pip install {' '.join(PACKAGES)}") from None
-    from ..checkpoint import CheckpointError, read_state_dict
+    from ..weights.checkpoint import CheckpointError, read_state_dict
 
     weights = Path(weights)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..exemplar_preprocess import normalize
+from ..exemplar.preprocess import normalize
 
 
 def exemplar_transform(size: int = 224):
@@ -32,7 +32,7 @@ def exemplar_transform(size: int = 224):
 def augment_exemplar(transform, crop: np.ndarray, seed: int) -> torch.Tensor:
     """Augment one object crop, uint8 (H, W, 3), with ``transform`` seeded by ``seed``.
 
-    Returns CLIP-normalised float32 (3, size, size) (CLIP mean/std from :mod:`pbe_core.exemplar_preprocess`).
+    Returns CLIP-normalised float32 (3, size, size) (CLIP mean/std from :mod:`pbe_core.exemplar.preprocess`).
     """
     transform.set_random_seed(seed)
     out = transform(image=np.ascontiguousarray(crop))["image"]

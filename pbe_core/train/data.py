@@ -37,7 +37,7 @@ class TrainingSamples(Dataset):
     """``dataset[position]`` -> dict of
 
     * ``image``    float32 (3, S, S) in [-1, 1]: the square crop (the target)
-    * ``keep``     float32 (1, S, S), 1 = keep, 0 = region to fill (PbE's polarity, :mod:`pbe_core.edit_conditioning`)
+    * ``keep``     float32 (1, S, S), 1 = keep, 0 = region to fill (PbE's polarity, :mod:`pbe_core.edit.conditioning`)
     * ``exemplar`` float32 (3, E, E), CLIP-normalised (E = ``exemplar_size``, 224 for ViT-L/14)
     * ``drop``     bool (): replace the exemplar condition by the learned vector
     """

@@ -89,7 +89,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
     from transformers import get_constant_schedule_with_warmup
 
-    from ..sampling import scaled_linear_alphas_cumprod
+    from ..edit.sampling import scaled_linear_alphas_cumprod
     from . import model as M
     from .annotations import load_records
     from .data import StreamSampler, TrainingSamples

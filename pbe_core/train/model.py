@@ -3,10 +3,10 @@
 Start (docs/design/training.md):
 
 * **from SD-1.x** (as the paper): the UNet's input conv grows from 4 to 9 input channels, the 5 new ones
-  (masked-image latent, keep-mask; :data:`pbe_core.edit_conditioning.UNET_INPUT_ORDER`) zero, so the model starts as
+  (masked-image latent, keep-mask; :data:`pbe_core.edit.conditioning.UNET_INPUT_ORDER`) zero, so the model starts as
   the SD UNet; the mapper, final LayerNorm, ``proj_out`` and the learned vector are fresh (PyTorch's default init,
   the vector N(0, 1)); the CLIP vision tower comes from a file the user gives; VAE and UNet from the SD file;
-* **from any Paint-by-Example checkpoint** :func:`pbe_core.checkpoint.load_checkpoint` reads.
+* **from any Paint-by-Example checkpoint** :func:`pbe_core.weights.checkpoint.load_checkpoint` reads.
 
 An SD-1.x start is a single file (``.ckpt``/``.safetensors``, LDM names); its UNet is ``model.diffusion_model.*``
 (in full training files the non-EMA weights, the usual start for fine-tuning; ``model_ema.*`` is ignored).
@@ -16,7 +16,7 @@ optimizer and the distributed engine see). Frozen: CLIP and the VAE (:class:`Fro
 
 The UNet runs as diffusers' ``UNet2DConditionModel`` (gradient checkpointing, fused attention), the VAE as
 diffusers' ``AutoencoderKL`` and CLIP as transformers' ``CLIPVisionModel``; the weights go in and out through the
-pack's key maps (:mod:`pbe_core.layouts`), so the result is written in the original single-file layout.
+pack's key maps (:mod:`pbe_core.weights.layouts`), so the result is written in the original single-file layout.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import layouts
-from ..checkpoint import CheckpointError, PbECheckpoint, infer_info, load_checkpoint, read_state_dict
-from ..exemplar_encoder import ExemplarEncoder, ExemplarHead
-from ..safetensors_writer import write_safetensors
+from ..exemplar.encoder import ExemplarEncoder, ExemplarHead
+from ..weights import layouts
+from ..weights.checkpoint import CheckpointError, PbECheckpoint, infer_info, load_checkpoint, read_state_dict
+from ..weights.safetensors_writer import write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +236,10 @@ def eps_loss(trainable: nn.Module, frozen: FrozenPbE, batch: Mapping[str, torch.
     """The paper's objective: L2 between the true and the predicted noise on the 4 latent channels.
 
     The target latent and the masked source (hole = 0 in [-1, 1]) are VAE-encoded; the keep-mask goes to latent size
-    bilinearly (:func:`pbe_core.edit_conditioning.latent_keep_mask`); timesteps are uniform over the 1000 training
+    bilinearly (:func:`pbe_core.edit.conditioning.latent_keep_mask`); timesteps are uniform over the 1000 training
     steps; noise, timesteps and the VAE posterior samples come from ``generator`` (CPU), so a step is reproducible.
     """
-    from .. import edit_conditioning as ec
+    from ..edit import conditioning as ec
 
     image, keep = batch["image"].to(device), batch["keep"].to(device)
     b = image.shape[0]

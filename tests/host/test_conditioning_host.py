@@ -27,7 +27,7 @@ def host():
 
     class Host:
         loader = pack_module("nodes.host.model_type")
-        checkpoint = pack_module("pbe_core.checkpoint")
+        checkpoint = pack_module("pbe_core.weights.checkpoint")
         conditioning = pack_module("nodes.conditioning")
 
     return Host

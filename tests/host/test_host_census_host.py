@@ -191,7 +191,7 @@ def test_callables_take_the_arguments_the_pack_passes(host):
 def test_the_vae_object_carries_what_the_pack_reads(host, fixture_paths):
     from comfy_inprocess import pack_module
 
-    ckpt = pack_module("pbe_core.checkpoint").load_checkpoint(fixture_paths["original-fp32.safetensors"])
+    ckpt = pack_module("pbe_core.weights.checkpoint").load_checkpoint(fixture_paths["original-fp32.safetensors"])
     vae = pack_module("nodes.host.model_type").build_vae(ckpt)
     _report([f"comfy.sd.VAE().{a}: gone" for a in VAE_ATTRIBUTES if not hasattr(vae, a)], "VAE attributes")
 

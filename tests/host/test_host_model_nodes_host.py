@@ -61,7 +61,7 @@ def host():
         sta = pack_module("nodes.host.single_token_attention")
         shared = pack_module("nodes.host.shared_cfg_prefix")
         attention_choice = pack_module("nodes.host.attention_choice")
-        checkpoint = pack_module("pbe_core.checkpoint")
+        checkpoint = pack_module("pbe_core.weights.checkpoint")
 
     return Host
 
@@ -277,7 +277,7 @@ def test_other_model_sampling_nodes_are_refused(host, models):
 
 
 def test_the_check_reads_the_trained_schedule_independently_of_the_host(host, models):
-    """The schedule the check accepts is the pack's own statement of the training schedule (pbe_core.sampling), and the
+    """The schedule the check accepts is the pack's own statement of the training schedule (pbe_core.edit.sampling), and the
     host's table for the model equals it: the check is not comparing the host with itself."""
     from comfy_inprocess import pack_module
 

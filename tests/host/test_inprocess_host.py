@@ -53,7 +53,7 @@ def host():
         sta = pack_module("nodes.host.single_token_attention")
         shared = pack_module("nodes.host.shared_cfg_prefix")
         attention_choice = pack_module("nodes.host.attention_choice")
-        checkpoint = pack_module("pbe_core.checkpoint")
+        checkpoint = pack_module("pbe_core.weights.checkpoint")
 
     return Host
 
@@ -582,7 +582,7 @@ def native_bf16(host, monkeypatch):
     CPU, only slowly without AMX): the pack's own CPU check answers as for a CPU whose flags include amx_bf16."""
     from comfy_inprocess import pack_module
 
-    precision = pack_module("pbe_core.cpu_precision")
+    precision = pack_module("pbe_core.weights.cpu_precision")
     amx = frozenset({"amx_bf16", "amx_tile", "avx512_bf16", "avx512f"})
     for module in (host.model_type, host.encoder):  # the UNet and VAE's choice, and the encoder's
         monkeypatch.setattr(module, "cpu_computes_natively", lambda dtype, _flags=None: precision.cpu_computes_natively(dtype, amx))
@@ -654,7 +654,7 @@ def no_native_bf16(host, monkeypatch):
     """The pack's CPU check answering as for a CPU without AMX-BF16 (e.g. AVX-512 BF16 only)."""
     from comfy_inprocess import pack_module
 
-    precision = pack_module("pbe_core.cpu_precision")
+    precision = pack_module("pbe_core.weights.cpu_precision")
     flags = frozenset({"avx512_bf16", "avx512f"})
     for module in (host.model_type, host.encoder):
         monkeypatch.setattr(module, "cpu_computes_natively", lambda dtype, _flags=None: precision.cpu_computes_natively(dtype, flags))

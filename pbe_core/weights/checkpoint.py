@@ -98,7 +98,7 @@ class PbECheckpoint:
     source: str  # the path
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict of :class:`pbe_core.exemplar_encoder.ExemplarEncoder` (original naming)."""
+        """State dict of :class:`pbe_core.exemplar.encoder.ExemplarEncoder` (original naming)."""
         sd = layouts.add_prefix(self.clip, "transformer.")
         sd.update(layouts.add_prefix(self.mapper, "mapper."))
         sd.update(layouts.add_prefix(self.final_ln, "final_ln."))

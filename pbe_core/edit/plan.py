@@ -18,7 +18,7 @@ helpers it calls (``mask_ops``, ``crop_stitch``) trust what it hands them. It bi
   (``one_window``, what *Crop for Edit* gives), each scaled to the working size.
 
 Each :class:`EditWindow` holds exactly what the model gets: the pixels (B, h, w, 3) and the region at that size
-(B, h, w), 1 = repaint (ComfyUI's polarity; ``edit_conditioning`` turns it into the model's keep-mask). A region
+(B, h, w), 1 = repaint (ComfyUI's polarity; ``conditioning`` turns it into the model's keep-mask). A region
 the model could not see is made visible: if a thin stroke, scaled to the working size, covers no latent cell (the
 model sees the mask at 1/8 of the pixels), its latent cells are taken whole (see :func:`visible_region`).
 
@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import crop_stitch, inputs, mask_ops
-from .color_match import color_match
-from .edit_conditioning import keep_mask, latent_keep_mask, pad_to_multiple
+from ..photo import crop_stitch, inputs, mask_ops
+from ..photo.color_match import color_match
+from .conditioning import keep_mask, latent_keep_mask, pad_to_multiple
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Conventions (ComfyUI's): IMAGE = float ``(B, H, W, C)`` in ``[0, 1]``; MASK = fl
 always ``(height, width)``; nothing here ever swaps the two.
 
 Only torch and the standard library are used (no ComfyUI). Inputs are checked where they enter
-(``pbe_core.edit.plan_edit``): these helpers trust them.
+(``pbe_core.edit.plan.plan_edit``): these helpers trust them.
 """
 
 from __future__ import annotations

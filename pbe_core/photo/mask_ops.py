@@ -11,7 +11,7 @@ needed (bounding boxes, regions, holes). The morphological operations (:func:`gr
 work on the grey values directly.
 
 Only torch, numpy and the standard library are used: this module must run without ComfyUI and without SciPy.
-Values are checked where they enter (``pbe_core.edit.plan_edit``, a node's ``execute``): these helpers trust them.
+Values are checked where they enter (``pbe_core.edit.plan.plan_edit``, a node's ``execute``): these helpers trust them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PLACEHOLDER_SIDE = 64
 
 # --- shape handling --------------------------------------------------------------------------------------------------
 def _as_batch(mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Return ``(mask as (B, H, W) float, was_2d)``. Values are the caller's to check (``pbe_core.inputs``)."""
+    """Return ``(mask as (B, H, W) float, was_2d)``. Values are the caller's to check (``pbe_core.photo.inputs``)."""
     was_2d = mask.ndim == 2
     m = mask.unsqueeze(0) if was_2d else mask
     if not m.is_floating_point():

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import ModelInfo, PbECheckpoint
-from .module_loading import load_checked
+from ..weights.checkpoint import ModelInfo, PbECheckpoint
+from ..weights.module_loading import load_checked
 
 
 class MapperAttention(nn.Module):
@@ -122,7 +122,7 @@ class ExemplarEncoder(ExemplarHead):
     learned unconditional vector).
 
     ``forward(pixels)``: pixels (B, 3, S, S) float, CLIP-normalised (S = ``info.clip_image_size``, 224 for the real
-    model; see :mod:`pbe_core.exemplar_preprocess`) -> context (B, 1, C), C = ``info.context_dim`` (768).
+    model; see :mod:`pbe_core.exemplar.preprocess`) -> context (B, 1, C), C = ``info.context_dim`` (768).
     """
 
     def __init__(self, info: ModelInfo):
@@ -144,7 +144,7 @@ class ExemplarEncoder(ExemplarHead):
         return sd
 
     def _load_checked(self, ckpt: PbECheckpoint, prepare=lambda k, v: v) -> None:
-        """Load the checkpoint's encoder tensors with ``assign`` (``pbe_core.module_loading.load_checked``): every
+        """Load the checkpoint's encoder tensors with ``assign`` (``pbe_core.weights.module_loading.load_checked``): every
         tensor must be used and every weight set, in the shape its layer declares; :class:`CheckpointError`
         otherwise. ``position_ids`` may be absent (a non-persistent buffer in recent transformers, a persistent one
         in old ones)."""
