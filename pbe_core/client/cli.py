@@ -303,7 +303,7 @@ def _main(args) -> int:
             log.error("error: %s", e)
             return 1
         report, status = run_batch(connect, jobs, settings, store)
-    return _summary(args, report, status)
+        return _summary(args, report, status)  # before a private ComfyUI is stopped: a second Ctrl-C then loses nothing
 
 
 def _summary(args, report: dict, status: int, markdown: Callable[[dict], str] | None = None) -> int:
