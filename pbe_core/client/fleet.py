@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -77,6 +78,10 @@ WORKER_RESTARTS = 2
 ACTOR_RESTARTS = 2
 #: seconds a worker's ComfyUI may take to start
 START_TIMEOUT = 600.0
+#: seconds Ctrl-C waits for the rows running to end once their prompts are cancelled (a second Ctrl-C: no wait)
+CANCEL_WAIT = 5.0
+#: seconds the workers get to stop their ComfyUIs at the end (a second Ctrl-C: none)
+STOP_WAIT = 60.0
 #: the longest Ray folder whose socket paths (``<folder>/session_<date>_<pid>/sockets/plasma_store``) fit in 107 bytes
 TEMP_DIR_MAX = 40
 
@@ -565,6 +570,7 @@ class _Driver:
         self.ray_started = False
         self.started_at = time.monotonic()
         self.run_id = uuid.uuid4().hex[:8]
+        self.hurry = False  # a second Ctrl-C: stop without waiting for anything
 
     # --- start -----------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -757,6 +763,9 @@ class _Driver:
                 return
             w.done += 1
             self._end(row, w, "done", None)
+        elif self.status == 130:  # its prompt was cancelled by Ctrl-C (or it ended otherwise meanwhile)
+            w.state = "idle"
+            self._end(row, w, "failed", "interrupted (Ctrl-C) while it ran")
         elif outcome == "failed":
             w.state, w.failed = "idle", w.failed + 1
             self._end(row, w, "failed", answer["error"])
@@ -821,17 +830,57 @@ class _Driver:
         self.pending.clear()
 
     def _interrupted(self) -> None:
+        """Ctrl-C: no new row; each running row's prompts are cancelled on its ComfyUI (``POST /queue`` delete and
+        ``POST /interrupt``, by prompt id), and the answers of the rows running are taken for up to
+        :data:`CANCEL_WAIT` seconds, so that a row that finished meanwhile keeps its result. A second Ctrl-C stops
+        waiting at once."""
         self.stopped, self.status = "interrupted (Ctrl-C)", 130
-        self.progress.say(logging.ERROR, "interrupted: cancelling the rows running and stopping the workers")
-        for w, row in self._running():
-            if w.kind == "attached":  # a private ComfyUI stops with its worker; a running server is left clean
-                _cancel_prompts(w.spec.server, w.spec.client_id)
+        for row in self.pending:
+            row.status, row.error = "failed", "not tried: interrupted (Ctrl-C)"
+        self.pending.clear()
+        self.deferred = []
+        running = self._running()
+        self.progress.say(logging.ERROR, "interrupted: cancelling the %d row(s) running on their ComfyUIs, then "
+                          "stopping the workers (Ctrl-C again: stop at once)", len(running))  # fmt: skip
+        try:
+            self._cancel_running(running)
+            deadline = time.monotonic() + CANCEL_WAIT
+            while self._running() and time.monotonic() < deadline:
+                refs = [ref for ref, (what, *_) in self.calls.items() if what == "run"]
+                ready, _ = self.ray.wait(refs, num_returns=1, timeout=max(0.01, min(0.5, deadline - time.monotonic())))
+                for ref in ready:
+                    self._answer(ref, *self.calls.pop(ref)[:3])
+            if self._running():  # a row that queued its prompt only after the first cancel
+                self._cancel_running(self._running())
+        except KeyboardInterrupt:
+            self.hurry = True
+            self.progress.say(logging.ERROR, "interrupted again: stopping at once")
+        for _, row in self._running():
             if row.status is None:
                 row.status, row.error = "failed", "interrupted (Ctrl-C) while it ran"
         for row in self.rows:
             if row.status is None:
                 row.status, row.error = "failed", "not tried: interrupted (Ctrl-C)"
-        self.pending.clear()
+
+    def _cancel_running(self, running: list[tuple[Worker, Row]]) -> None:
+        """Cancel the prompts of the rows running, on every ComfyUI this machine can reach, all at once (a thread
+        each): an attached server (its address is this machine's view), or a private ComfyUI on this machine (it
+        listens on loopback). A private ComfyUI on another machine ends its prompt when its worker stops it."""
+        import threading
+
+        here = None
+        with contextlib.suppress(Exception):
+            here = self.ray.get_runtime_context().get_node_id()
+        threads = []
+        for w, _ in running:
+            address = w.spec.server or (w.where.get("address") if here and w.where.get("node") == here else None)
+            if address:
+                t = threading.Thread(target=_cancel_prompts, args=(address, w.spec.client_id), daemon=True)
+                t.start()
+                threads.append(t)
+        deadline = time.monotonic() + CANCEL_WAIT
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     # --- the end ---------------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -842,14 +891,18 @@ class _Driver:
                 shutil.rmtree(self.own_temp, ignore_errors=True)
             return
         ray = self.ray
-        with _ignoring_interrupts():
-            refs = []
-            for w in self.workers:
-                with contextlib.suppress(Exception):
-                    refs.append(w.handle.stop.remote())
-            if refs:
-                with contextlib.suppress(Exception):
-                    ray.wait(refs, num_returns=len(refs), timeout=60)
+        if not self.hurry:  # the workers stop their ComfyUIs; a second Ctrl-C cuts this short (they die with Ray)
+            try:
+                refs = []
+                for w in self.workers:
+                    with contextlib.suppress(Exception):
+                        refs.append(w.handle.stop.remote())
+                if refs:
+                    with contextlib.suppress(Exception):
+                        ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT if self.status == 130 else STOP_WAIT)
+            except KeyboardInterrupt:
+                self.progress.say(logging.ERROR, "interrupted again: stopping at once")
+        with _ignoring_interrupts():  # short: what is left running ends here
             for w in self.workers:
                 with contextlib.suppress(Exception):
                     ray.kill(w.handle, no_restart=True)
@@ -905,7 +958,7 @@ def _cancel_prompts(server: str, client_id: str) -> None:
     """Take a worker's prompts (by its client id) off a running server's queue, interrupting the one running."""
     client = ComfyClient(server, progress=False)
     try:
-        queue = client.get_json("/queue")
+        queue = json.loads(client.request("/queue", timeout=CANCEL_WAIT))
     except (ClientError, ServerUnreachable, ValueError) as e:
         log.warning("could not cancel the prompts of %s on %s: %s", client_id, server, e)
         return
@@ -913,7 +966,8 @@ def _cancel_prompts(server: str, client_id: str) -> None:
         for item in queue.get(key) or []:
             if (isinstance(item, list) and len(item) > 3 and isinstance(item[3], dict)
                     and item[3].get("client_id") == client_id):  # fmt: skip
-                client.cancel(item[1])
+                if client.cancel(item[1]):
+                    log.warning("cancelled prompt %s of %s on %s", item[1], client_id, client.base)
 
 
 def _wants(actor: dict) -> str:

@@ -19,7 +19,21 @@ import numpy as np
 import pytest
 from comfy_host import REPO, temporary_server
 from host_util import SIZE, png_bytes
-from test_client_host import TINY, Background, _history, _names, _rows_csv, _stamps, client, exemplar  # noqa: F401
+from test_client_host import (  # noqa: F401
+    TINY,
+    Background,
+    _history,
+    _names,
+    _rows_csv,
+    _stamps,
+    client,
+    ctrl_c,
+    exemplar,
+    gated_workflow,
+    probe_config,
+    seeds,
+    wait_for_file,
+)
 
 pytest.importorskip("ray", reason="needs Ray, the pack's 'fleet' extra: pip install 'ray>=2.10'")
 
@@ -206,38 +220,48 @@ def test_bad_rows_are_reported_with_their_reasons_and_the_rest_finish(comfy_serv
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_report_and_the_same_command_does_only_the_rest(comfy_server, tmp_path, exemplar):  # noqa: F811
-    rows = _rows_csv(tmp_path, 8, exemplar)
-    out = tmp_path / "out"
-    cmd = fleet("batch", str(rows), "-o", str(out), "--ray", "--no-progress", *TINY,
-                server_ports=[comfy_server.port] * 2)  # fmt: skip
+def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_rest(tmp_path, exemplar, fixture_paths):  # noqa: F811
+    """Six rows on two private workers, each row held at a gate until the test lets it go (tests/host_probe): rows 1
+    and 2 are let go; once both results are written and rows 3 and 4 wait at their gates (they cannot finish before
+    the signal), Ctrl-C reaches the command's process group. Each worker's ComfyUI sees its prompt interrupted (the
+    gate, and "Interrupting prompt <id>" in its log), rows 1-2 are kept, 3-4 are reported as interrupted while they
+    ran and 5-6 as not tried; exit 130, nothing left running. The same command then does rows 3-6 only."""
+    rows = _rows_csv(tmp_path, 6, exemplar)
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)
+    gate, workers, out = tmp_path / "gate", tmp_path / "workers", tmp_path / "out"
+    for s in seed[:2]:
+        (gate / f"go-{s}").touch()
+    cmd = fleet("batch", str(rows), "-o", str(out), "--model", str(fixture_paths["original.ckpt"]), "--steps", "2",
+                "--set", "Paint by Example.working_size=0", *gated, "--comfyui", os.environ["COMFYUI_PATH"],
+                f"--comfy-args=--extra-model-paths-config {probe_config(tmp_path)}", "--ray", "--workers", "2",
+                "--worker-dir", str(workers), "--no-progress")  # fmt: skip
     left = Leftovers(tmp_path)
-    run = Background(cmd)
-    deadline = time.monotonic() + 300
-    while len(list(out.glob("*.png"))) < 2:
-        assert run.proc.poll() is None and time.monotonic() < deadline, "".join(run.err)[-3000:]
-        time.sleep(0.05)
-    run.proc.send_signal(signal.SIGINT)
-    r = run.finish(timeout=300)
+    run = Background(cmd, start_new_session=True)
+    for s in seed[2:4]:
+        wait_for_file(run, gate / f"started-{s}", timeout=600)
+    wait_for_file(run, out / "002_photo1.png")
+    ctrl_c(run)
+    r = run.finish(timeout=120)
     assert r.returncode == 130, r.stderr[-3000:]
+    assert [s for s in seed if (gate / f"interrupted-{s}").exists()] == seed[2:4], r.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] is True and report["stopped"] == "interrupted (Ctrl-C)"
-    done = [row["name"] for row in report["rows"] if row["status"] == "done"]
-    assert len(done) >= 2
-    assert {row["error"] for row in report["rows"] if row["status"] != "done"} <= {
-        "interrupted (Ctrl-C) while it ran", "not tried: interrupted (Ctrl-C)"}
-    deadline = time.monotonic() + 30
-    while comfy_server.queue_state()["queue_running"] or comfy_server.queue_state()["queue_pending"]:
-        assert time.monotonic() < deadline, "the interrupted rows' prompts were left on the server"
-        time.sleep(0.2)
+    assert [row["status"] for row in report["rows"]] == ["done"] * 2 + ["failed"] * 4
+    assert [row["error"] for row in report["rows"][2:]] == ["interrupted (Ctrl-C) while it ran"] * 2 + \
+        ["not tried: interrupted (Ctrl-C)"] * 2  # fmt: skip
+    cancelled = [p for row in report["rows"][2:4] for t in row["tries"] for p in t["prompt_ids"]]
+    logs = "".join((workers / w / "comfyui.log").read_text(errors="replace") for w in ("w1", "w2"))
+    assert len(cancelled) == 2 and all(f"Interrupting prompt {p}" in logs for p in cancelled), cancelled
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(2)]
     left.check()
 
-    before = len(_history(comfy_server))
+    for s in seed[2:]:
+        (gate / f"go-{s}").touch()
     r = _run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"8 of 8 rows succeeded ({len(done)} already done)" in r.stdout
-    assert len(_history(comfy_server)) == before + 8 - len(done)
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(8)]
+    assert "6 of 6 rows succeeded (2 already done)" in r.stdout
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(6)]
     left.check()
 
 
