@@ -6,6 +6,7 @@ tests/host/test_fleet_host.py."""
 
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,4 +123,63 @@ def test_the_dashboard_flag_starts_it_or_says_what_to_install(tmp_path, monkeypa
     else:
         assert status == 2
         assert "--ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]'" in report["stopped"]
+    assert ray_processes() <= before and set(Path("/tmp").glob("pbe-ray-*")) <= folders
+
+
+def test_a_row_that_ends_after_ctrl_c_keeps_its_result(tmp_path, monkeypatch):
+    """Row ``b_hold`` runs when Ctrl-C (SIGINT) reaches the driver; only once the driver says it is cancelling the
+    rows running does the test let the row end. Its result is written (the driver takes the answers of the rows
+    running before it stops the workers), the rows not sent are reported as not tried, exit status 130, and Ray is
+    gone afterwards."""
+    import logging
+    import signal
+    import threading
+
+    rng = np.random.default_rng(5)
+    names = ["a", "b_hold", "c", "d"]  # in this order, on one worker
+    for name in names:
+        (tmp_path / f"{name}.png").write_bytes(_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+        (tmp_path / f"{name}_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (tmp_path / "ex.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    calls, release = tmp_path / "calls.log", tmp_path / "release"
+    monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
+    monkeypatch.setenv("PBE_STANDIN_RELEASE", str(release))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(fleet, "CANCEL_WAIT", 300.0)  # the row ends when the test says, not when a clock does
+    out = tmp_path / "out"
+    settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=out)
+    from fleet_standin import StandInWorker
+
+    cancelling = threading.Event()
+
+    class Said(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("interrupted: cancelling"):
+                cancelling.set()
+
+    def ctrl_c_while_hold_runs():
+        while not (calls.exists() and "run b_hold" in calls.read_text()):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+        if cancelling.wait(300):
+            release.touch()
+
+    handler = Said()
+    logging.getLogger("pbe_core.client").addHandler(handler)
+    before, folders = ray_processes(), set(Path("/tmp").glob("pbe-ray-*"))
+    helper = threading.Thread(target=ctrl_c_while_hold_runs, daemon=True)
+    helper.start()
+    try:
+        options = fleet.FleetOptions(workers=1, private={"comfyui": "unused"}, worker_class=StandInWorker,
+                                     progress=False)  # fmt: skip
+        report, status = fleet.run_fleet(jobs.jobs_from_folder(tmp_path, [tmp_path / "ex.png"]), settings, options)
+    finally:
+        logging.getLogger("pbe_core.client").removeHandler(handler)
+        release.touch()
+        helper.join(10)
+    assert status == 130 and report["interrupted"] is True
+    by_name = {r["name"]: r for r in report["rows"]}
+    assert [by_name[n]["status"] for n in ("a", "b_hold")] == ["done", "done"], by_name["b_hold"]
+    assert (out / "b_hold.png").read_bytes() == (tmp_path / "b_hold.png").read_bytes()
+    assert [by_name[n]["error"] for n in ("c", "d")] == ["not tried: interrupted (Ctrl-C)"] * 2
     assert ray_processes() <= before and set(Path("/tmp").glob("pbe-ray-*")) <= folders
