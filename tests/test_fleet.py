@@ -5,7 +5,9 @@ exactly once, and Ray's processes are gone afterwards. Needs Ray (the ``fleet`` 
 tests/host/test_fleet_host.py."""
 
 import io
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -183,3 +185,49 @@ def test_a_row_that_ends_after_ctrl_c_keeps_its_result(tmp_path, monkeypatch):
     assert (out / "b_hold.png").read_bytes() == (tmp_path / "b_hold.png").read_bytes()
     assert [by_name[n]["error"] for n in ("c", "d")] == ["not tried: interrupted (Ctrl-C)"] * 2
     assert ray_processes() <= before and set(Path("/tmp").glob("pbe-ray-*")) <= folders
+
+
+def test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row(tmp_path):
+    """A head started with ``ray start`` (Ray 2.59+: token authentication) and a command without RAY_AUTH_MODE:
+    given as --ray=HOST:PORT, and found through RAY_ADDRESS with --ray=auto. Each time one error on stderr with the
+    fix, exit status 2, no row started (the rows are "not tried" in the report, stdout points to the error)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from pbe_core.client.embedded import free_port
+
+    if tuple(int(x) for x in ray.__version__.split(".")[:2]) < (2, 59):
+        pytest.skip(f"Ray {ray.__version__} starts clusters without token authentication")  # not in CI's Ray
+    ray_cli = Path(sys.executable).with_name("ray")
+    rows = tmp_path / "in"
+    rows.mkdir()
+    for name in ("a", "b", "c"):
+        (rows / f"{name}.png").write_bytes(_png(np.zeros((16, 16, 3), np.uint8)))
+        (rows / f"{name}_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (rows / "ex.png").write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
+    head = Path(tempfile.mkdtemp(prefix="pbe-tok-", dir="/tmp"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    try:
+        r = subprocess.run([str(ray_cli), "start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir",
+                            str(head), "--disable-usage-stats", "--include-dashboard", "false"],
+                           capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        for extra_env, given in (({}, f"--ray=127.0.0.1:{port}"), ({"RAY_ADDRESS": f"127.0.0.1:{port}"}, "--ray=auto")):
+            out = tmp_path / f"out{len(extra_env)}"
+            r = subprocess.run([sys.executable, "-m", "pbe_core.client", "batch", str(rows), "--exemplar",
+                                str(rows / "ex.png"), "-o", str(out), given, "--server", "127.0.0.1:9"],
+                               capture_output=True, text=True, timeout=300, env={**env, **extra_env},
+                               cwd=HERE.parent)  # fmt: skip
+            assert r.returncode == 2, r.stderr[-3000:]
+            fix = "if the cluster uses token authentication (ray start does from Ray 2.59), run the command with " \
+                  "RAY_AUTH_MODE=token and the cluster's token"  # fmt: skip
+            said = [line for line in r.stderr.splitlines() if line.startswith("error: could not connect to the Ray")]
+            assert len(said) == 1 and fix in said[0], r.stderr[-3000:]
+            assert fix not in r.stdout and r.stdout.count("not tried (the batch stopped: see the error above)") == 3
+            report = json.loads((out / "report.json").read_text())
+            assert [row["tries"] for row in report["rows"]] == [[]] * 3 and report["workers"] == []
+    finally:
+        fleet._end_processes_of(head)
+        shutil.rmtree(head, ignore_errors=True)

@@ -319,9 +319,11 @@ def _summary(args, report: dict, status: int, markdown: Callable[[dict], str] | 
     skipped = f" ({report['skipped']} already done)" if report["skipped"] else ""
     sys.stdout.write(f"{report['succeeded']} of {len(report['rows'])} rows succeeded{skipped}; "
                      + (f"report: {report_path}\n" if written else "no report written (see the error above)\n"))
+    not_tried = f"not tried: {report['stopped']}" if report.get("stopped") else None
     for r in report["rows"]:
-        if not r["ok"]:
-            sys.stdout.write(f"FAILED {r['name']}: {r['error']}\n")
+        if not r["ok"]:  # the reason every row not tried shares is said once, on stderr (and in full in the report)
+            why = "not tried (the batch stopped: see the error above)" if r["error"] == not_tried else r["error"]
+            sys.stdout.write(f"FAILED {r['name']}: {why}\n")
     return status
 
 

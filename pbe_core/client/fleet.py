@@ -636,16 +636,18 @@ class _Driver:
         try:
             context = ray.init(**kwargs)
         except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
+            found = os.environ.get("RAY_ADDRESS") if options.address == "auto" else None
             where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
+            where += f" (RAY_ADDRESS={found})" if found else ""
             hint = ""
             if options.dashboard and "dashboard" in str(e).lower():
                 hint = "; --ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]' (or leave it out)"
-            elif options.address and options.address != "auto" and os.environ.get("RAY_AUTH_MODE") != "token":
-                # Ray 2.59+ starts clusters with token authentication; a driver given an address sends the token
-                # only in token mode (with --ray=auto on the head Ray finds the mode by itself)
+            elif options.address and (options.address != "auto" or found) and os.environ.get("RAY_AUTH_MODE") != "token":
+                # Ray 2.59+ starts clusters with token authentication; a driver given an address (or RAY_ADDRESS)
+                # sends the token only in token mode (with --ray=auto on the head Ray finds the mode by itself)
                 hint = ("; if the cluster uses token authentication (ray start does from Ray 2.59), run the command "
                         "with RAY_AUTH_MODE=token and the cluster's token (ray get-auth-token; ~/.ray/auth_token or "
-                        "RAY_AUTH_TOKEN), or on the head with --ray=auto")
+                        "RAY_AUTH_TOKEN), or on the head with --ray=auto" + (" and RAY_ADDRESS unset" if found else ""))
             raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}{hint}") from None
         info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
                 "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
@@ -665,7 +667,8 @@ class _Driver:
         try:
             try:
                 self.start()
-            except ClientError as e:
+            except ClientError as e:  # said once here; the rows say "not tried" with it in the report
+                self.progress.say(logging.ERROR, "error: %s", e)
                 self._stop(str(e), 2)
                 return
             while self.pending or self._running():
