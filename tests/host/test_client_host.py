@@ -339,7 +339,7 @@ def _history(server) -> dict:
 
 
 def _stamps(out: Path) -> dict:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.iterdir())}
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.iterdir()) if p.is_file()}
 
 
 def test_a_batch_survives_a_server_restart_and_a_rerun_redoes_nothing(server, tmp_path, exemplar):

@@ -188,6 +188,8 @@ def test_two_private_workers_match_the_single_server_client_and_survive_a_killed
     assert {k: v for k, v in _stamps(out).items() if not k.startswith("report.")} == \
         {k: v for k, v in stamps.items() if not k.startswith("report.")}  # fmt: skip
     assert [(workers / w / "comfyui.log").read_bytes() for w in ("w1", "w2")] == logs
+    (kept,) = (out / "reports").glob("report-*.json")  # the first run's record, with its lost row and restart
+    assert json.loads(kept.read_text()) == report and kept.with_suffix(".md").read_text() == md
     left.check()
 
 
