@@ -23,8 +23,11 @@ class StandInWorker:
         self.spec = spec
 
     def start(self) -> dict:
+        import ray
+
         _note("start", self.spec.label)
-        return {"ok": True, "error": None, "where": {"host": "stand-in", "pid": os.getpid()}}
+        where = {"host": "stand-in", "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+        return {"ok": True, "error": None, "where": where}
 
     def restart(self) -> dict:
         return self.start()

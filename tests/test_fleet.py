@@ -231,3 +231,102 @@ def test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row(
     finally:
         fleet._end_processes_of(head)
         shutil.rmtree(head, ignore_errors=True)
+
+
+def test_a_machine_lost_for_good_is_reported_with_its_node_and_time(tmp_path, monkeypatch):
+    """A two-node cluster on this machine (Ray's own ``cluster_utils.Cluster``), one CPU worker on each node (one CPU
+    each, so a worker whose node is gone finds no other place). While both run a held row, every process of the
+    second node is killed. Its worker's row goes to the other worker and every row is done once; the report says that worker's
+    machine was lost (that node, a time) and that its state at the end is "lost", with the row it lost and what became
+    of it; report.md says the same."""
+    import logging
+    import threading
+
+    from ray.cluster_utils import Cluster
+
+    rng = np.random.default_rng(9)
+    names = ["a_hold", "b_hold", "c", "d"]
+    for name in names:
+        (tmp_path / f"{name}.png").write_bytes(_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+        (tmp_path / f"{name}_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (tmp_path / "ex.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    calls, release = tmp_path / "calls.log", tmp_path / "release"
+    monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
+    monkeypatch.setenv("PBE_STANDIN_RELEASE", str(release))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    from fleet_standin import StandInWorker
+
+    lost_said = threading.Event()
+
+    class Said(logging.Handler):
+        def emit(self, record):
+            if "was lost" in record.getMessage():
+                lost_said.set()
+
+    before = ray_processes()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+
+    def remove_the_node_while_both_hold():
+        while not (calls.exists() and calls.read_text().count("run ") >= 2):
+            time.sleep(0.02)
+        doomed.kill_all_processes(check_alive=False, allow_graceful=False, wait=False)  # the machine is gone
+        if lost_said.wait(120):  # the driver saw the loss: let the held rows end
+            release.touch()
+
+    handler = Said()
+    logging.getLogger("pbe_core.client").addHandler(handler)
+    helper = threading.Thread(target=remove_the_node_while_both_hold, daemon=True)
+    helper.start()
+    try:
+        settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=tmp_path / "out")
+        options = fleet.FleetOptions(address=cluster.address, workers=2, private={"comfyui": "unused"},
+                                     worker_class=StandInWorker, progress=False)  # fmt: skip
+        report, status = fleet.run_fleet(jobs.jobs_from_folder(tmp_path, [tmp_path / "ex.png"]), settings, options)
+    finally:
+        logging.getLogger("pbe_core.client").removeHandler(handler)
+        release.touch()
+        helper.join(30)
+        cluster.shutdown()
+    assert status == 0, report
+    assert [r["status"] for r in report["rows"]] == ["done"] * 4
+    (gone,) = [w for w in report["workers"] if w["where"].get("node") == doomed.node_id]
+    (survivor,) = [w for w in report["workers"] if w is not gone]
+    (lost,) = [e for e in gone["events"] if e["event"] == "node lost"]
+    assert lost["node"] == doomed.node_id and lost["row"] in ("a_hold", "b_hold")
+    assert time.strptime(lost["at"], "%Y-%m-%dT%H:%M:%SZ")
+    assert gone["state"] == "lost" and doomed.node_id in gone["reason"] and lost["at"] in gone["reason"]
+    assert gone["lost_rows"] == [{"row": lost["row"], "status": "done", "worker": survivor["worker"]}]
+    assert survivor["state"] == "stopped" and survivor["events"] == [] and survivor["rows_done"] == 4 - gone["rows_done"]
+    md = fleet.report_markdown(report)
+    assert f"- {gone['worker']}: its machine was lost at {lost['at']}" in md and "at the end: lost" in md
+    assert ray_processes() <= before
+
+
+def test_a_ray_folder_left_by_a_killed_run_is_removed_by_the_next_and_only_that_one(tmp_path):
+    """Three pbe-ray-* folders: one whose run was killed (its owner process is gone; a process naming the folder still
+    runs, as Ray's helper agents do), one of a run still going (this process), one without an owner file. Only the
+    first is removed, and the process left from it is ended."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = fleet._process_identity(gone.pid)
+    gone.kill()
+    gone.wait()
+    dead, running, unnamed = (tmp_path / f"pbe-ray-{k}" for k in ("dead", "running", "unnamed"))
+    for folder in (dead, running, unnamed):
+        folder.mkdir()
+        (folder / "session_latest").mkdir()
+    (dead / fleet.OWNER_FILE).write_text(identity)
+    (running / fleet.OWNER_FILE).write_text(fleet._process_identity(os.getpid()))
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(dead)])
+    try:
+        assert fleet.clean_stale_ray_folders(tmp_path) == [dead]
+        assert helper.wait(30) is not None  # ended (by SIGTERM) with its run's folder
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pbe-ray-running", "pbe-ray-unnamed"]

@@ -82,6 +82,8 @@ START_TIMEOUT = 600.0
 CANCEL_WAIT = 5.0
 #: seconds the workers get to stop their ComfyUIs at the end (a second Ctrl-C: none)
 STOP_WAIT = 60.0
+#: the file in a run's own Ray folder naming the process that made it (``clean_stale_ray_folders``)
+OWNER_FILE = "pbe-owner"
 #: the longest Ray folder whose socket paths (``<folder>/session_<date>_<pid>/sockets/plasma_store``) fit in 107 bytes
 TEMP_DIR_MAX = 40
 
@@ -386,11 +388,18 @@ class Worker:
     restarts: int = 0
     reason: str | None = None
     ready_after: float | None = None
+    events: list[dict] = field(default_factory=list)  # {"event": "node lost"|"restarted", "at", "node", ...}
+    lost_rows: list = field(default_factory=list)  # the Rows it lost (its ComfyUI, process or machine died)
 
     def record(self) -> dict:
+        """``state``: stopped (at the end of the run), retired (given up, ``reason`` says why) or lost (its machine
+        was lost and Ray found it no other place before the run ended). ``events``: its machine lost (when, which
+        node) and where it was started again; ``lost_rows``: each row it lost and what became of it."""
+        lost = [{"row": r.name, "status": r.status, "worker": r.worker} for r in self.lost_rows]
         return {"worker": self.spec.label, "kind": self.kind, "state": self.state, "where": self.where,
                 "rows_done": self.done, "rows_failed": self.failed, "rows_lost": self.lost, "restarts": self.restarts,
-                "ready_after_s": self.ready_after, "reason": self.reason}  # fmt: skip
+                "ready_after_s": self.ready_after, "reason": self.reason, "events": self.events,
+                "lost_rows": lost}  # fmt: skip
 
 
 def prepare_rows(jobs: list, settings: Settings, store: ResultStore) -> list[Row]:
@@ -455,6 +464,21 @@ def report_markdown(report: dict) -> str:
             state = w["state"] + (f": {w['reason']}" if w.get("reason") else "")
             lines.append(f"| {w['worker']} | {w['kind']} | {_cell(place)} | {w['rows_done']} | {w['rows_failed']} | "
                          f"{w['rows_lost']} | {w['restarts']} | {_cell(state)} |")
+    fates = [w for w in report.get("workers") or [] if w.get("events") or w.get("lost_rows")]
+    if fates:
+        lines += ["", "## What happened to the workers", ""]
+        for w in fates:
+            said = []
+            for e in w.get("events") or []:
+                if e["event"] == "node lost":
+                    said.append(f"its machine was lost at {e['at']} ({e.get('host')}, Ray node {e['node']})"
+                                + (f" while it ran {e['row']}" if e.get("row") else ""))  # fmt: skip
+                elif e["event"] == "restarted":
+                    said.append(f"started again at {e['at']} on {e.get('where')}")
+            for r in w.get("lost_rows") or []:
+                then = f"then {r['status']} on {r['worker']}" if r.get("worker") else f"then {r['status']}"
+                said.append(f"lost row {r['row']} ({then})")
+            lines.append(f"- {w['worker']}: " + "; ".join(said) + f"; at the end: {w['state']}")
     failed = [r for r in rows if not r["ok"]]
     if failed:
         lines += ["", "## Failed rows", "", "| row | reason |", "|---|---|"]
@@ -571,6 +595,8 @@ class _Driver:
         self.started_at = time.monotonic()
         self.run_id = uuid.uuid4().hex[:8]
         self.hurry = False  # a second Ctrl-C: stop without waiting for anything
+        self.suspects: list[tuple[Worker, dict]] = []  # (worker, its "node lost" event) for actors that died
+        self.next_node_check = 0.0
 
     # --- start -----------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -625,8 +651,10 @@ class _Driver:
                                       f"{TEMP_DIR_MAX} characters (e.g. under /tmp)")  # fmt: skip
                 temp.mkdir(parents=True, exist_ok=True)
             else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
-                temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-",
-                                                             dir="/tmp" if os.path.isdir("/tmp") else None))
+                parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+                clean_stale_ray_folders(Path(parent))
+                temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-", dir=parent))
+                (temp / OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
             kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
                           _temp_dir=str(temp))  # fmt: skip
         else:
@@ -684,6 +712,7 @@ class _Driver:
                 for ref in ready:
                     self._answer(ref, *self.calls.pop(ref)[:3])
                 self._check_starts()
+                self._check_nodes()
                 self.progress.draw()
         except KeyboardInterrupt:
             self._interrupted()
@@ -747,6 +776,9 @@ class _Driver:
                 if w.ready_after is None:
                     w.ready_after = round(time.monotonic() - self.started_at, 1)
                 w.state = "idle"
+                if w.restarts:
+                    w.events.append({"event": "restarted", "at": _now(), "node": w.where.get("node"),
+                                     "where": _place(w.where)})  # fmt: skip
                 self.progress.say(logging.INFO, "%s ready (%s)%s", w.spec.label, _place(w.where),
                                   " again" if w.restarts else f" after {w.ready_after:.0f} s")
             else:
@@ -773,6 +805,8 @@ class _Driver:
             w.state, w.failed = "idle", w.failed + 1
             self._end(row, w, "failed", answer["error"])
         else:
+            if answer["sent"]:
+                w.lost_rows.append(row)
             self._lost(w, row, answer["error"], answer["sent"])
             if w.kind == "private" and w.restarts < WORKER_RESTARTS:
                 w.state, w.restarts = "restarting", w.restarts + 1
@@ -800,7 +834,12 @@ class _Driver:
 
     def _actor_died(self, w: Worker, row: Row | None, reason: str) -> None:
         reason = f"its Ray actor died: {reason}"
+        node = w.where.get("node")
+        if node:  # its machine may be gone: Ray says so once it has missed the node's heartbeats (_check_nodes)
+            self.suspects.append((w, {"event": "node lost", "at": _now(), "node": node, "host": w.where.get("host"),
+                                      "row": row.name if row is not None else None}))  # fmt: skip
         if row is not None:
+            w.lost_rows.append(row)
             row.tries.append({"worker": w.spec.label, "outcome": "lost", "error": reason, "prompt_ids": [],
                               "seconds": None})  # fmt: skip
             self._lost(w, row, reason, sent=True)
@@ -812,6 +851,25 @@ class _Driver:
         w.state, w.restarts = "restarting", w.restarts + 1
         self.progress.say(logging.WARNING, "%s: %s; Ray starts it again", w.spec.label, reason)
         self._call("start", w, None, w.handle.start.remote())  # answered once Ray has started the actor again
+
+    def _check_nodes(self, final: bool = False) -> None:
+        """For each worker whose actor died: once Ray counts its node dead, the worker's events say its machine was
+        lost (when its actor died, which node). Every few seconds, and once more at the end (``final``)."""
+        if not self.suspects or (not final and time.monotonic() < self.next_node_check):
+            return
+        self.next_node_check = time.monotonic() + 2.0
+        try:
+            alive = {n.get("NodeID") for n in self.ray.nodes() if n.get("Alive", True)}
+        except Exception:  # the GCS may be unreachable for a moment: ask again later
+            return
+        for w, event in list(self.suspects):
+            if event["node"] in alive:
+                continue
+            self.suspects.remove((w, event))
+            if not any(e["event"] == "node lost" and e["node"] == event["node"] for e in w.events):
+                w.events.append(event)
+                self.progress.say(logging.WARNING, "%s: its machine (%s, Ray node %s) was lost at %s", w.spec.label,
+                                  event["host"], event["node"], event["at"])
 
     def _retire(self, w: Worker, reason: str) -> None:
         w.state, w.reason = "retired", reason
@@ -897,19 +955,27 @@ class _Driver:
         if not self.hurry:  # the workers stop their ComfyUIs; a second Ctrl-C cuts this short (they die with Ray)
             try:
                 refs = []
-                for w in self.workers:
-                    with contextlib.suppress(Exception):
-                        refs.append(w.handle.stop.remote())
+                for w in self.workers:  # not one Ray is still (re)starting: its stop would wait for a place
+                    if w.state not in ("restarting", "starting"):
+                        with contextlib.suppress(Exception):
+                            refs.append(w.handle.stop.remote())
                 if refs:
                     with contextlib.suppress(Exception):
                         ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT if self.status == 130 else STOP_WAIT)
             except KeyboardInterrupt:
                 self.progress.say(logging.ERROR, "interrupted again: stopping at once")
         with _ignoring_interrupts():  # short: what is left running ends here
+            with contextlib.suppress(Exception):
+                self._check_nodes(final=True)
             for w in self.workers:
                 with contextlib.suppress(Exception):
                     ray.kill(w.handle, no_restart=True)
-                if w.state != "retired":
+                lost = [e for e in w.events if e["event"] == "node lost"]
+                if w.state == "restarting" and lost:  # Ray had found it no place since its machine was lost
+                    w.state = "lost"
+                    w.reason = (f"its machine ({lost[-1]['host']}, Ray node {lost[-1]['node']}) was lost at "
+                                f"{lost[-1]['at']} and Ray had not started it again when the run ended")
+                elif w.state != "retired":
                     w.state = "stopped"
             with contextlib.suppress(Exception):
                 ray.shutdown()
@@ -917,6 +983,43 @@ class _Driver:
                 _end_processes_of(self.own_temp)
             if self.own_temp is not None:
                 shutil.rmtree(self.own_temp, ignore_errors=True)
+
+
+def _process_identity(pid: int) -> str | None:
+    """``"PID START"`` (START: the process's start time in clock ticks since boot, ``/proc/PID/stat``), which a later
+    process with the same pid does not share; None where the process does not exist (or there is no ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return f"{pid} {fields[19]}" if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def clean_stale_ray_folders(parent: Path) -> list[Path]:
+    """Remove the Ray folders (``pbe-ray-*`` in ``parent``) that earlier runs made and could not remove because they
+    were killed (SIGKILL): a folder whose run is gone (the process named in its ``OWNER_FILE`` no longer exists) has its
+    leftover processes ended (those whose command line names it: Ray's helper agents of that run's own cluster) and is
+    removed. A folder of a run still going, of another user, or without an owner file (another version, or a run
+    between making it and naming itself) is left alone. Linux (``/proc``) only; returns the folders removed."""
+    removed: list[Path] = []
+    if not hasattr(os, "getuid") or _process_identity(os.getpid()) is None:  # no /proc: nothing can be told
+        return removed
+    for folder in sorted(parent.glob("pbe-ray-*")):
+        try:
+            if not folder.is_dir() or folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                continue
+            owner = (folder / OWNER_FILE).read_text().strip()
+        except OSError:
+            continue
+        pid = owner.split()[0] if owner else ""
+        if not pid.isdigit() or _process_identity(int(pid)) == owner:
+            continue
+        _end_processes_of(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+            log.info("removed %s, the Ray folder of an earlier run that was killed before it could", folder)
+    return removed
 
 
 def _end_processes_of(folder: Path, wait: float = 5.0) -> None:
@@ -971,6 +1074,11 @@ def _cancel_prompts(server: str, client_id: str) -> None:
                     and item[3].get("client_id") == client_id):  # fmt: skip
                 if client.cancel(item[1]):
                     log.warning("cancelled prompt %s of %s on %s", item[1], client_id, client.base)
+
+
+def _now() -> str:
+    """The time of day in UTC, as the report gives it: ``2026-12-07T18:40:12Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _wants(actor: dict) -> str:
