@@ -376,13 +376,17 @@ def test_a_batch_survives_a_server_restart_and_a_rerun_redoes_nothing(server, tm
 
 
 def test_a_server_that_stays_away_leaves_a_report_and_the_rerun_does_only_the_rest(server, tmp_path, exemplar):
-    """ComfyUI killed for good as row 3 of 6 starts: rows 1-2 done, row 3 failed and rows 4-6 not tried, each with
+    """ComfyUI killed for good while row 3 of 6 waits at its gate (tests/host_probe): rows 1-2 done, row 3 failed and rows 4-6 not tried, each with
     the reason; exit status 2. With the server back, the same command does rows 3-6 only (4 prompts)."""
     rows = _rows_csv(tmp_path, 6, exemplar)
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)  # row 3 waits at its gate: it cannot finish before the server is killed
+    for s in seed[:2]:
+        (tmp_path / "gate" / f"go-{s}").touch()
     out = tmp_path / "out"
-    args = ("batch", str(rows), "-o", str(out), "--no-progress", "--reconnect-wait", "4", *TINY)
+    args = ("batch", str(rows), "-o", str(out), "--no-progress", "--reconnect-wait", "4", *TINY, *gated)
     run = background(server.port, *args)
-    run.wait_for("[3/6] 003_photo2")
+    wait_for_file(run, tmp_path / "gate" / f"started-{seed[2]}")
     server.kill()
     r = run.finish()
     assert r.returncode == 2, r.stderr[-4000:]
@@ -396,6 +400,8 @@ def test_a_server_that_stays_away_leaves_a_report_and_the_rerun_does_only_the_re
     assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(2)]
 
     server.restart()
+    for s in seed[2:]:
+        (tmp_path / "gate" / f"go-{s}").touch()
     before, stamps = len(_history(server)), _stamps(out)
     r = client(server, *args)
     assert r.returncode == 0, r.stderr
