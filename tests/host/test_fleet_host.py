@@ -273,17 +273,27 @@ def test_a_server_that_dies_for_good_hands_its_row_to_the_other(comfy_server, tm
     --reconnect-wait its worker is given up, its row goes to the other server, and every row is done once: the dead
     server's own output folder and the live server's history add up to the rows."""
     rows = _rows_csv(tmp_path, 6, exemplar)
-    out = tmp_path / "out"
-    with temporary_server(prefix="pbe-fleet-", models={"original.ckpt": fixture_paths["original.ckpt"]}) as doomed:
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)  # every row waits at its gate until the doomed server is dead
+    gate, out = tmp_path / "gate", tmp_path / "out"
+    probe = {"pbe_test_probe": Path(__file__).resolve().parent.parent / "host_probe"}
+    with temporary_server(prefix="pbe-fleet-", models={"original.ckpt": fixture_paths["original.ckpt"]},
+                          extra_packs=probe) as doomed:  # fmt: skip
         left, before = Leftovers(tmp_path), len(_history(comfy_server))
         cmd = fleet("batch", str(rows), "-o", str(out), "--ray", "--no-progress", "--reconnect-wait", "3", *TINY,
-                    server_ports=[doomed.port, comfy_server.port])  # fmt: skip
+                    *gated, server_ports=[doomed.port, comfy_server.port])  # fmt: skip
         run = Background(cmd)
         deadline = time.monotonic() + 300
-        while not (len(list(out.glob("*.png"))) >= 1 and doomed.queue_state()["queue_running"]):
+        while True:  # the doomed server's prompt waits at its gate: it cannot finish before the kill
+            running = doomed.queue_state()["queue_running"]
+            held = [item[2]["6"]["inputs"]["seed"] for item in running]
+            if held and (gate / f"started-{held[0]}").exists():
+                break
             assert run.proc.poll() is None and time.monotonic() < deadline, "".join(run.err)[-3000:]
-            time.sleep(0.01)
+            time.sleep(0.02)
         doomed.kill()
+        for s in seed:
+            (gate / f"go-{s}").touch()
         r = run.finish(timeout=300)
         saved_on_doomed = len(list(doomed.output_dir.rglob("*.png")))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -305,14 +315,21 @@ def test_a_private_comfyui_that_hangs_is_ended_and_started_again(tmp_path, exemp
     the request timeout and --reconnect-wait the worker ends it, starts it again and does both rows; row 1 twice
     queued, once done."""
     rows = _rows_csv(tmp_path, 2, exemplar)
-    workers, out = tmp_path / "workers", tmp_path / "out"
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)  # row 1 waits at its gate: it cannot finish before the SIGSTOP
+    gate, workers, out = tmp_path / "gate", tmp_path / "workers", tmp_path / "out"
     cmd = fleet("batch", str(rows), "-o", str(out), "--model", str(fixture_paths["original.ckpt"]), "--steps", "2",
-                "--set", "Paint by Example.working_size=0", "--comfyui", os.environ["COMFYUI_PATH"], "--ray",
-                "--workers", "1", "--cpus-per-worker", "2", "--worker-dir", str(workers), "--reconnect-wait", "3",
+                "--set", "Paint by Example.working_size=0", *gated, "--comfyui", os.environ["COMFYUI_PATH"],
+                f"--comfy-args=--extra-model-paths-config {probe_config(tmp_path)}", "--ray", "--workers", "1",
+                "--cpus-per-worker", "2", "--worker-dir", str(workers), "--reconnect-wait", "3",
                 "--no-progress")  # fmt: skip
     left = Leftovers(tmp_path)
     run = Background(cmd)
-    stopped = _signal_while_running(run, workers, "w1", signal.SIGSTOP, 300)
+    wait_for_file(run, gate / f"started-{seed[0]}", timeout=600)
+    stopped, _ = _private(workers, "w1")
+    os.kill(stopped, signal.SIGSTOP)
+    for s in seed:  # the ComfyUI started again lets every row through
+        (gate / f"go-{s}").touch()
     r = run.finish(timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "did not come back within 3 s" in r.stderr and "starting it again (restart 1 of at most 2)" in r.stderr
