@@ -926,15 +926,14 @@ class _Driver:
     def _cancel_running(self, running: list[tuple[Worker, Row]]) -> None:
         """Cancel the prompts of the rows running, on every ComfyUI this machine can reach, all at once (a thread
         each): an attached server (its address is this machine's view), or a private ComfyUI on this machine (it
-        listens on loopback). A private ComfyUI on another machine ends its prompt when its worker stops it."""
+        listens on loopback; a Ray node of this machine too, by its host name). A private ComfyUI on another machine
+        ends its prompt when its worker stops it."""
         import threading
 
-        here = None
-        with contextlib.suppress(Exception):
-            here = self.ray.get_runtime_context().get_node_id()
+        here = socket.gethostname()
         threads = []
         for w, _ in running:
-            address = w.spec.server or (w.where.get("address") if here and w.where.get("node") == here else None)
+            address = w.spec.server or (w.where.get("address") if w.where.get("host") == here else None)
             if address:
                 t = threading.Thread(target=_cancel_prompts, args=(address, w.spec.client_id), daemon=True)
                 t.start()
