@@ -168,6 +168,8 @@ def test_a_row_that_ends_after_ctrl_c_keeps_its_result(tmp_path, monkeypatch):
 
     handler = Said()
     logging.getLogger("pbe_core.client").addHandler(handler)
+    # Ctrl-C's default action, even where the tests run with SIGINT ignored (a background job of a script)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     before, folders = ray_processes(), set(Path("/tmp").glob("pbe-ray-*"))
     helper = threading.Thread(target=ctrl_c_while_hold_runs, daemon=True)
     helper.start()
@@ -176,6 +178,7 @@ def test_a_row_that_ends_after_ctrl_c_keeps_its_result(tmp_path, monkeypatch):
                                      progress=False)  # fmt: skip
         report, status = fleet.run_fleet(jobs.jobs_from_folder(tmp_path, [tmp_path / "ex.png"]), settings, options)
     finally:
+        signal.signal(signal.SIGINT, previous)
         logging.getLogger("pbe_core.client").removeHandler(handler)
         release.touch()
         helper.join(10)

@@ -472,8 +472,18 @@ def wait_for_file(run: "Background", path: Path, timeout: float = 300) -> None:
 
 
 def ctrl_c(run: "Background") -> None:
-    """SIGINT to the client's whole process group, as a terminal's Ctrl-C sends it (the run has its own session)."""
+    """SIGINT to the client's whole process group, as a terminal's Ctrl-C sends it (the run has its own session:
+    started with :data:`AS_IN_A_TERMINAL`)."""
     os.killpg(run.proc.pid, signal.SIGINT)
+
+
+def _sigint_default() -> None:  # pragma: no cover - runs in the child between fork and exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+#: Popen options for a client that the test interrupts as a terminal would: its own process group, and Ctrl-C's
+#: default action even where the test itself runs with SIGINT ignored (a background job of a non-interactive shell)
+AS_IN_A_TERMINAL = {"start_new_session": True, "preexec_fn": _sigint_default}
 
 
 @pytest.mark.parametrize("where", ["server", "private"])
@@ -496,7 +506,7 @@ def test_ctrl_c_cancels_the_prompt_and_writes_the_report(server, tmp_path, exemp
         cmd += ["--model", str(fixture_paths["original.ckpt"]), "--comfyui", os.environ["COMFYUI_PATH"],
                 f"--comfy-args=--cpu --extra-model-paths-config {probe_config(tmp_path)}"]  # fmt: skip
     before = len(_history(server))
-    run = Background(cmd, start_new_session=True)
+    run = Background(cmd, **AS_IN_A_TERMINAL)
     wait_for_file(run, gate / f"started-{seed[1]}")
     ctrl_c(run)
     r = run.finish(timeout=120)
@@ -536,7 +546,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_no_half_written_file(server, t
     _, gated = gated_workflow(tmp_path)
     out = tmp_path / "out"
     run = Background([sys.executable, "-m", "pbe_core.client", "batch", str(rows), "-o", str(out), *TINY, *gated,
-                      "--server", f"127.0.0.1:{server.port}"], start_new_session=True)  # fmt: skip
+                      "--server", f"127.0.0.1:{server.port}"], **AS_IN_A_TERMINAL)  # fmt: skip
     try:
         wait_for_file(run, tmp_path / "gate" / f"started-{seed[0]}")
         os.kill(server.proc.pid, signal.SIGSTOP)

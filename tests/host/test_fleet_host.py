@@ -20,6 +20,7 @@ import pytest
 from comfy_host import REPO, temporary_server
 from host_util import SIZE, png_bytes
 from test_client_host import (  # noqa: F401
+    AS_IN_A_TERMINAL,
     TINY,
     Background,
     _history,
@@ -239,7 +240,7 @@ def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_r
                 f"--comfy-args=--extra-model-paths-config {probe_config(tmp_path)}", "--ray", "--workers", "2",
                 "--worker-dir", str(workers), "--no-progress")  # fmt: skip
     left = Leftovers(tmp_path)
-    run = Background(cmd, start_new_session=True)
+    run = Background(cmd, **AS_IN_A_TERMINAL)
     for s in seed[2:4]:
         wait_for_file(run, gate / f"started-{s}", timeout=600)
     wait_for_file(run, out / "002_photo1.png")
