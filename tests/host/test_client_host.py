@@ -523,7 +523,7 @@ def test_ctrl_c_cancels_the_prompt_and_writes_the_report(server, tmp_path, exemp
     if where == "server":
         history = _history(server)
         assert len(history) == before + 2
-        (cut,) = [e for e in history.values() if e["prompt"][2]["6"]["inputs"]["seed"] == seed[1]]
+        (cut,) = [e for e in history.values() if e["prompt"][2].get("6", {}).get("inputs", {}).get("seed") == seed[1]]
         assert "execution_interrupted" in [m[0] for m in cut["status"]["messages"]]
         assert not server.queue_state()["queue_running"] and not server.queue_state()["queue_pending"]
 
@@ -556,8 +556,12 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_no_half_written_file(server, t
         r = run.finish(timeout=60)
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
-        for s in seed:  # the prompt the cancel could not reach ends normally, for the next tests
+        for s in seed:  # the prompt the cancel could not reach ends normally, before the next test
             (tmp_path / "gate" / f"go-{s}").touch()
+        deadline = time.monotonic() + 120
+        while server.queue_state()["queue_running"] or server.queue_state()["queue_pending"]:
+            assert time.monotonic() < deadline, "the prompt let through its gate did not end"
+            time.sleep(0.1)
     assert r.returncode == 130, r.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] is True and [row["status"] for row in report["rows"]] == ["failed", "failed"]
