@@ -731,7 +731,8 @@ class _Driver:
                 continue
             w.state = "busy"
             self.progress.sent()
-            self._call("run", w, row, w.handle.run.remote(row.job, prompt, inputs))
+            with _interrupts_deferred():  # Ctrl-C between sending the row and noting it would lose track of it
+                self._call("run", w, row, w.handle.run.remote(row.job, prompt, inputs))
 
     def _make_deferred_calls(self) -> None:
         now, later = time.monotonic(), []
@@ -1082,6 +1083,31 @@ def _now() -> str:
 
 def _wants(actor: dict) -> str:
     return ", ".join(f"{k} {actor[k]:g}" for k in ("num_cpus", "num_gpus") if actor.get(k)) or "nothing"
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """SIGINT and SIGTERM held back inside the block (noted, not lost): their handlers run right after it. Python runs
+    signal handlers in the main thread only, so this works there; elsewhere the block runs as it is."""
+    import signal
+
+    noted: list[int] = []
+    try:
+        old = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for signum in noted[:1]:
+            handler = old[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL and signum == signal.SIGINT:
+                raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
