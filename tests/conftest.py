@@ -27,6 +27,10 @@ ALLOWED_SKIPS = {
         "starts two torchrun processes on a free port (about 25 s); opt-in with PBE_TEST_DDP=1, which tests/run.sh "
         "sets"
     ),
+    "tests/test_fleet.py::test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row": (
+        "needs Ray 2.59 or later (ray start turns on token authentication from then); the test environment's Ray "
+        "(the newest, 2.60 here) runs it, an older Ray the README names (2.10) has no token to refuse"
+    ),
 }
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None

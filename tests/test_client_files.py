@@ -320,6 +320,7 @@ def test_a_batch_without_a_server_still_reports_every_row(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     reason = f"cannot reach ComfyUI at http://127.0.0.1:{port}: Connection refused"
     assert [row["error"] for row in report["rows"]] == [reason] + [f"not tried: {reason}"] * 2
+    assert r.stderr.count(reason) == 1 and r.stdout.count("not tried (the batch stopped: see the error above)") == 2
     assert (report["succeeded"], report["failed"], report["stopped"]) == (0, 3, reason)
 
 
@@ -347,6 +348,11 @@ def test_a_rerun_with_every_row_done_needs_no_comfyui(tmp_path):
     r = _client(*args, "--steps", "3")  # row b's exemplar changed: b is done again, a skipped
     report = json.loads((out / "report.json").read_text())
     assert [row["status"] for row in report["rows"]] == ["skipped", "failed"]
+    # every earlier run's report is kept in reports/, named by the time it was written (a suffix when two share one)
+    kept = sorted((out / "reports").iterdir(), key=lambda p: p.stat().st_mtime_ns)  # moved, not rewritten
+    assert all(p.name.startswith("report-") and p.suffix == ".json" for p in kept)
+    assert [[row["status"] for row in json.loads(p.read_text())["rows"]] for p in kept] == \
+        [["skipped", "skipped"], ["failed", "failed"]]  # fmt: skip
 
 
 def test_broken_csv_files_get_a_message(tmp_path):

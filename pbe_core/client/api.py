@@ -144,13 +144,27 @@ class ComfyClient:
         q = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
         return self.request(f"/view?{q}", timeout=300)
 
-    def cancel(self, prompt_id: str) -> None:
-        """Take the prompt out of the queue, or interrupt it if it is running (only it: targeted interrupt)."""
+    def cancel(self, prompt_id: str, confirm: float = 0.0) -> bool:
+        """Take the prompt out of the queue, or interrupt it if it is running (only it: targeted interrupt).
+
+        ``confirm``: seconds to wait until the server has ended it (its ``/history`` entry is there, or it no longer
+        knows it), so that whoever stops the server next does not cut the interruption short. True when it was seen
+        ended (always True without ``confirm``, once both requests went through)."""
         try:
             self.post_json("/queue", {"delete": [prompt_id]}, timeout=10)
             self.post_json("/interrupt", {"prompt_id": prompt_id}, timeout=10)
-        except (ClientError, ConnectionError) as e:
+            deadline = time.monotonic() + confirm
+            while confirm > 0:
+                if self.state(prompt_id)[0] in ("done", "unknown"):
+                    return True
+                if time.monotonic() >= deadline:
+                    log.warning("prompt %s was asked to stop but had not ended after %.0f s", prompt_id, confirm)
+                    return False
+                time.sleep(0.1)
+        except (ClientError, ConnectionError, ServerUnreachable, ValueError) as e:
             log.warning("could not cancel %s: %s", prompt_id, e)
+            return False
+        return True
 
     # --- a lost server ---------------------------------------------------------------------------------------------
     def check_server(self) -> None:

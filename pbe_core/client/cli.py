@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -303,12 +304,35 @@ def _main(args) -> int:
             log.error("error: %s", e)
             return 1
         report, status = run_batch(connect, jobs, settings, store)
-    return _summary(args, report, status)
+        return _summary(args, report, status)  # before a private ComfyUI is stopped: a second Ctrl-C then loses nothing
+
+
+def keep_earlier_report(report_path: Path) -> None:
+    """Move an earlier run's report (``report.json`` and the ``report.md`` beside it) into ``reports/`` beside them,
+    named after the time it was written (``reports/report-20261207-184500.json``, UTC), so that a rerun keeps the
+    record of what happened before. Nothing is moved where the folder cannot be written (the new report says why)."""
+    if not report_path.is_file():
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(report_path.stat().st_mtime))
+    folder = report_path.parent / "reports"
+    try:
+        folder.mkdir(exist_ok=True)
+        for k in range(1000):
+            name = f"{report_path.stem}-{stamp}" + (f"-{k}" if k else "")
+            if not any((folder / (name + suffix)).exists() for suffix in (".json", ".md")):
+                break
+        for old in (report_path, report_path.with_suffix(".md")):
+            if old.is_file():
+                os.replace(old, folder / (name + old.suffix))
+    except OSError as e:
+        log.warning("the earlier report %s stays where it is (it will be replaced): %s", report_path, e)
 
 
 def _summary(args, report: dict, status: int, markdown: Callable[[dict], str] | None = None) -> int:
-    """Write the report (and ``report.md`` beside it when ``markdown`` is given), print the summary, return status."""
+    """Write the report (and ``report.md`` beside it when ``markdown`` is given; an earlier run's goes to
+    ``reports/``), print the summary, return status."""
     report_path = args.report or args.output / "report.json"
+    keep_earlier_report(report_path)
     written = write_report(report, report_path)
     if written and markdown is not None:
         md = report_path.with_suffix(".md")
@@ -319,9 +343,11 @@ def _summary(args, report: dict, status: int, markdown: Callable[[dict], str] | 
     skipped = f" ({report['skipped']} already done)" if report["skipped"] else ""
     sys.stdout.write(f"{report['succeeded']} of {len(report['rows'])} rows succeeded{skipped}; "
                      + (f"report: {report_path}\n" if written else "no report written (see the error above)\n"))
+    not_tried = f"not tried: {report['stopped']}" if report.get("stopped") else None
     for r in report["rows"]:
-        if not r["ok"]:
-            sys.stdout.write(f"FAILED {r['name']}: {r['error']}\n")
+        if not r["ok"]:  # the reason every row not tried shares is said once, on stderr (and in full in the report)
+            why = "not tried (the batch stopped: see the error above)" if r["error"] == not_tried else r["error"]
+            sys.stdout.write(f"FAILED {r['name']}: {why}\n")
     return status
 
 

@@ -12,7 +12,8 @@ What "private" means:
   file: the private ``models/paint_by_example`` (model files given by path are linked there) and the installation's
   own ``models/paint_by_example`` (so a model name the user's ComfyUI lists works too);
 * it stops with the run (``stop``, or leaving the ``with`` block; on Linux also when this process dies, through the
-  parent-death signal) and its folder is removed, results having been downloaded by then;
+  parent-death signal) and its folder is removed, results having been downloaded by then; it runs in its own process
+  group, so a terminal's Ctrl-C reaches the client only, which cancels the prompt on it before stopping it;
 * if it exits during the run (a crash, the out-of-memory killer), the client starts it again (``restart``: the same
   port, folders and options), at most twice per run; ``kill`` ends it the way such a crash does (the tests use it).
 
@@ -199,6 +200,8 @@ class PrivateComfyUI:
         kwargs = dict(self.popen_kwargs)
         if sys.platform.startswith("linux") and "preexec_fn" not in kwargs:
             kwargs["preexec_fn"] = _die_with_parent
+        # its own process group: a terminal's Ctrl-C reaches the client only, which cancels the prompt, then stops it
+        kwargs.setdefault("start_new_session", os.name == "posix")
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(self.command(), cwd=self.comfyui, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **kwargs)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -77,6 +78,12 @@ WORKER_RESTARTS = 2
 ACTOR_RESTARTS = 2
 #: seconds a worker's ComfyUI may take to start
 START_TIMEOUT = 600.0
+#: seconds Ctrl-C waits for the rows running to end once their prompts are cancelled (a second Ctrl-C: no wait)
+CANCEL_WAIT = 5.0
+#: seconds the workers get to stop their ComfyUIs at the end (a second Ctrl-C: none)
+STOP_WAIT = 60.0
+#: the file in a run's own Ray folder naming the process that made it (``clean_stale_ray_folders``)
+OWNER_FILE = "pbe-owner"
 #: the longest Ray folder whose socket paths (``<folder>/session_<date>_<pid>/sockets/plasma_store``) fit in 107 bytes
 TEMP_DIR_MAX = 40
 
@@ -381,11 +388,18 @@ class Worker:
     restarts: int = 0
     reason: str | None = None
     ready_after: float | None = None
+    events: list[dict] = field(default_factory=list)  # {"event": "node lost"|"restarted", "at", "node", ...}
+    lost_rows: list = field(default_factory=list)  # the Rows it lost (its ComfyUI, process or machine died)
 
     def record(self) -> dict:
+        """``state``: stopped (at the end of the run), retired (given up, ``reason`` says why) or lost (its machine
+        was lost and Ray found it no other place before the run ended). ``events``: its machine lost (when, which
+        node) and where it was started again; ``lost_rows``: each row it lost and what became of it."""
+        lost = [{"row": r.name, "status": r.status, "worker": r.worker} for r in self.lost_rows]
         return {"worker": self.spec.label, "kind": self.kind, "state": self.state, "where": self.where,
                 "rows_done": self.done, "rows_failed": self.failed, "rows_lost": self.lost, "restarts": self.restarts,
-                "ready_after_s": self.ready_after, "reason": self.reason}  # fmt: skip
+                "ready_after_s": self.ready_after, "reason": self.reason, "events": self.events,
+                "lost_rows": lost}  # fmt: skip
 
 
 def prepare_rows(jobs: list, settings: Settings, store: ResultStore) -> list[Row]:
@@ -450,6 +464,21 @@ def report_markdown(report: dict) -> str:
             state = w["state"] + (f": {w['reason']}" if w.get("reason") else "")
             lines.append(f"| {w['worker']} | {w['kind']} | {_cell(place)} | {w['rows_done']} | {w['rows_failed']} | "
                          f"{w['rows_lost']} | {w['restarts']} | {_cell(state)} |")
+    fates = [w for w in report.get("workers") or [] if w.get("events") or w.get("lost_rows")]
+    if fates:
+        lines += ["", "## What happened to the workers", ""]
+        for w in fates:
+            said = []
+            for e in w.get("events") or []:
+                if e["event"] == "node lost":
+                    said.append(f"its machine was lost at {e['at']} ({e.get('host')}, Ray node {e['node']})"
+                                + (f" while it ran {e['row']}" if e.get("row") else ""))  # fmt: skip
+                elif e["event"] == "restarted":
+                    said.append(f"started again at {e['at']} on {e.get('where')}")
+            for r in w.get("lost_rows") or []:
+                then = f"then {r['status']} on {r['worker']}" if r.get("worker") else f"then {r['status']}"
+                said.append(f"lost row {r['row']} ({then})")
+            lines.append(f"- {w['worker']}: " + "; ".join(said) + f"; at the end: {w['state']}")
     failed = [r for r in rows if not r["ok"]]
     if failed:
         lines += ["", "## Failed rows", "", "| row | reason |", "|---|---|"]
@@ -565,6 +594,9 @@ class _Driver:
         self.ray_started = False
         self.started_at = time.monotonic()
         self.run_id = uuid.uuid4().hex[:8]
+        self.hurry = False  # a second Ctrl-C: stop without waiting for anything
+        self.suspects: list[tuple[Worker, dict]] = []  # (worker, its "node lost" event) for actors that died
+        self.next_node_check = 0.0
 
     # --- start -----------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -619,8 +651,10 @@ class _Driver:
                                       f"{TEMP_DIR_MAX} characters (e.g. under /tmp)")  # fmt: skip
                 temp.mkdir(parents=True, exist_ok=True)
             else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
-                temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-",
-                                                             dir="/tmp" if os.path.isdir("/tmp") else None))
+                parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+                clean_stale_ray_folders(Path(parent))
+                temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-", dir=parent))
+                (temp / OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
             kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
                           _temp_dir=str(temp))  # fmt: skip
         else:
@@ -630,16 +664,18 @@ class _Driver:
         try:
             context = ray.init(**kwargs)
         except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
+            found = os.environ.get("RAY_ADDRESS") if options.address == "auto" else None
             where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
+            where += f" (RAY_ADDRESS={found})" if found else ""
             hint = ""
             if options.dashboard and "dashboard" in str(e).lower():
                 hint = "; --ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]' (or leave it out)"
-            elif options.address and options.address != "auto" and os.environ.get("RAY_AUTH_MODE") != "token":
-                # Ray 2.59+ starts clusters with token authentication; a driver given an address sends the token
-                # only in token mode (with --ray=auto on the head Ray finds the mode by itself)
+            elif options.address and (options.address != "auto" or found) and os.environ.get("RAY_AUTH_MODE") != "token":
+                # Ray 2.59+ starts clusters with token authentication; a driver given an address (or RAY_ADDRESS)
+                # sends the token only in token mode (with --ray=auto on the head Ray finds the mode by itself)
                 hint = ("; if the cluster uses token authentication (ray start does from Ray 2.59), run the command "
                         "with RAY_AUTH_MODE=token and the cluster's token (ray get-auth-token; ~/.ray/auth_token or "
-                        "RAY_AUTH_TOKEN), or on the head with --ray=auto")
+                        "RAY_AUTH_TOKEN), or on the head with --ray=auto" + (" and RAY_ADDRESS unset" if found else ""))
             raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}{hint}") from None
         info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
                 "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
@@ -659,7 +695,8 @@ class _Driver:
         try:
             try:
                 self.start()
-            except ClientError as e:
+            except ClientError as e:  # said once here; the rows say "not tried" with it in the report
+                self.progress.say(logging.ERROR, "error: %s", e)
                 self._stop(str(e), 2)
                 return
             while self.pending or self._running():
@@ -675,6 +712,7 @@ class _Driver:
                 for ref in ready:
                     self._answer(ref, *self.calls.pop(ref)[:3])
                 self._check_starts()
+                self._check_nodes()
                 self.progress.draw()
         except KeyboardInterrupt:
             self._interrupted()
@@ -693,7 +731,8 @@ class _Driver:
                 continue
             w.state = "busy"
             self.progress.sent()
-            self._call("run", w, row, w.handle.run.remote(row.job, prompt, inputs))
+            with _interrupts_deferred():  # Ctrl-C between sending the row and noting it would lose track of it
+                self._call("run", w, row, w.handle.run.remote(row.job, prompt, inputs))
 
     def _make_deferred_calls(self) -> None:
         now, later = time.monotonic(), []
@@ -738,6 +777,9 @@ class _Driver:
                 if w.ready_after is None:
                     w.ready_after = round(time.monotonic() - self.started_at, 1)
                 w.state = "idle"
+                if w.restarts:
+                    w.events.append({"event": "restarted", "at": _now(), "node": w.where.get("node"),
+                                     "where": _place(w.where)})  # fmt: skip
                 self.progress.say(logging.INFO, "%s ready (%s)%s", w.spec.label, _place(w.where),
                                   " again" if w.restarts else f" after {w.ready_after:.0f} s")
             else:
@@ -757,10 +799,15 @@ class _Driver:
                 return
             w.done += 1
             self._end(row, w, "done", None)
+        elif self.status == 130:  # its prompt was cancelled by Ctrl-C (or it ended otherwise meanwhile)
+            w.state = "idle"
+            self._end(row, w, "failed", "interrupted (Ctrl-C) while it ran")
         elif outcome == "failed":
             w.state, w.failed = "idle", w.failed + 1
             self._end(row, w, "failed", answer["error"])
         else:
+            if answer["sent"]:
+                w.lost_rows.append(row)
             self._lost(w, row, answer["error"], answer["sent"])
             if w.kind == "private" and w.restarts < WORKER_RESTARTS:
                 w.state, w.restarts = "restarting", w.restarts + 1
@@ -788,7 +835,12 @@ class _Driver:
 
     def _actor_died(self, w: Worker, row: Row | None, reason: str) -> None:
         reason = f"its Ray actor died: {reason}"
+        node = w.where.get("node")
+        if node:  # its machine may be gone: Ray says so once it has missed the node's heartbeats (_check_nodes)
+            self.suspects.append((w, {"event": "node lost", "at": _now(), "node": node, "host": w.where.get("host"),
+                                      "row": row.name if row is not None else None}))  # fmt: skip
         if row is not None:
+            w.lost_rows.append(row)
             row.tries.append({"worker": w.spec.label, "outcome": "lost", "error": reason, "prompt_ids": [],
                               "seconds": None})  # fmt: skip
             self._lost(w, row, reason, sent=True)
@@ -800,6 +852,25 @@ class _Driver:
         w.state, w.restarts = "restarting", w.restarts + 1
         self.progress.say(logging.WARNING, "%s: %s; Ray starts it again", w.spec.label, reason)
         self._call("start", w, None, w.handle.start.remote())  # answered once Ray has started the actor again
+
+    def _check_nodes(self, final: bool = False) -> None:
+        """For each worker whose actor died: once Ray counts its node dead, the worker's events say its machine was
+        lost (when its actor died, which node). Every few seconds, and once more at the end (``final``)."""
+        if not self.suspects or (not final and time.monotonic() < self.next_node_check):
+            return
+        self.next_node_check = time.monotonic() + 2.0
+        try:
+            alive = {n.get("NodeID") for n in self.ray.nodes() if n.get("Alive", True)}
+        except Exception:  # the GCS may be unreachable for a moment: ask again later
+            return
+        for w, event in list(self.suspects):
+            if event["node"] in alive:
+                continue
+            self.suspects.remove((w, event))
+            if not any(e["event"] == "node lost" and e["node"] == event["node"] for e in w.events):
+                w.events.append(event)
+                self.progress.say(logging.WARNING, "%s: its machine (%s, Ray node %s) was lost at %s", w.spec.label,
+                                  event["host"], event["node"], event["at"])
 
     def _retire(self, w: Worker, reason: str) -> None:
         w.state, w.reason = "retired", reason
@@ -821,17 +892,56 @@ class _Driver:
         self.pending.clear()
 
     def _interrupted(self) -> None:
+        """Ctrl-C: no new row; each running row's prompts are cancelled on its ComfyUI (``POST /queue`` delete and
+        ``POST /interrupt``, by prompt id), and the answers of the rows running are taken for up to
+        :data:`CANCEL_WAIT` seconds, so that a row that finished meanwhile keeps its result. A second Ctrl-C stops
+        waiting at once."""
         self.stopped, self.status = "interrupted (Ctrl-C)", 130
-        self.progress.say(logging.ERROR, "interrupted: cancelling the rows running and stopping the workers")
-        for w, row in self._running():
-            if w.kind == "attached":  # a private ComfyUI stops with its worker; a running server is left clean
-                _cancel_prompts(w.spec.server, w.spec.client_id)
+        for row in self.pending:
+            row.status, row.error = "failed", "not tried: interrupted (Ctrl-C)"
+        self.pending.clear()
+        self.deferred = []
+        running = self._running()
+        self.progress.say(logging.ERROR, "interrupted: cancelling the %d row(s) running on their ComfyUIs, then "
+                          "stopping the workers (Ctrl-C again: stop at once)", len(running))  # fmt: skip
+        try:
+            self._cancel_running(running)
+            deadline = time.monotonic() + CANCEL_WAIT
+            while self._running() and time.monotonic() < deadline:
+                refs = [ref for ref, (what, *_) in self.calls.items() if what == "run"]
+                ready, _ = self.ray.wait(refs, num_returns=1, timeout=max(0.01, min(0.5, deadline - time.monotonic())))
+                for ref in ready:
+                    self._answer(ref, *self.calls.pop(ref)[:3])
+            if self._running():  # a row that queued its prompt only after the first cancel
+                self._cancel_running(self._running())
+        except KeyboardInterrupt:
+            self.hurry = True
+            self.progress.say(logging.ERROR, "interrupted again: stopping at once")
+        for _, row in self._running():
             if row.status is None:
                 row.status, row.error = "failed", "interrupted (Ctrl-C) while it ran"
         for row in self.rows:
             if row.status is None:
                 row.status, row.error = "failed", "not tried: interrupted (Ctrl-C)"
-        self.pending.clear()
+
+    def _cancel_running(self, running: list[tuple[Worker, Row]]) -> None:
+        """Cancel the prompts of the rows running, on every ComfyUI this machine can reach, all at once (a thread
+        each): an attached server (its address is this machine's view), or a private ComfyUI on this machine (it
+        listens on loopback; a Ray node of this machine too, by its host name). A private ComfyUI on another machine
+        ends its prompt when its worker stops it."""
+        import threading
+
+        here = socket.gethostname()
+        threads = []
+        for w, _ in running:
+            address = w.spec.server or (w.where.get("address") if w.where.get("host") == here else None)
+            if address:
+                t = threading.Thread(target=_cancel_prompts, args=(address, w.spec.client_id), daemon=True)
+                t.start()
+                threads.append(t)
+        deadline = time.monotonic() + CANCEL_WAIT
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     # --- the end ---------------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -842,18 +952,30 @@ class _Driver:
                 shutil.rmtree(self.own_temp, ignore_errors=True)
             return
         ray = self.ray
-        with _ignoring_interrupts():
-            refs = []
-            for w in self.workers:
-                with contextlib.suppress(Exception):
-                    refs.append(w.handle.stop.remote())
-            if refs:
-                with contextlib.suppress(Exception):
-                    ray.wait(refs, num_returns=len(refs), timeout=60)
+        if not self.hurry:  # the workers stop their ComfyUIs; a second Ctrl-C cuts this short (they die with Ray)
+            try:
+                refs = []
+                for w in self.workers:  # not one Ray is still (re)starting: its stop would wait for a place
+                    if w.state not in ("restarting", "starting"):
+                        with contextlib.suppress(Exception):
+                            refs.append(w.handle.stop.remote())
+                if refs:
+                    with contextlib.suppress(Exception):
+                        ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT if self.status == 130 else STOP_WAIT)
+            except KeyboardInterrupt:
+                self.progress.say(logging.ERROR, "interrupted again: stopping at once")
+        with _ignoring_interrupts():  # short: what is left running ends here
+            with contextlib.suppress(Exception):
+                self._check_nodes(final=True)
             for w in self.workers:
                 with contextlib.suppress(Exception):
                     ray.kill(w.handle, no_restart=True)
-                if w.state != "retired":
+                lost = [e for e in w.events if e["event"] == "node lost"]
+                if w.state == "restarting" and lost:  # Ray had found it no place since its machine was lost
+                    w.state = "lost"
+                    w.reason = (f"its machine ({lost[-1]['host']}, Ray node {lost[-1]['node']}) was lost at "
+                                f"{lost[-1]['at']} and Ray had not started it again when the run ended")
+                elif w.state != "retired":
                     w.state = "stopped"
             with contextlib.suppress(Exception):
                 ray.shutdown()
@@ -861,6 +983,43 @@ class _Driver:
                 _end_processes_of(self.own_temp)
             if self.own_temp is not None:
                 shutil.rmtree(self.own_temp, ignore_errors=True)
+
+
+def _process_identity(pid: int) -> str | None:
+    """``"PID START"`` (START: the process's start time in clock ticks since boot, ``/proc/PID/stat``), which a later
+    process with the same pid does not share; None where the process does not exist (or there is no ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return f"{pid} {fields[19]}" if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def clean_stale_ray_folders(parent: Path) -> list[Path]:
+    """Remove the Ray folders (``pbe-ray-*`` in ``parent``) that earlier runs made and could not remove because they
+    were killed (SIGKILL): a folder whose run is gone (the process named in its ``OWNER_FILE`` no longer exists) has its
+    leftover processes ended (those whose command line names it: Ray's helper agents of that run's own cluster) and is
+    removed. A folder of a run still going, of another user, or without an owner file (another version, or a run
+    between making it and naming itself) is left alone. Linux (``/proc``) only; returns the folders removed."""
+    removed: list[Path] = []
+    if not hasattr(os, "getuid") or _process_identity(os.getpid()) is None:  # no /proc: nothing can be told
+        return removed
+    for folder in sorted(parent.glob("pbe-ray-*")):
+        try:
+            if not folder.is_dir() or folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                continue
+            owner = (folder / OWNER_FILE).read_text().strip()
+        except OSError:
+            continue
+        pid = owner.split()[0] if owner else ""
+        if not pid.isdigit() or _process_identity(int(pid)) == owner:
+            continue
+        _end_processes_of(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+            log.info("removed %s, the Ray folder of an earlier run that was killed before it could", folder)
+    return removed
 
 
 def _end_processes_of(folder: Path, wait: float = 5.0) -> None:
@@ -905,7 +1064,7 @@ def _cancel_prompts(server: str, client_id: str) -> None:
     """Take a worker's prompts (by its client id) off a running server's queue, interrupting the one running."""
     client = ComfyClient(server, progress=False)
     try:
-        queue = client.get_json("/queue")
+        queue = json.loads(client.request("/queue", timeout=CANCEL_WAIT))
     except (ClientError, ServerUnreachable, ValueError) as e:
         log.warning("could not cancel the prompts of %s on %s: %s", client_id, server, e)
         return
@@ -913,11 +1072,42 @@ def _cancel_prompts(server: str, client_id: str) -> None:
         for item in queue.get(key) or []:
             if (isinstance(item, list) and len(item) > 3 and isinstance(item[3], dict)
                     and item[3].get("client_id") == client_id):  # fmt: skip
-                client.cancel(item[1])
+                if client.cancel(item[1]):
+                    log.warning("cancelled prompt %s of %s on %s", item[1], client_id, client.base)
+
+
+def _now() -> str:
+    """The time of day in UTC, as the report gives it: ``2026-12-07T18:40:12Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _wants(actor: dict) -> str:
     return ", ".join(f"{k} {actor[k]:g}" for k in ("num_cpus", "num_gpus") if actor.get(k)) or "nothing"
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """SIGINT and SIGTERM held back inside the block (noted, not lost): their handlers run right after it. Python runs
+    signal handlers in the main thread only, so this works there; elsewhere the block runs as it is."""
+    import signal
+
+    noted: list[int] = []
+    try:
+        old = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for signum in noted[:1]:
+            handler = old[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL and signum == signal.SIGINT:
+                raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

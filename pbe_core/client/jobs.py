@@ -32,6 +32,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 #: times one row's prompt may be queued again after the server lost it (restarted), and reconnections per row
 MAX_REQUEUES = 2
 MAX_RECONNECTS = 5
+#: seconds Ctrl-C waits for the server to end the row's prompt it cancels (before a private ComfyUI is stopped)
+CANCEL_CONFIRM = 5.0
 
 
 # --- one job: files -> prompt -> results ----------------------------------------------------------------------------------
@@ -247,8 +249,10 @@ def execute(client: ComfyClient, job: Job, prompt: dict, inputs: Inputs) -> list
             check_known = True
         except KeyboardInterrupt:
             if prompt_id is not None and entry is None:
-                log.warning("%s: interrupted; cancelling its prompt on the server", job.name)
-                client.cancel(prompt_id)
+                log.warning("%s: interrupted; cancelling its prompt %s on the server (Ctrl-C again: stop at once)",
+                            job.name, prompt_id)
+                if client.cancel(prompt_id, confirm=CANCEL_CONFIRM):
+                    log.warning("%s: its prompt %s was cancelled on the server", job.name, prompt_id)
             raise
 
 

@@ -117,6 +117,9 @@ def _stage(path: Path, data: bytes, what: str | None = None) -> Path:
     except OSError as e:
         _unlink_quietly(tmp)
         raise ResultWriteError(write_problem(path, e, what)) from None
+    except BaseException:  # Ctrl-C while writing: no half-written file is left
+        _unlink_quietly(tmp)
+        raise
     return tmp
 
 
@@ -152,6 +155,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as e:
         _unlink_quietly(tmp)
         raise ResultWriteError(write_problem(path, e)) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     _fsync_folder(path.parent)
 
 
@@ -228,7 +234,7 @@ class ResultStore:
                 staged.append((_stage(self.folder / n, data), self.folder / n))
             sidecar = self.sidecar(name)
             staged.append((_stage(sidecar, (json.dumps(record, indent=1) + "\n").encode()), sidecar))
-        except ResultWriteError:
+        except BaseException:  # a write error, or Ctrl-C: no staged file is left
             for tmp, _ in staged:
                 _unlink_quietly(tmp)
             raise
@@ -239,6 +245,10 @@ class ResultStore:
                 for later, _ in staged[k:]:
                     _unlink_quietly(later)
                 raise ResultWriteError(write_problem(final, e)) from None
+            except BaseException:
+                for later, _ in staged[k:]:
+                    _unlink_quietly(later)
+                raise
         _fsync_folder(self.folder)
         for f in self._listed(old):
             if f["name"] not in names:

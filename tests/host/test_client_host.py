@@ -339,7 +339,7 @@ def _history(server) -> dict:
 
 
 def _stamps(out: Path) -> dict:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.iterdir())}
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.iterdir()) if p.is_file()}
 
 
 def test_a_batch_survives_a_server_restart_and_a_rerun_redoes_nothing(server, tmp_path, exemplar):
@@ -376,13 +376,17 @@ def test_a_batch_survives_a_server_restart_and_a_rerun_redoes_nothing(server, tm
 
 
 def test_a_server_that_stays_away_leaves_a_report_and_the_rerun_does_only_the_rest(server, tmp_path, exemplar):
-    """ComfyUI killed for good as row 3 of 6 starts: rows 1-2 done, row 3 failed and rows 4-6 not tried, each with
+    """ComfyUI killed for good while row 3 of 6 waits at its gate (tests/host_probe): rows 1-2 done, row 3 failed and rows 4-6 not tried, each with
     the reason; exit status 2. With the server back, the same command does rows 3-6 only (4 prompts)."""
     rows = _rows_csv(tmp_path, 6, exemplar)
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)  # row 3 waits at its gate: it cannot finish before the server is killed
+    for s in seed[:2]:
+        (tmp_path / "gate" / f"go-{s}").touch()
     out = tmp_path / "out"
-    args = ("batch", str(rows), "-o", str(out), "--no-progress", "--reconnect-wait", "4", *TINY)
+    args = ("batch", str(rows), "-o", str(out), "--no-progress", "--reconnect-wait", "4", *TINY, *gated)
     run = background(server.port, *args)
-    run.wait_for("[3/6] 003_photo2")
+    wait_for_file(run, tmp_path / "gate" / f"started-{seed[2]}")
     server.kill()
     r = run.finish()
     assert r.returncode == 2, r.stderr[-4000:]
@@ -396,6 +400,8 @@ def test_a_server_that_stays_away_leaves_a_report_and_the_rerun_does_only_the_re
     assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(2)]
 
     server.restart()
+    for s in seed[2:]:
+        (tmp_path / "gate" / f"go-{s}").touch()
     before, stamps = len(_history(server)), _stamps(out)
     r = client(server, *args)
     assert r.returncode == 0, r.stderr
@@ -428,23 +434,139 @@ def test_a_network_outage_follows_the_queued_prompt_through_history(server, tmp_
     assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(4)]
 
 
-def test_ctrl_c_cancels_the_prompt_and_writes_the_report(server, tmp_path, exemplar):
+def gated_workflow(folder: Path) -> tuple[Path, list[str]]:
+    """The one-node edit workflow with the probe pack's ``PBETest_Gate`` (title "Gate") on the source image: each row
+    waits at its gate until the test writes ``gate/go-<seed>``; the file and the options that point the gates at the
+    folder ``gate``."""
+    prompt = json.loads((REPO / "workflows" / "api" / "pbe_one_node_edit.json").read_text())
+    prompt["6"] = {"inputs": {"image": ["2", 0], "seed": 0, "folder": ""}, "class_type": "PBETest_Gate",
+                   "_meta": {"title": "Gate"}}  # fmt: skip
+    prompt["4"]["inputs"]["image"] = ["6", 0]
+    path, gate = folder / "gated.json", folder / "gate"
+    gate.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(prompt))
+    return path, ["--workflow", str(path), "--set", f"Gate.folder={json.dumps(str(gate))}"]
+
+
+def probe_config(folder: Path) -> Path:
+    """An extra_model_paths file that adds the probe pack (tests/host_probe) to a private ComfyUI, for --comfy-args."""
+    packs = folder / "probe_packs"
+    packs.mkdir(parents=True, exist_ok=True)
+    (packs / "pbe_test_probe").symlink_to(Path(__file__).resolve().parent.parent / "host_probe")
+    config = folder / "probe_paths.yaml"
+    config.write_text(f"pbe_probe:\n  base_path: {json.dumps(str(folder))}\n  custom_nodes: probe_packs\n")
+    return config
+
+
+def seeds(rows: Path) -> list[int]:
+    return [int(line.rsplit(",", 1)[1]) for line in rows.read_text().splitlines()[1:]]
+
+
+def wait_for_file(run: "Background", path: Path, timeout: float = 300) -> None:
+    """Until ``path`` exists (a gate says its row reached it), while the client runs."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert run.proc.poll() is None, f"the client ended before {path.name}:\n{''.join(run.err)[-3000:]}"
+        assert time.monotonic() < deadline, f"no {path.name} within {timeout} s:\n{''.join(run.err)[-3000:]}"
+        time.sleep(0.02)
+
+
+def ctrl_c(run: "Background") -> None:
+    """SIGINT to the client's whole process group, as a terminal's Ctrl-C sends it (the run has its own session:
+    started with :data:`AS_IN_A_TERMINAL`)."""
+    os.killpg(run.proc.pid, signal.SIGINT)
+
+
+def _sigint_default() -> None:  # pragma: no cover - runs in the child between fork and exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+#: Popen options for a client that the test interrupts as a terminal would: its own process group, and Ctrl-C's
+#: default action even where the test itself runs with SIGINT ignored (a background job of a non-interactive shell)
+AS_IN_A_TERMINAL = {"start_new_session": True, "preexec_fn": _sigint_default}
+
+
+@pytest.mark.parametrize("where", ["server", "private"])
+def test_ctrl_c_cancels_the_prompt_and_writes_the_report(server, tmp_path, exemplar, fixture_paths, where):
+    """Four rows, each held at a gate until the test lets it go: row 1 is let go, row 2 waits at its gate (it cannot
+    finish before the signal) when Ctrl-C reaches the client's process group. The client cancels row 2's prompt on
+    its ComfyUI (the gate sees the host's interrupt; with --server /history says so too), keeps row 1's result,
+    writes the report and exits 130. The private ComfyUI (--comfyui) runs in its own process group, so the Ctrl-C
+    does not end it before the cancel. The same command then does rows 2-4 only."""
     rows = _rows_csv(tmp_path, 4, exemplar)
-    out = tmp_path / "out"
-    run = background(server.port, "batch", str(rows), "-o", str(out), *TINY)
-    run.wait_for("002_photo1 Paint by Example [")
-    run.proc.send_signal(signal.SIGINT)
-    r = run.finish()
+    seed = seeds(rows)
+    workflow, gated = gated_workflow(tmp_path)
+    gate, out = tmp_path / "gate", tmp_path / "out"
+    (gate / f"go-{seed[0]}").touch()
+    cmd = [sys.executable, "-m", "pbe_core.client", "batch", str(rows), "-o", str(out), "--steps", "2",
+           "--set", "Paint by Example.working_size=0", *gated]  # fmt: skip
+    if where == "server":
+        cmd += ["--model", "original.ckpt", "--server", f"127.0.0.1:{server.port}"]
+    else:
+        cmd += ["--model", str(fixture_paths["original.ckpt"]), "--comfyui", os.environ["COMFYUI_PATH"],
+                f"--comfy-args=--cpu --extra-model-paths-config {probe_config(tmp_path)}"]  # fmt: skip
+    before = len(_history(server))
+    run = Background(cmd, **AS_IN_A_TERMINAL)
+    wait_for_file(run, gate / f"started-{seed[1]}")
+    ctrl_c(run)
+    r = run.finish(timeout=120)
     assert r.returncode == 130, r.stderr[-3000:]
+    assert (gate / f"interrupted-{seed[1]}").exists(), r.stderr[-3000:]  # ComfyUI itself saw the interrupt
+    assert "002_photo1: its prompt" in r.stderr and "was cancelled on the server" in r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] is True
-    assert [row["status"] for row in report["rows"]][:1] == ["done"]
-    assert report["rows"][1]["error"] == "interrupted (Ctrl-C) while it ran" or report["rows"][1]["status"] == "done"
+    assert [row["status"] for row in report["rows"]] == ["done", "failed", "failed", "failed"]
+    assert report["rows"][1]["error"] == "interrupted (Ctrl-C) while it ran"
     assert all(row["error"] == "not tried: interrupted (Ctrl-C)" for row in report["rows"][2:])
-    deadline = time.monotonic() + 30
-    while server.queue_state()["queue_running"] or server.queue_state()["queue_pending"]:
-        assert time.monotonic() < deadline, "the interrupted row's prompt was left on the server"
-        time.sleep(0.2)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("report")) == \
+        ["001_photo0.pbe.json", "001_photo0.png"]  # fmt: skip
+    if where == "server":
+        history = _history(server)
+        assert len(history) == before + 2
+        (cut,) = [e for e in history.values() if e["prompt"][2].get("6", {}).get("inputs", {}).get("seed") == seed[1]]
+        assert "execution_interrupted" in [m[0] for m in cut["status"]["messages"]]
+        assert not server.queue_state()["queue_running"] and not server.queue_state()["queue_pending"]
+
+    for s in seed[1:]:
+        (gate / f"go-{s}").touch()
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "4 of 4 rows succeeded (1 already done)" in r.stdout
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(4)]
+    if where == "server":
+        assert len(_history(server)) == before + 5
+
+
+def test_a_second_ctrl_c_stops_at_once_and_leaves_no_half_written_file(server, tmp_path, exemplar):
+    """Row 1 waits at its gate; the server is stopped (SIGSTOP: it answers nothing), so the cancel that the first
+    Ctrl-C starts cannot finish. A second Ctrl-C ends the client at once (without waiting out the cancel's HTTP
+    timeouts): exit 130, a whole report, no temporary file."""
+    rows = _rows_csv(tmp_path, 2, exemplar)
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)
+    out = tmp_path / "out"
+    run = Background([sys.executable, "-m", "pbe_core.client", "batch", str(rows), "-o", str(out), *TINY, *gated,
+                      "--server", f"127.0.0.1:{server.port}"], **AS_IN_A_TERMINAL)  # fmt: skip
+    try:
+        wait_for_file(run, tmp_path / "gate" / f"started-{seed[0]}")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        ctrl_c(run)
+        run.wait_for("Ctrl-C again: stop at once")
+        ctrl_c(run)
+        r = run.finish(timeout=60)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        for s in seed:  # the prompt the cancel could not reach ends normally, before the next test
+            (tmp_path / "gate" / f"go-{s}").touch()
+        deadline = time.monotonic() + 120
+        while server.queue_state()["queue_running"] or server.queue_state()["queue_pending"]:
+            assert time.monotonic() < deadline, "the prompt let through its gate did not end"
+            time.sleep(0.1)
+    assert r.returncode == 130, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] is True and [row["status"] for row in report["rows"]] == ["failed", "failed"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    assert "could not cancel" not in r.stderr  # cut short by the second Ctrl-C, not ended by the request's timeout
 
 
 @contextlib.contextmanager

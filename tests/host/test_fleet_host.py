@@ -19,7 +19,22 @@ import numpy as np
 import pytest
 from comfy_host import REPO, temporary_server
 from host_util import SIZE, png_bytes
-from test_client_host import TINY, Background, _history, _names, _rows_csv, _stamps, client, exemplar  # noqa: F401
+from test_client_host import (  # noqa: F401
+    AS_IN_A_TERMINAL,
+    TINY,
+    Background,
+    _history,
+    _names,
+    _rows_csv,
+    _stamps,
+    client,
+    ctrl_c,
+    exemplar,
+    gated_workflow,
+    probe_config,
+    seeds,
+    wait_for_file,
+)
 
 pytest.importorskip("ray", reason="needs Ray, the pack's 'fleet' extra: pip install 'ray>=2.10'")
 
@@ -174,6 +189,8 @@ def test_two_private_workers_match_the_single_server_client_and_survive_a_killed
     assert {k: v for k, v in _stamps(out).items() if not k.startswith("report.")} == \
         {k: v for k, v in stamps.items() if not k.startswith("report.")}  # fmt: skip
     assert [(workers / w / "comfyui.log").read_bytes() for w in ("w1", "w2")] == logs
+    (kept,) = (out / "reports").glob("report-*.json")  # the first run's record, with its lost row and restart
+    assert json.loads(kept.read_text()) == report and kept.with_suffix(".md").read_text() == md
     left.check()
 
 
@@ -206,38 +223,48 @@ def test_bad_rows_are_reported_with_their_reasons_and_the_rest_finish(comfy_serv
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_report_and_the_same_command_does_only_the_rest(comfy_server, tmp_path, exemplar):  # noqa: F811
-    rows = _rows_csv(tmp_path, 8, exemplar)
-    out = tmp_path / "out"
-    cmd = fleet("batch", str(rows), "-o", str(out), "--ray", "--no-progress", *TINY,
-                server_ports=[comfy_server.port] * 2)  # fmt: skip
+def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_rest(tmp_path, exemplar, fixture_paths):  # noqa: F811
+    """Six rows on two private workers, each row held at a gate until the test lets it go (tests/host_probe): rows 1
+    and 2 are let go; once both results are written and rows 3 and 4 wait at their gates (they cannot finish before
+    the signal), Ctrl-C reaches the command's process group. Each worker's ComfyUI sees its prompt interrupted (the
+    gate, and "Interrupting prompt <id>" in its log), rows 1-2 are kept, 3-4 are reported as interrupted while they
+    ran and 5-6 as not tried; exit 130, nothing left running. The same command then does rows 3-6 only."""
+    rows = _rows_csv(tmp_path, 6, exemplar)
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)
+    gate, workers, out = tmp_path / "gate", tmp_path / "workers", tmp_path / "out"
+    for s in seed[:2]:
+        (gate / f"go-{s}").touch()
+    cmd = fleet("batch", str(rows), "-o", str(out), "--model", str(fixture_paths["original.ckpt"]), "--steps", "2",
+                "--set", "Paint by Example.working_size=0", *gated, "--comfyui", os.environ["COMFYUI_PATH"],
+                f"--comfy-args=--extra-model-paths-config {probe_config(tmp_path)}", "--ray", "--workers", "2",
+                "--worker-dir", str(workers), "--no-progress")  # fmt: skip
     left = Leftovers(tmp_path)
-    run = Background(cmd)
-    deadline = time.monotonic() + 300
-    while len(list(out.glob("*.png"))) < 2:
-        assert run.proc.poll() is None and time.monotonic() < deadline, "".join(run.err)[-3000:]
-        time.sleep(0.05)
-    run.proc.send_signal(signal.SIGINT)
-    r = run.finish(timeout=300)
+    run = Background(cmd, **AS_IN_A_TERMINAL)
+    for s in seed[2:4]:
+        wait_for_file(run, gate / f"started-{s}", timeout=600)
+    wait_for_file(run, out / "002_photo1.png")
+    ctrl_c(run)
+    r = run.finish(timeout=120)
     assert r.returncode == 130, r.stderr[-3000:]
+    assert [s for s in seed if (gate / f"interrupted-{s}").exists()] == seed[2:4], r.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] is True and report["stopped"] == "interrupted (Ctrl-C)"
-    done = [row["name"] for row in report["rows"] if row["status"] == "done"]
-    assert len(done) >= 2
-    assert {row["error"] for row in report["rows"] if row["status"] != "done"} <= {
-        "interrupted (Ctrl-C) while it ran", "not tried: interrupted (Ctrl-C)"}
-    deadline = time.monotonic() + 30
-    while comfy_server.queue_state()["queue_running"] or comfy_server.queue_state()["queue_pending"]:
-        assert time.monotonic() < deadline, "the interrupted rows' prompts were left on the server"
-        time.sleep(0.2)
+    assert [row["status"] for row in report["rows"]] == ["done"] * 2 + ["failed"] * 4
+    assert [row["error"] for row in report["rows"][2:]] == ["interrupted (Ctrl-C) while it ran"] * 2 + \
+        ["not tried: interrupted (Ctrl-C)"] * 2  # fmt: skip
+    cancelled = [p for row in report["rows"][2:4] for t in row["tries"] for p in t["prompt_ids"]]
+    logs = "".join((workers / w / "comfyui.log").read_text(errors="replace") for w in ("w1", "w2"))
+    assert len(cancelled) == 2 and all(f"Interrupting prompt {p}" in logs for p in cancelled), cancelled
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(2)]
     left.check()
 
-    before = len(_history(comfy_server))
+    for s in seed[2:]:
+        (gate / f"go-{s}").touch()
     r = _run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"8 of 8 rows succeeded ({len(done)} already done)" in r.stdout
-    assert len(_history(comfy_server)) == before + 8 - len(done)
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(8)]
+    assert "6 of 6 rows succeeded (2 already done)" in r.stdout
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(6)]
     left.check()
 
 
@@ -247,17 +274,27 @@ def test_a_server_that_dies_for_good_hands_its_row_to_the_other(comfy_server, tm
     --reconnect-wait its worker is given up, its row goes to the other server, and every row is done once: the dead
     server's own output folder and the live server's history add up to the rows."""
     rows = _rows_csv(tmp_path, 6, exemplar)
-    out = tmp_path / "out"
-    with temporary_server(prefix="pbe-fleet-", models={"original.ckpt": fixture_paths["original.ckpt"]}) as doomed:
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)  # every row waits at its gate until the doomed server is dead
+    gate, out = tmp_path / "gate", tmp_path / "out"
+    probe = {"pbe_test_probe": Path(__file__).resolve().parent.parent / "host_probe"}
+    with temporary_server(prefix="pbe-fleet-", models={"original.ckpt": fixture_paths["original.ckpt"]},
+                          extra_packs=probe) as doomed:  # fmt: skip
         left, before = Leftovers(tmp_path), len(_history(comfy_server))
         cmd = fleet("batch", str(rows), "-o", str(out), "--ray", "--no-progress", "--reconnect-wait", "3", *TINY,
-                    server_ports=[doomed.port, comfy_server.port])  # fmt: skip
+                    *gated, server_ports=[doomed.port, comfy_server.port])  # fmt: skip
         run = Background(cmd)
         deadline = time.monotonic() + 300
-        while not (len(list(out.glob("*.png"))) >= 1 and doomed.queue_state()["queue_running"]):
+        while True:  # the doomed server's prompt waits at its gate: it cannot finish before the kill
+            running = doomed.queue_state()["queue_running"]
+            held = [item[2]["6"]["inputs"]["seed"] for item in running]
+            if held and (gate / f"started-{held[0]}").exists():
+                break
             assert run.proc.poll() is None and time.monotonic() < deadline, "".join(run.err)[-3000:]
-            time.sleep(0.01)
+            time.sleep(0.02)
         doomed.kill()
+        for s in seed:
+            (gate / f"go-{s}").touch()
         r = run.finish(timeout=300)
         saved_on_doomed = len(list(doomed.output_dir.rglob("*.png")))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -279,14 +316,21 @@ def test_a_private_comfyui_that_hangs_is_ended_and_started_again(tmp_path, exemp
     the request timeout and --reconnect-wait the worker ends it, starts it again and does both rows; row 1 twice
     queued, once done."""
     rows = _rows_csv(tmp_path, 2, exemplar)
-    workers, out = tmp_path / "workers", tmp_path / "out"
+    seed = seeds(rows)
+    _, gated = gated_workflow(tmp_path)  # row 1 waits at its gate: it cannot finish before the SIGSTOP
+    gate, workers, out = tmp_path / "gate", tmp_path / "workers", tmp_path / "out"
     cmd = fleet("batch", str(rows), "-o", str(out), "--model", str(fixture_paths["original.ckpt"]), "--steps", "2",
-                "--set", "Paint by Example.working_size=0", "--comfyui", os.environ["COMFYUI_PATH"], "--ray",
-                "--workers", "1", "--cpus-per-worker", "2", "--worker-dir", str(workers), "--reconnect-wait", "3",
+                "--set", "Paint by Example.working_size=0", *gated, "--comfyui", os.environ["COMFYUI_PATH"],
+                f"--comfy-args=--extra-model-paths-config {probe_config(tmp_path)}", "--ray", "--workers", "1",
+                "--cpus-per-worker", "2", "--worker-dir", str(workers), "--reconnect-wait", "3",
                 "--no-progress")  # fmt: skip
     left = Leftovers(tmp_path)
     run = Background(cmd)
-    stopped = _signal_while_running(run, workers, "w1", signal.SIGSTOP, 300)
+    wait_for_file(run, gate / f"started-{seed[0]}", timeout=600)
+    stopped, _ = _private(workers, "w1")
+    os.kill(stopped, signal.SIGSTOP)
+    for s in seed:  # the ComfyUI started again lets every row through
+        (gate / f"go-{s}").touch()
     r = run.finish(timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "did not come back within 3 s" in r.stderr and "starting it again (restart 1 of at most 2)" in r.stderr

@@ -5,10 +5,13 @@ diffusion-model wrapper (the host's own patching API, ``comfy.patcher_extension.
 saves every call's 9-channel input, timestep and context to a safetensors file, then calls the UNet unchanged.
 ``PBETest_LoadTensor`` feeds tensors no image file can hold (NaN pixels, one channel, values 0..255);
 ``PBETest_ImageDiff`` summarises where two big images differ, so a test need not download 768 MB.
+``PBETest_Gate`` holds a prompt until the test lets it go (a row that cannot finish before a signal the test sends).
 """
 
 import os
+import time
 
+import comfy.model_management
 import comfy.patcher_extension
 import folder_paths
 import torch
@@ -116,9 +119,43 @@ class ImageDiff(io.ComfyNode):
         return io.NodeOutput(ui={"tensors": [{"filename": filename, "subfolder": "", "type": "output"}]})
 
 
+class Gate(io.ComfyNode):
+    """Passes ``image`` on once the file ``folder/go-<seed>`` exists. It writes ``folder/started-<seed>`` when it
+    begins to wait, and ``folder/interrupted-<seed>`` when the prompt is interrupted meanwhile (``POST /interrupt``,
+    seen through the host's own check, ``comfy.model_management.throw_exception_if_processing_interrupted``). The
+    client's seed override sets ``seed`` on every node that has it, so each row of a batch has its own gate."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PBETest_Gate",
+            category="testing",
+            description="Test probe: holds the prompt until folder/go-<seed> exists.",
+            inputs=[io.Image.Input("image"), io.Int.Input("seed", min=0, max=2**63 - 1), io.String.Input("folder")],
+            outputs=[io.Image.Output()],
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, image, seed, folder):
+        def mark(name):
+            with open(os.path.join(folder, f"{name}-{seed}"), "w"):
+                pass
+
+        mark("started")
+        while not os.path.exists(os.path.join(folder, f"go-{seed}")):
+            try:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+            except comfy.model_management.InterruptProcessingException:
+                mark("interrupted")
+                raise
+            time.sleep(0.02)  # polling the test's file, not ordering anything
+        return io.NodeOutput(image)
+
+
 class ProbeExtension(ComfyExtension):
     async def get_node_list(self):
-        return [CaptureUNetInput, SaveTensor, LoadTensor, ImageDiff]
+        return [CaptureUNetInput, SaveTensor, LoadTensor, ImageDiff, Gate]
 
 
 async def comfy_entrypoint():
