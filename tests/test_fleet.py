@@ -325,6 +325,13 @@ def test_a_ray_folder_left_by_a_killed_run_is_removed_by_the_next_and_only_that_
     (dead / fleet.OWNER_FILE).write_text(identity)
     (running / fleet.OWNER_FILE).write_text(fleet._process_identity(os.getpid()))
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(dead)])
+    # until it has exec'd, the child's command line is still this process's: wait until it names the folder (what
+    # the cleaning looks for), else on a busy machine the cleaning can look before the helper is what it stands for
+    cmdline = Path(f"/proc/{helper.pid}/cmdline")
+    deadline = time.monotonic() + 60
+    while str(dead).encode() not in cmdline.read_bytes():
+        assert helper.poll() is None and time.monotonic() < deadline, "the helper never started"
+        time.sleep(0.01)
     try:
         assert fleet.clean_stale_ray_folders(tmp_path) == [dead]
         assert helper.wait(30) is not None  # ended (by SIGTERM) with its run's folder
