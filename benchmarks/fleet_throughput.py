@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "host")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
 os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from pbe_core.client import fleet, jobs, workflow  # noqa: E402

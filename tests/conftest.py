@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 
-# the fixture generator and helpers live next to the tests
-sys.path.insert(0, str(Path(__file__).parent))
+# the fixture generator and the other helpers live in tests/support/, imported by their bare names
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 #: tests that may skip even where everything is installed: node id (without parameters) -> why they are opt-in
 ALLOWED_SKIPS = {
-    "tests/test_train_loop.py::test_two_processes_train_with_ddp_on_cpu": (
+    "tests/pbe_core/train/test_train_loop.py::test_two_processes_train_with_ddp_on_cpu": (
         "starts two torchrun processes on a free port (about 25 s); opt-in with PBE_TEST_DDP=1, which tests/run.sh "
         "sets"
     ),
-    "tests/test_fleet.py::test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row": (
+    "tests/pbe_core/client/test_fleet.py::test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row": (
         "needs Ray 2.59 or later (ray start turns on token authentication from then); the test environment's Ray "
         "(the newest, 2.60 here) runs it, an older Ray the README names (2.10) has no token to refuse"
     ),

@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="session")
 def comfy_server():
     paths = pbe_fixtures.write_all_layouts(pbe_fixtures.fixture_root())
-    with temporary_server(models=paths, extra_packs={"pbe_test_probe": HERE.parent / "host_probe"}) as server:
+    with temporary_server(models=paths, extra_packs={"pbe_test_probe": HERE.parent / "support" / "host_probe"}) as server:
         yield server
 
 

@@ -406,7 +406,7 @@ def restricted_server(images, fixture_paths):
         pytest.skip(reason)
     with temporary_server(
         "pbe-host-restricted-", models={MODEL: fixture_paths[MODEL]},
-        extra_packs={"pbe_test_probe": HERE.parent / "host_probe"}, popen_kwargs=unprivileged.popen_kwargs(),
+        extra_packs={"pbe_test_probe": HERE.parent / "support" / "host_probe"}, popen_kwargs=unprivileged.popen_kwargs(),
     ) as server:  # fmt: skip
         alpha = np.where(images["region"] > 0, 0, 255).astype(np.uint8)
         server.upload("source.png", png_bytes(np.dstack([images["source"], alpha])))

@@ -452,7 +452,7 @@ def probe_config(folder: Path) -> Path:
     """An extra_model_paths file that adds the probe pack (tests/host_probe) to a private ComfyUI, for --comfy-args."""
     packs = folder / "probe_packs"
     packs.mkdir(parents=True, exist_ok=True)
-    (packs / "pbe_test_probe").symlink_to(Path(__file__).resolve().parent.parent / "host_probe")
+    (packs / "pbe_test_probe").symlink_to(Path(__file__).resolve().parent.parent / "support" / "host_probe")
     config = folder / "probe_paths.yaml"
     config.write_text(f"pbe_probe:\n  base_path: {json.dumps(str(folder))}\n  custom_nodes: probe_packs\n")
     return config

@@ -277,7 +277,7 @@ def test_a_server_that_dies_for_good_hands_its_row_to_the_other(comfy_server, tm
     seed = seeds(rows)
     _, gated = gated_workflow(tmp_path)  # every row waits at its gate until the doomed server is dead
     gate, out = tmp_path / "gate", tmp_path / "out"
-    probe = {"pbe_test_probe": Path(__file__).resolve().parent.parent / "host_probe"}
+    probe = {"pbe_test_probe": Path(__file__).resolve().parent.parent / "support" / "host_probe"}
     with temporary_server(prefix="pbe-fleet-", models={"original.ckpt": fixture_paths["original.ckpt"]},
                           extra_packs=probe) as doomed:  # fmt: skip
         left, before = Leftovers(tmp_path), len(_history(comfy_server))

@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--weights-mb", type=int, default=200)
     args = ap.parse_args()
     here = Path(__file__).resolve().parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), str(here)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parents[1]), str(here)]))
     path = args.dir / f"training-{args.weights_mb}mb.ckpt"
     if not path.exists():
         args.dir.mkdir(parents=True, exist_ok=True)

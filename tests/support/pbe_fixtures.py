@@ -334,7 +334,7 @@ def write_all_layouts(root: Path, spec: Spec = TINY, seed: int = 0) -> dict[str,
 
 def fixture_root() -> Path:
     """Where the tests keep the tiny fixtures (git-ignored); override with ``PBE_FIXTURE_DIR``."""
-    return Path(os.environ.get("PBE_FIXTURE_DIR", Path(__file__).parent / ".fixtures"))
+    return Path(os.environ.get("PBE_FIXTURE_DIR", Path(__file__).resolve().parents[1] / ".fixtures"))
 
 
 # --- Stable Diffusion 1.x (for fine-tuning from SD) and a CLIP vision file ---------------------------------------------

@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray", reason="needs Ray, the pack's 'fleet' extra: pi
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parents[2] / "support"  # fleet_standin.py, the stand-in worker
 
 
 def ray_processes() -> set[int]:
@@ -55,7 +55,7 @@ def test_a_row_that_kills_its_workers_fails_after_the_retries_and_the_rest_are_d
     (tmp_path / "ex.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
     calls = tmp_path / "calls.log"
     monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "out"
     settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=out)
     rows = jobs.jobs_from_folder(tmp_path, [tmp_path / "ex.png"])
@@ -109,7 +109,7 @@ def test_the_dashboard_flag_starts_it_or_says_what_to_install(tmp_path, monkeypa
 
     full = importlib.util.find_spec("aiohttp_cors") is not None  # one of the packages ray[default] brings
     monkeypatch.setenv("PBE_STANDIN_LOG", str(tmp_path / "calls.log"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
     from fleet_standin import StandInWorker
 
     settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=tmp_path / "out")
@@ -146,7 +146,7 @@ def test_a_row_that_ends_after_ctrl_c_keeps_its_result(tmp_path, monkeypatch):
     calls, release = tmp_path / "calls.log", tmp_path / "release"
     monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
     monkeypatch.setenv("PBE_STANDIN_RELEASE", str(release))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setattr(fleet, "CANCEL_WAIT", 300.0)  # the row ends when the test says, not when a clock does
     out = tmp_path / "out"
     settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=out)
@@ -222,7 +222,7 @@ def test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row(
             r = subprocess.run([sys.executable, "-m", "pbe_core.client", "batch", str(rows), "--exemplar",
                                 str(rows / "ex.png"), "-o", str(out), given, "--server", "127.0.0.1:9"],
                                capture_output=True, text=True, timeout=300, env={**env, **extra_env},
-                               cwd=HERE.parent)  # fmt: skip
+                               cwd=SUPPORT.parents[1])  # fmt: skip
             assert r.returncode == 2, r.stderr[-3000:]
             fix = "if the cluster uses token authentication (ray start does from Ray 2.59), run the command with " \
                   "RAY_AUTH_MODE=token and the cluster's token"  # fmt: skip
@@ -256,7 +256,7 @@ def test_a_machine_lost_for_good_is_reported_with_its_node_and_time(tmp_path, mo
     calls, release = tmp_path / "calls.log", tmp_path / "release"
     monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
     monkeypatch.setenv("PBE_STANDIN_RELEASE", str(release))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
     from fleet_standin import StandInWorker
 
     lost_said = threading.Event()

@@ -19,7 +19,7 @@ import importlib
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NODES_DIR = REPO / "nodes"
 HOST_SNAPSHOT = Path(__file__).resolve().parent / "data" / "host_nodes.json"
 

@@ -10,7 +10,7 @@ import torch
 from pbe_core.convert import convert
 from pbe_core.weights.checkpoint import load_checkpoint, read_state_dict
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _same(a, b, dtype=None):

@@ -23,7 +23,7 @@ from pbe_core.eval import bootstrap
 from pbe_core.eval.clip_features import features_of_files, load_clip
 from pbe_core.eval.manifest import ManifestError, read_manifest, settings_sha256, write_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 mixture = pytest.importorskip("sklearn.mixture")
 
 

@@ -31,7 +31,7 @@ from comfy_inprocess import choose_device
 
 from pbe_core.client.embedded import PACK_NAME, PrivateComfyUI, free_port  # noqa: F401 - re-exported for the tests
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @functools.cache

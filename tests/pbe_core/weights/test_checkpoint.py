@@ -322,7 +322,7 @@ def test_refuses_unreadable_folder(tmp_path, fixture_paths):
     )
     try:
         r = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300,
-                           cwd=Path(__file__).resolve().parent.parent, **unprivileged.popen_kwargs())
+                           cwd=Path(__file__).resolve().parents[3], **unprivileged.popen_kwargs())
     finally:
         folder.chmod(0o755)
     assert r.returncode == 0, r.stderr

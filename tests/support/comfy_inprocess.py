@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACK_MODULE = "comfyui_paint_by_example"
 
 

@@ -316,7 +316,7 @@ def test_folder_and_file_without_read_permission(tmp_path, fixture_paths):
     file.chmod(0)
     try:
         r = subprocess.run(
-            [sys.executable, "-c", _UNREADABLE, str(bad_models.Path(__file__).parent.parent), str(folder), str(file)],
+            [sys.executable, "-c", _UNREADABLE, str(bad_models.Path(__file__).parents[2]), str(folder), str(file)],
             capture_output=True, text=True, timeout=300, check=True, **unprivileged.popen_kwargs(),
         )  # fmt: skip
     finally:

@@ -21,7 +21,7 @@ from pbe_core.train.cli import main  # noqa: E402
 from pbe_core.weights import layouts  # noqa: E402
 from pbe_core.weights.checkpoint import load_checkpoint, read_state_dict  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "pbe_core" / "train" / "example_config.toml"
 STEPS = 30
 

@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.stdlib
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RAW = REPO / "docs" / "benchmarks-raw"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
