@@ -2,8 +2,8 @@
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/fleet_throughput.py [--rows 24] [--steps 2 20] [--json FILE]
 
-Each configuration edits the same rows (tiny random Paint-by-Example model from tests/pbe_fixtures.py, 128² photos,
-``working_size=0``, so the edit is the whole photo) into a fresh output folder:
+Each configuration edits the same rows (tiny random Paint-by-Example model from tests/support/pbe_fixtures.py, 128²
+photos, ``working_size=0``, so the edit is the whole photo) into a fresh output folder:
 
 * ``single server``: one private ComfyUI with all the machine's threads, driven by ``jobs.run_batch`` (no Ray);
 * ``fleet, 1 worker``: ``fleet.run_fleet`` with one private worker holding all the threads;

@@ -61,7 +61,7 @@ def pytest_report_header(config):
         from comfy_inprocess import host_device, host_version
         from newer_host_emulation import enabled
 
-        mode = ", newer-host mode (tests/newer_host_emulation.py)" if enabled() else ""
+        mode = ", newer-host mode (tests/support/newer_host_emulation.py)" if enabled() else ""
         return f"host: {host_version()}; device: {host_device()}{mode}"
     return None
 
@@ -79,7 +79,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 #: the one skip that depends on the machine: a test of CPU-only behaviour where the host tests run ComfyUI on the GPU
-#: (tests/host/test_inprocess_host.py ``cpu_only``; tests/comfy_inprocess.py ``host_device``)
+#: (tests/host/test_inprocess_host.py ``cpu_only``; tests/support/comfy_inprocess.py ``host_device``)
 CPU_ONLY_ON_GPU = "CPU-only behaviour, and ComfyUI runs on the GPU here"
 
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The test command (README, "Tests"): from a fresh clone, build what the tests need and run them all.
 #
-#   bash tests/run.sh [pytest arguments, e.g. -k client or tests/test_sampling.py]
+#   bash tests/run.sh [pytest arguments, e.g. -k client or tests/pbe_core/edit/test_sampling.py]
 #
 # 1. ComfyUI: $COMFYUI_PATH if it is set; else the ComfyUI tree shipped beside the project
 #    (../shared/host/ComfyUI-*.tar.gz), unpacked into .host/. With neither, the host tests skip and say why.
 # 2. .venv-host: the Python ComfyUI runs on (torch 2.14.1 + torchvision 0.29.1, ComfyUI's requirements.txt) plus the
 #    pack's requirements.txt and its test extra (pyproject.toml). Every test runs in it, the host suite included,
 #    with PBE_STRICT_SKIPS=1: a test that skips is a failure unless tests/conftest.py's ALLOWED_SKIPS names it.
-#    Then, with a ComfyUI, the newer-host mode (PBE_NEWER_HOST=1, tests/support/newer_host_emulation.py): loading, the one-node
-#    edit, the modular graph and bf16 again, with 0.38-era host behaviours reproduced on that ComfyUI.
+#    Then, with a ComfyUI, the newer-host mode (PBE_NEWER_HOST=1, tests/support/newer_host_emulation.py): loading,
+#    the one-node edit, the modular graph and bf16 again, with 0.38-era host behaviours reproduced on that ComfyUI.
 # 3. transformers 4: loading, the encoder and the converter again under transformers 4.57 (CLIP's weights are named
 #    differently there), with diffusers 0.35.2 as the oracle (diffusers 0.42 needs huggingface-hub >= 1, which
 #    transformers 4 does not accept).

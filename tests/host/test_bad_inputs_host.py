@@ -4,7 +4,8 @@ malicious pickle creates nothing, no file is left in the output or temp folder, 
 next valid prompt succeeds. Legitimate odd inputs (any size, a full mask, grey, RGBA, batches, a 1x1 exemplar) give
 a result of the input's size that differs from the source only inside the (feathered) region.
 
-Host-free counterparts: ``tests/test_bad_inputs.py``; the model cases are built by ``tests/bad_models.py``.
+Host-free counterparts: ``tests/pbe_core/test_bad_inputs.py``; the model cases are built by
+``tests/support/bad_models.py``.
 """
 
 import os

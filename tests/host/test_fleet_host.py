@@ -224,10 +224,10 @@ def test_bad_rows_are_reported_with_their_reasons_and_the_rest_finish(comfy_serv
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_rest(tmp_path, exemplar, fixture_paths):  # noqa: F811
-    """Six rows on two private workers, each row held at a gate until the test lets it go (tests/host_probe): rows 1
-    and 2 are let go; once both results are written and rows 3 and 4 wait at their gates (they cannot finish before
-    the signal), Ctrl-C reaches the command's process group. Each worker's ComfyUI sees its prompt interrupted (the
-    gate, and "Interrupting prompt <id>" in its log), rows 1-2 are kept, 3-4 are reported as interrupted while they
+    """Six rows on two private workers, each row held at a gate until the test lets it go (tests/support/host_probe):
+    rows 1 and 2 are let go; once both results are written and rows 3 and 4 wait at their gates (they cannot finish
+    before the signal), Ctrl-C reaches the command's process group. Each worker's ComfyUI sees its prompt interrupted
+    (the gate, and "Interrupting prompt <id>" in its log), rows 1-2 are kept, 3-4 are reported as interrupted while they
     ran and 5-6 as not tried; exit 130, nothing left running. The same command then does rows 3-6 only."""
     rows = _rows_csv(tmp_path, 6, exemplar)
     seed = seeds(rows)

@@ -4,7 +4,7 @@ Shape taken from ComfyUI's own integration tests (``tests/execution/``): start `
 post prompts, read ``/history`` and ``/view``. The server runs where a user's would: on the GPU in the host's default
 memory mode where the host's torch finds a CUDA GPU, with ``--cpu`` only where it finds none
 (:func:`host_device_args`; ``PBE_HOST_DEVICE`` overrides). With ``PBE_NEWER_HOST=1`` it starts through
-``tests/newer_host_emulation.py`` (the newer-host mode). The server is the pack's own private ComfyUI
+``tests/support/newer_host_emulation.py`` (the newer-host mode). The server is the pack's own private ComfyUI
 (``pbe_core.client.embedded``: its own base directory, the pack and the fixture checkpoints through an
 ``--extra-model-paths-config`` file), the one the client's ``--comfyui`` starts.
 """

@@ -9,7 +9,7 @@ The HTTP harness (``comfy_host.py``) is how a user's client sees the pack; this 
   else a CUDA build of torch on a machine without a GPU fails at import (``--lowvram`` and friends can be set the same
   way); where it finds one, ComfyUI takes the GPU in its default memory mode, as it does for a user
   (:func:`host_device`; ``PBE_HOST_DEVICE`` overrides the choice);
-* with ``PBE_NEWER_HOST=1``, the newer-host behaviours of ``tests/newer_host_emulation.py`` are applied;
+* with ``PBE_NEWER_HOST=1``, the newer-host behaviours of ``tests/support/newer_host_emulation.py`` are applied;
 * the pack is imported as a package under a fixed name, as ComfyUI's loader does with a custom-node folder.
 """
 

@@ -1,4 +1,5 @@
-"""A fleet worker without ComfyUI, to test the fleet's driver alone on a real local Ray cluster (tests/test_fleet.py).
+"""A fleet worker without ComfyUI, to test the fleet's driver alone on a real local Ray cluster
+(tests/pbe_core/client/test_fleet.py).
 
 It has :class:`pbe_core.client.fleet.FleetWorker`'s methods and answers. Its "edit" returns the source file's bytes
 unchanged (the driver writes them as the row's result, so the test can tell each result came from its own row); a row

@@ -5,7 +5,7 @@ runs each loader in a fresh process that loads the state dict and sums every ten
 byte), and reports its ``ru_maxrss``. This parent process stays small and never imports torch: on
 Linux a child's ``ru_maxrss`` starts from its parent's RSS at fork. ``torch.load(weights_only=False)``
 runs only because this script wrote the file itself; it gets a stub ``pytorch_lightning`` module.
-Usage: ``python tests/measure_load_rss.py --dir /tmp/rss --weights-mb 200``.
+Usage: ``python tests/support/measure_load_rss.py --dir /tmp/rss --weights-mb 200``.
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Damage for fuzzing the loader: safetensors headers that stay valid but lie, and raw byte edits.
 
-Plain functions, shared by ``test_fuzz_loader.py`` (hypothesis draws the damage) and the host fuzz in
-``host/test_bad_inputs_host.py`` (a seeded ``random.Random`` does).
+Plain functions, shared by ``tests/pbe_core/weights/test_checkpoint_fuzz.py`` (hypothesis draws the damage) and the
+host fuzz in ``tests/host/test_bad_inputs_host.py`` (a seeded ``random.Random`` does).
 """
 
 import json

@@ -21,11 +21,11 @@ What is reproduced:
    ``--fp16-intermediates`` (``comfy/cli_args.py``), fp32 otherwise). 0.3.64 has neither the flag nor the function:
    ``PBE_NEWER_HOST_INTERMEDIATES=fp16`` stands for the flag, and ``intermediate_dtype`` is added.
 
-How it reaches the host: in-process tests call :func:`apply` (``tests/comfy_inprocess.py`` does, after importing
-``comfy.model_management``); a ComfyUI subprocess started by the test harness (``tests/comfy_host.py``) runs this file
-as its launcher: ``python tests/newer_host_emulation.py main.py ARGS...`` installs an import hook that applies the
-same patches right after ``comfy.ops`` and ``comfy.sd`` are first imported, then runs ComfyUI's ``main.py`` as
-``__main__`` with ``ARGS`` (so ``main.py`` parses its own command line and sets up its environment as usual).
+How it reaches the host: in-process tests call :func:`apply` (``tests/support/comfy_inprocess.py`` does, after importing
+``comfy.model_management``); a ComfyUI subprocess started by the test harness (``tests/support/comfy_host.py``) runs
+this file as its launcher: ``python tests/support/newer_host_emulation.py main.py ARGS...`` installs an import hook that
+applies the same patches right after ``comfy.ops`` and ``comfy.sd`` are first imported, then runs ComfyUI's ``main.py``
+as ``__main__`` with ``ARGS`` (so ``main.py`` parses its own command line and sets up its environment as usual).
 """
 
 from __future__ import annotations

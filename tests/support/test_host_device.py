@@ -1,8 +1,8 @@
-"""Which device the host tests run ComfyUI on (tests/comfy_inprocess.py ``choose_device``, tests/comfy_host.py
-``host_device_args``): the GPU in the host's default memory mode where the host's torch finds one, ``--cpu`` only
-where it finds none; ``PBE_HOST_DEVICE`` overrides, and asking for a GPU that is not there is an error, not a quiet
-fall-back. The probe runs the real Python that runs ComfyUI; on this machine it finds no GPU, and the GPU branch of
-the decision is checked with the answer given."""
+"""Which device the host tests run ComfyUI on (tests/support/comfy_inprocess.py ``choose_device``,
+tests/support/comfy_host.py ``host_device_args``): the GPU in the host's default memory mode where the host's torch
+finds one, ``--cpu`` only where it finds none; ``PBE_HOST_DEVICE`` overrides, and asking for a GPU that is not there is
+an error, not a quiet fall-back. The probe runs the real Python that runs ComfyUI; on this machine it finds no GPU, and
+the GPU branch of the decision is checked with the answer given."""
 
 import sys
 

@@ -8,8 +8,8 @@ input ``{"name", "type", "optional", "widget", "control_after_generate", "upload
   import them): node ids, inputs in order, their types, flags and the option lists that are literal or come from
   ``pbe_core``. Options computed by the host (model files, samplers) are ``None`` there: unchecked offline.
 * :func:`object_info_schemas` converts a live ``/object_info`` (host tests).
-* ``tests/data/host_nodes.json``: the host's nodes that the workflows use, written from a live ``/object_info`` by
-  ``tests/host/test_workflows_host.py``, which also fails when the snapshot is out of date.
+* ``tests/support/data/host_nodes.json``: the host's nodes that the workflows use, written from a live ``/object_info``
+  by ``tests/host/test_workflows_host.py``, which also fails when the snapshot is out of date.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def host_types_used() -> set[str]:
 
 
 def host_snapshot(object_info: dict, system_stats: dict) -> dict:
-    """What ``tests/data/host_nodes.json`` holds: the schemas of the host nodes the workflows use."""
+    """What ``tests/support/data/host_nodes.json`` holds: the schemas of the host nodes the workflows use."""
     return {
         "comment": "Written by tests/host/test_workflows_host.py from a live /object_info; "
         "PBE_UPDATE_HOST_SNAPSHOT=1 rewrites it.",

@@ -1,8 +1,8 @@
 """The shared workflows, checked offline (no ComfyUI): they parse, use only known nodes, set only inputs those nodes
 have, link matching types, and the API prompts are what the UI workflows queue.
 
-Known nodes are this pack's (read from ``nodes/*.py``) and the host's in ``tests/data/host_nodes.json`` (a snapshot
-of the live ``/object_info`` that ``tests/host/test_workflows_host.py`` keeps honest).
+Known nodes are this pack's (read from ``nodes/*.py``) and the host's in ``tests/support/data/host_nodes.json`` (a
+snapshot of the live ``/object_info`` that ``tests/host/test_workflows_host.py`` keeps honest).
 """
 
 import ast

@@ -1,6 +1,6 @@
 """``batch --ray`` without Ray and without a server: the install hint, the single-server path importing neither Ray
 nor the fleet module, the batch's progress line, the rows known before any worker (done, bad, unreadable) and
-report.md. The fleet on a real Ray cluster: tests/test_fleet.py (a stand-in worker) and
+report.md. The fleet on a real Ray cluster: tests/pbe_core/client/test_fleet.py (a stand-in worker) and
 tests/host/test_fleet_host.py (real headless ComfyUI workers)."""
 
 import io

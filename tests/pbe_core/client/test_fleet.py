@@ -1,5 +1,5 @@
-"""The fleet's driver on a real local Ray cluster, with a stand-in worker (tests/fleet_standin.py: no ComfyUI, its
-"edit" returns the source's bytes, a ``poison`` row ends the worker's process). Real actor deaths, real restarts by
+"""The fleet's driver on a real local Ray cluster, with a stand-in worker (tests/support/fleet_standin.py: no ComfyUI,
+its "edit" returns the source's bytes, a ``poison`` row ends the worker's process). Real actor deaths, real restarts by
 Ray: a row that kills every worker it is given fails after ``--retries`` with that reason, every other row is done
 exactly once, and Ray's processes are gone afterwards. Needs Ray (the ``fleet`` extra); the real workers:
 tests/host/test_fleet_host.py."""

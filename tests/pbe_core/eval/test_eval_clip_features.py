@@ -1,7 +1,7 @@
 """CLIP for the metrics: offline, safe loading; ``clip.load``'s preprocessing; ``encode_image`` features.
 
 Oracles: torchvision's transforms composed as ``clip/clip.py`` composes them, and transformers' own
-``CLIPModel.from_pretrained`` + ``vision_model`` + ``visual_projection`` (``tests/eval_oracles.py``).
+``CLIPModel.from_pretrained`` + ``vision_model`` + ``visual_projection`` (``tests/support/eval_oracles.py``).
 """
 
 from __future__ import annotations

@@ -302,7 +302,7 @@ def test_ignores_model_index_class_names(tmp_path, fixture_paths):
 
 def test_refuses_unreadable_folder(tmp_path, fixture_paths):
     """A diffusers folder the user may not read, opened by a process that obeys file permissions (as root: without
-    CAP_DAC_OVERRIDE, tests/unprivileged.py), is refused as 'permission denied'."""
+    CAP_DAC_OVERRIDE, tests/support/unprivileged.py), is refused as 'permission denied'."""
     import shutil
     import subprocess
     import sys

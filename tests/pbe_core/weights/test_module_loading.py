@@ -1,6 +1,6 @@
 """``pbe_core.weights.module_loading``: shapes from the layers' declared sizes, completeness from what loading reports, also for
 layers that have no weights until loaded (as a newer ComfyUI builds them under dynamic VRAM; the host-level
-reproduction is tests/newer_host_emulation.py)."""
+reproduction is tests/support/newer_host_emulation.py)."""
 
 import pytest
 import torch
