@@ -52,7 +52,8 @@ def machine() -> str:
 def make_rows(folder: Path, n: int) -> Path:
     """``n`` CSV rows: 128² photo-like sources, a box mask, one shared exemplar, seeds 0..n-1."""
     import numpy as np
-    from host_util import BOX, SIZE, make_photo, png_bytes
+    from host_util import BOX, SIZE
+    from images import make_photo, png_bytes
     from PIL import Image
 
     (folder / "in").mkdir(parents=True, exist_ok=True)

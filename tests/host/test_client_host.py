@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import unprivileged
 from comfy_host import REPO, free_port
-from host_util import BOX, SIZE, make_photo, png_bytes
+from host_util import BOX, SIZE
+from images import make_photo, png_bytes
 
 pytestmark = pytest.mark.host
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from comfy_host import REPO, temporary_server
-from host_util import SIZE, png_bytes
+from host_util import SIZE
+from images import png_bytes
 from test_client_host import (  # noqa: F401
     AS_IN_A_TERMINAL,
     TINY,

@@ -18,7 +18,8 @@ import pbe_fixtures
 import pytest
 import workflow_schema as ws
 from comfy_host import execution_error, temporary_server
-from host_util import BOX, SIZE, make_photo, png_bytes
+from host_util import BOX, SIZE
+from images import make_photo, png_bytes
 
 pytestmark = pytest.mark.host
 

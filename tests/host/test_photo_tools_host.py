@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from host_prompts import modular_prompt, one_node_prompt, run_ok
 from host_util import BOX, SIZE, assert_edited_only_near, fetch_tensor, upload_photo_with_box
-from test_nodes_host import modular_prompt, one_node_prompt, run_ok
 
 pytestmark = pytest.mark.host
 
@@ -84,7 +84,7 @@ def test_exemplar_batch_gives_each_exemplar_its_own_edit(comfy_server, images):
     """Exemplars of different sizes through Exemplar Batch into one run: one result each, and an exemplar's edit is
     the one it gives alone (the sampler squashing it itself) with the same noise: the first result of a batch, and a
     batch of one. (The k-th result of a batch gets the k-th noise of the seed, as in a KSampler batch.)"""
-    from host_util import make_photo, png_bytes
+    from images import make_photo, png_bytes
 
     comfy_server.upload("exemplar_wide.png", png_bytes(make_photo(180, 300, 7)))
 

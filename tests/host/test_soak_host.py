@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from comfy_host import ComfyServer, execution_error
-from host_util import make_photo, png_bytes
+from images import make_photo, png_bytes
 from safetensors.torch import load, save_file
 
 pytestmark = [pytest.mark.host, pytest.mark.slow]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import workflow_schema as ws
 from comfy_host import PACK_NAME, execution_error
-from host_util import make_photo, png_bytes
+from images import make_photo, png_bytes
 
 pytestmark = pytest.mark.host
 

@@ -11,18 +11,13 @@ import time
 
 import numpy as np
 import pytest
+from images import png_bytes as _png
 from PIL import Image
 
 from pbe_core.client import api, jobs, png, workflow
 from pbe_core.client.ws import WebSocket
 
 pytestmark = pytest.mark.stdlib
-
-
-def _png(img: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", **kw)
-    return buf.getvalue()
 
 
 def _mask_array(h=37, w=53, seed=0):

@@ -3,7 +3,6 @@ the result store (what counts as done, atomic writes that a full or read-only fo
 
 import codecs
 import errno
-import io
 import json
 import os
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from images import png_bytes as _png
 from unprivileged import popen_kwargs, unavailable_reason
 
 from pbe_core.client import cli, jobs, results, workflow
@@ -173,12 +172,6 @@ def test_exemplar_is_repeatable_and_a_wrong_count_says_how_to_give_more(tmp_path
     job = jobs.Job("x", tmp_path / "x.png", tmp_path / "m.png", [tmp_path / "e.png"])
     with pytest.raises(ClientError, match="takes 3 exemplars.*--exemplar 3 times.*exemplar, exemplar2"):
         jobs.job_prompt(job, settings)
-
-
-def _png(array) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_several_exemplars_are_uploaded_into_their_slots_in_order(tmp_path):

@@ -10,19 +10,13 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from images import png_bytes as _png
 
 from pbe_core.client import fleet, jobs, results, workflow
 
 pytestmark = pytest.mark.stdlib
 
 NO_RAY = "import sys; sys.modules['ray'] = None; from pbe_core.client.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def _png(array) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _rows(folder, n, seed=0):

@@ -4,7 +4,6 @@ Ray: a row that kills every worker it is given fails after ``--retries`` with th
 exactly once, and Ray's processes are gone afterwards. Needs Ray (the ``fleet`` extra); the real workers:
 tests/host/test_fleet_host.py."""
 
-import io
 import json
 import os
 import tempfile
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from images import png_bytes as _png
 
 from pbe_core.client import fleet, jobs, workflow
 
@@ -38,12 +37,6 @@ def ray_processes() -> set[int]:
                                   b"/ray/autoscaler/")):  # fmt: skip
             found.add(int(d))
     return found
-
-
-def _png(array) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_a_row_that_kills_its_workers_fails_after_the_retries_and_the_rest_are_done_once(tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import eval_fixtures
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,11 +24,6 @@ from pbe_core.eval.manifest import ManifestError, read_manifest, settings_sha256
 
 REPO = Path(__file__).resolve().parents[3]
 mixture = pytest.importorskip("sklearn.mixture")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return eval_fixtures.tiny_set()
 
 
 def _main(*args) -> int:

@@ -22,11 +22,6 @@ from pbe_core.eval.clip_features import ClipLoadError, clip_preprocess, features
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return eval_fixtures.tiny_set()
-
-
 def _image(w: int, h: int, mode: str) -> Image.Image:
     rgb = eval_fixtures.photo("astronaut")
     im = Image.fromarray(rgb).resize((w, h), Image.BICUBIC)

@@ -12,7 +12,6 @@ centre-cropped instead of squashed -1.74.
 
 from __future__ import annotations
 
-import eval_fixtures
 import eval_oracles
 import numpy as np
 import pytest
@@ -23,11 +22,6 @@ from pbe_core.eval.clip_features import load_clip
 from pbe_core.eval.clip_score import ClipScoreError, clip_scores, official_box
 
 TOL = 2e-5
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return eval_fixtures.tiny_set()
 
 
 @pytest.fixture(scope="module")

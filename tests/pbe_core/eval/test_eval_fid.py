@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import eval_fixtures
 import eval_oracles
 import numpy as np
 import pytest
@@ -24,11 +23,6 @@ from pbe_core.eval.fid import FrechetToReference, feature_statistics, frechet_di
 from pbe_core.eval.fid_reference import FidReferenceError, list_images, reference_statistics
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return eval_fixtures.tiny_set()
 
 
 def _two_sets(n1=300, n2=500, d=16, seed=0):

@@ -13,7 +13,6 @@ import pickle
 import subprocess
 import sys
 
-import eval_fixtures
 import numpy as np
 import pytest
 from lightning_pickle import FakeCall, FakeGlobal, Pickler, malicious_call
@@ -28,9 +27,8 @@ TYPES = ("full", "tied", "diag", "spherical")
 
 
 @pytest.fixture(scope="module")
-def clip_features():
+def clip_features(tiny):
     """CLIP features (16-d) of 64 photo crops (to fit on) and of the 12 fixture results (to score)."""
-    tiny = eval_fixtures.tiny_set()
     encoder = load_clip(tiny["clip"])
     train = features_of_files(encoder, sorted(tiny["gmm_train"].glob("*.png")), batch_size=16)
     test = features_of_files(encoder, sorted(tiny["results"].glob("*.png")), batch_size=16)
