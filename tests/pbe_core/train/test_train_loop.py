@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pbe_fixtures
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -31,13 +30,9 @@ def _metrics(out: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, sd1):
     d = tmp_path_factory.mktemp("train-inputs")
-    return {
-        "sd1": pbe_fixtures.write_sd1_checkpoint(d / "sd1.safetensors"),
-        "clip": pbe_fixtures.write_clip_vision(d / "clip.safetensors"),
-        **write_toy_dataset(d / "toy"),
-    }
+    return {"sd1": sd1["safetensors"], "clip": sd1["clip"], **write_toy_dataset(d / "toy")}
 
 
 def _args(inputs, out, **over):

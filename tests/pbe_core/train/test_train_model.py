@@ -63,17 +63,6 @@ def test_unknown_ldm_keys_are_refused():
 
 
 # --- start from SD-1.x ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def sd1(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sd1")
-    return {
-        "safetensors": pbe_fixtures.write_sd1_checkpoint(d / "sd1.safetensors"),
-        "ckpt": pbe_fixtures.write_sd1_checkpoint(d / "sd1.ckpt"),
-        "clip": pbe_fixtures.write_clip_vision(d / "clip.safetensors"),
-        "clip_tf4": pbe_fixtures.write_clip_vision(d / "clip4.safetensors", vision_model_level=True),
-    }
-
-
 @pytest.mark.parametrize("fmt", ["safetensors", "ckpt"])
 def test_init_from_sd1_adds_five_zero_channels_and_keeps_every_other_weight(sd1, fmt):
     src = read_state_dict(sd1[fmt])
