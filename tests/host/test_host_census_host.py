@@ -114,7 +114,8 @@ def _report(moved: list[str], what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def host():
+def comfy_imported():
+    """ComfyUI imported in-process without the pack: the census reads the host as it ships."""
     from comfy_inprocess import import_host
 
     import_host()
@@ -136,7 +137,7 @@ def _resolve(dotted: str):
     raise LookupError(f"module {parts[0]!r} cannot be imported")
 
 
-def test_modules_and_their_attributes(host):
+def test_modules_and_their_attributes(comfy_imported):
     moved = []
     for module, attrs in MODULES.items():
         try:
@@ -155,7 +156,7 @@ def test_modules_and_their_attributes(host):
     _report(moved, "modules or attributes")
 
 
-def test_callables_take_the_arguments_the_pack_passes(host):
+def test_callables_take_the_arguments_the_pack_passes(comfy_imported):
     moved = []
     for dotted, (positional, keywords) in CALLS.items():
         try:
@@ -188,7 +189,7 @@ def test_callables_take_the_arguments_the_pack_passes(host):
     _report(moved, "callables (or their arguments)")
 
 
-def test_the_vae_object_carries_what_the_pack_reads(host, fixture_paths):
+def test_the_vae_object_carries_what_the_pack_reads(comfy_imported, fixture_paths):
     from comfy_inprocess import pack_module
 
     ckpt = pack_module("pbe_core.weights.checkpoint").load_checkpoint(fixture_paths["original-fp32.safetensors"])
@@ -196,7 +197,7 @@ def test_the_vae_object_carries_what_the_pack_reads(host, fixture_paths):
     _report([f"comfy.sd.VAE().{a}: gone" for a in VAE_ATTRIBUTES if not hasattr(vae, a)], "VAE attributes")
 
 
-def test_command_line_options(host):
+def test_command_line_options(comfy_imported):
     import comfy.cli_args
 
     known = set(comfy.cli_args.parser._option_string_actions)
