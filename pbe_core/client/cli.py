@@ -18,8 +18,9 @@ from . import __doc__ as PACKAGE_DOC
 from .api import ComfyClient
 from .embedded import PACK_DIR, EmbeddedError, PrivateComfyUI
 from .errors import ClientError, ServerStartError, ServerUnreachable
-from .jobs import Job, Settings, jobs_from_csv, jobs_from_folder, run_batch, run_job
+from .jobs import jobs_from_csv, jobs_from_folder, run_batch, run_job
 from .results import ResultStore, atomic_write
+from .settings import Job, Settings
 from .workflow import DEFAULT_WORKFLOW, OVERRIDES, check_workflow, load_workflow
 
 log = logging.getLogger("pbe_core.client")

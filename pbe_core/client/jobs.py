@@ -17,13 +17,14 @@ import logging
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import png
 from .api import ComfyClient, history_error
 from .errors import ClientError, PromptLost, ServerError, ServerGone, ServerUnreachable, StopsBatch
 from .results import ResultStore, settings_hash
+from .settings import Job, Settings
 from .workflow import apply_settings, check_workflow, decode_text, titled
 
 log = logging.getLogger("pbe_core.client")
@@ -37,27 +38,6 @@ CANCEL_CONFIRM = 5.0
 
 
 # --- one job: files -> prompt -> results ----------------------------------------------------------------------------------
-@dataclass
-class Job:
-    name: str
-    source: Path
-    mask: Path
-    exemplars: list[Path]
-    seed: int | None = None
-
-
-@dataclass
-class Settings:
-    workflow: dict
-    out_dir: Path
-    model: str | None = None
-    values: dict = field(default_factory=dict)  # option -> value, see OVERRIDES
-    sets: list[tuple[str, str, object]] = field(default_factory=list)  # (node id or title, input, value)
-    identity: dict = field(default_factory=dict)  # more that decides the result, for the key (a model file's stat)
-    model_path: Path | None = None  # a --model given as a path, linked into a private ComfyUI as ``model``
-    force: bool = False  # do rows again even if their result is there for the same settings
-
-
 @dataclass
 class Inputs:
     """A job's files as read (and checked) once: what is uploaded and what the result's key is made of."""

@@ -14,12 +14,9 @@ from __future__ import annotations
 import codecs
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import ClientError
-
-if TYPE_CHECKING:
-    from .jobs import Settings
+from .settings import Settings
 
 PACK_DIR = Path(__file__).resolve().parent.parent.parent
 API_WORKFLOWS = PACK_DIR / "workflows" / "api"

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from ..client.errors import ClientError
-from ..client.jobs import Job
 from ..client.results import ResultStore
+from ..client.settings import Job
 from . import cocoee
 from .manifest import write_manifest
 
