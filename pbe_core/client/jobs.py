@@ -25,7 +25,7 @@ from .api import ComfyClient, history_error
 from .errors import ClientError, PromptLost, ServerError, ServerGone, ServerUnreachable, StopsBatch
 from .results import ResultStore, settings_hash
 from .settings import Job, Settings
-from .workflow import apply_settings, check_workflow, decode_text, titled
+from .workflow import Slots, apply_settings, decode_text, find_slots
 
 log = logging.getLogger("pbe_core.client")
 
@@ -40,12 +40,14 @@ CANCEL_CONFIRM = 5.0
 # --- one job: files -> prompt -> results ----------------------------------------------------------------------------------
 @dataclass
 class Inputs:
-    """A job's files as read (and checked) once: what is uploaded and what the result's key is made of."""
+    """A job's files as read (and checked) once, and the workflow's slots they go to (found once per row): what is
+    uploaded, where, and what the result's key is made of."""
 
     source: bytes
     mask: bytes
     exemplars: list[bytes]
     alpha: bytes | None  # the mask as the alpha PNG /upload/mask takes; None when the workflow loads the mask itself
+    slots: Slots
 
     def for_key(self) -> dict:
         return {"source": self.source, "mask": self.mask, "exemplars": self.exemplars}
@@ -84,16 +86,17 @@ def exemplar_count_problem(wanted: int, given: int) -> str:
             f"columns exemplar, exemplar2, ..., exemplar{wanted} (named in its header row)")
 
 
-def job_prompt(job: Job, settings: Settings) -> dict:
-    """The workflow with the settings and the job's seed applied, checked against the job's number of exemplars."""
+def job_prompt(job: Job, settings: Settings) -> tuple[dict, Slots]:
+    """The workflow with the settings and the job's seed applied and its slots, checked against the job's number of
+    exemplars."""
     prompt = apply_settings(settings.workflow, settings, job.seed)
-    _, slots = check_workflow(prompt)
-    if len(job.exemplars) != len(slots):
-        raise ClientError(exemplar_count_problem(len(slots), len(job.exemplars)))
-    return prompt
+    slots = find_slots(prompt)
+    if len(job.exemplars) != len(slots.exemplars):
+        raise ClientError(exemplar_count_problem(len(slots.exemplars), len(job.exemplars)))
+    return prompt, slots
 
 
-def read_inputs(job: Job, prompt: dict) -> Inputs:
+def read_inputs(job: Job, slots: Slots) -> Inputs:
     """Read and check every file of the job (before anything is uploaded: a broken file would otherwise reach the
     user as HTTP 500)."""
     source = _read(job.source, "source")
@@ -104,38 +107,36 @@ def read_inputs(job: Job, prompt: dict) -> Inputs:
         problem = png.image_problem(data)
         if problem:
             raise ClientError(f"the {what} {str(path)!r} cannot be read as an image: {problem}; save it again")
-    mask_nodes = [i for i in titled(prompt, "Mask") if prompt[i]["class_type"] == "LoadImageMask"]
-    alpha = None if mask_nodes else mask_as_alpha(job, source, mask)
-    return Inputs(source, mask, exemplars, alpha)
+    alpha = None if slots.mask_loaders else mask_as_alpha(job, source, mask)
+    return Inputs(source, mask, exemplars, alpha, slots)
 
 
 def upload(client: ComfyClient, job: Job, prompt: dict, inputs: Inputs) -> dict:
     """Upload the job's files; returns a copy of ``prompt`` with the uploaded names in its LoadImage nodes."""
     prompt = json.loads(json.dumps(prompt))
-    source_id, slots = check_workflow(prompt)
+    slots = inputs.slots
     source = client.upload("image", _upload_name(job.source, inputs.source), inputs.source)
     if inputs.alpha is None:
         mask = client.upload("image", _upload_name(job.mask, inputs.mask), inputs.mask)
-        for i in titled(prompt, "Mask"):
-            if prompt[i]["class_type"] == "LoadImageMask":
-                prompt[i]["inputs"]["image"] = _image_value(mask)
-        prompt[source_id]["inputs"]["image"] = _image_value(source)
+        for i in slots.mask_loaders:
+            prompt[i]["inputs"]["image"] = _image_value(mask)
+        prompt[slots.source]["inputs"]["image"] = _image_value(source)
     else:
         ref = {"filename": source["name"], "subfolder": source.get("subfolder", ""), "type": source.get("type", "input")}
         merged = client.upload(
             "mask", _upload_name(job.source, inputs.source + inputs.mask, "-masked.png"), inputs.alpha,
             {"original_ref": json.dumps(ref)},
         )
-        prompt[source_id]["inputs"]["image"] = _image_value(merged)
-    for slot, path, data in zip(slots, job.exemplars, inputs.exemplars, strict=True):
+        prompt[slots.source]["inputs"]["image"] = _image_value(merged)
+    for slot, path, data in zip(slots.exemplars, job.exemplars, inputs.exemplars, strict=True):
         prompt[slot]["inputs"]["image"] = _image_value(client.upload("image", _upload_name(path, data), data))
     return prompt
 
 
 def prepare(client: ComfyClient, job: Job, settings: Settings) -> dict:
     """Check the job's files, upload them and return the prompt to queue."""
-    prompt = job_prompt(job, settings)
-    return upload(client, job, prompt, read_inputs(job, prompt))
+    prompt, slots = job_prompt(job, settings)
+    return upload(client, job, prompt, read_inputs(job, slots))
 
 
 def mask_as_alpha(job: Job, source_data: bytes, mask_data: bytes) -> bytes:
@@ -238,8 +239,8 @@ def execute(client: ComfyClient, job: Job, prompt: dict, inputs: Inputs) -> list
 
 def job_key(job: Job, settings: Settings) -> tuple[dict, Inputs, str]:
     """The job's prompt, its checked files and the key of its result (``results.settings_hash``)."""
-    prompt = job_prompt(job, settings)
-    inputs = read_inputs(job, prompt)
+    prompt, slots = job_prompt(job, settings)
+    inputs = read_inputs(job, slots)
     return prompt, inputs, settings_hash(prompt, inputs.for_key(), settings.identity)
 
 
