@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +30,7 @@ import uuid
 from collections.abc import Callable
 
 from .errors import ClientError, PromptLost, ServerError, ServerGone, ServerUnreachable  # noqa: F401 - re-exported
+from .progress import ProgressBar
 from .workflow import node_title
 from .ws import WebSocket, WebSocketError
 
@@ -336,41 +336,6 @@ class ComfyClient:
             self._told_shared = True
             log.warning("/ws carries messages about prompt %s, which this run did not queue: another run uses %s too; "
                         "this run's progress may be missing. %s", prompt_id, self._shared(), self._ADVICE)
-
-
-class ProgressBar:
-    """One line on stderr: ``label  node  [#####.....]  12/50``; redrawn in place on a terminal."""
-
-    def __init__(self, label: str, enabled: bool = True, stream=None, width: int = 30):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and self.stream.isatty()
-        self.label, self.current, self.width = label, "", width
-        self._last_tenth = None
-
-    def node(self, title: str) -> None:
-        self.current = title
-        self._last_tenth = None
-
-    def update(self, value: int, total: int) -> None:
-        if not self.enabled:
-            return
-        total = max(total, 1)
-        done = int(self.width * min(value, total) / total)
-        line = f"{self.label} {self.current} [{'#' * done}{'.' * (self.width - done)}] {value}/{total}"
-        if self.tty:
-            self.stream.write("\r" + line[:200] + "\x1b[K")
-            self.stream.flush()
-        else:  # a log file: a line every 10 %
-            tenth = 10 * value // total
-            if tenth != self._last_tenth:
-                self._last_tenth = tenth
-                self.stream.write(line + "\n")
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _reason(e: BaseException) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import png
 from .api import ComfyClient, history_error
 from .errors import ClientError, PromptLost, ServerError, ServerGone, ServerUnreachable, StopsBatch
+from .report import batch_report, exit_status, row_entry
 from .results import ResultStore, settings_hash
 from .settings import Job, Settings
 from .workflow import Slots, apply_settings, decode_text, find_slots
@@ -401,11 +402,6 @@ def jobs_from_folder(folder: Path, exemplars: list[Path] | Path | None = None) -
     return out
 
 
-def _row(name: str, status: str, error: str | None = None, outputs=()) -> dict:
-    return {"name": name, "status": status, "ok": status != "failed", "error": error,
-            "outputs": [str(p) for p in outputs]}  # fmt: skip
-
-
 def _already_done(job, settings: Settings, store: ResultStore) -> list[Path] | None:
     """For rows not tried: their results, if they are there from an earlier run (no server needed)."""
     if not isinstance(job, Job) or settings.force:
@@ -422,9 +418,7 @@ def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, sett
     """Run every row, going on past a row's own failure; returns the report and the exit status. ``progress(k, row)``
     (optional) is called after each row with its number and its report entry.
 
-    Report: ``{"rows": [{"name", "status": "done"|"skipped"|"failed", "ok", "error", "outputs"}], "succeeded",
-    "failed", "skipped", "stopped": why the batch stopped early or None, "interrupted": bool}`` ("skipped": done
-    earlier with the same settings, counted among "succeeded"). Exit status: 0 every row succeeded, 1 some failed,
+    The report: ``report.batch_report``. Exit status: 0 every row succeeded, 1 some failed,
     2 no server to go on with, 130 interrupted (Ctrl-C).
     """
     store = store or ResultStore(settings.out_dir)
@@ -448,12 +442,12 @@ def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, sett
             name = job.name if isinstance(job, Job) else job[0]
             if stopped is not None:
                 done = _already_done(job, settings, store)
-                add(_row(name, "skipped", None, done) if done is not None else
-                            _row(name, "failed", f"not tried: {stopped}"))  # fmt: skip
+                add(row_entry(name, "skipped", None, done) if done is not None else
+                            row_entry(name, "failed", f"not tried: {stopped}"))  # fmt: skip
                 continue
             if isinstance(job, tuple):
                 log.error("[%d/%d] %s: skipped: %s", k, n, name, job[1])
-                add(_row(name, "failed", job[1]))
+                add(row_entry(name, "failed", job[1]))
                 continue
             log.info("[%d/%d] %s", k, n, name)
             started = k
@@ -461,27 +455,24 @@ def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, sett
                 result = run_job(connect, job, settings, store)
             except ServerUnreachable as e:
                 log.error("[%d/%d] %s: failed: %s", k, n, name, e)
-                add(_row(name, "failed", str(e)))
+                add(row_entry(name, "failed", str(e)))
                 stopped, status = str(e), 2
                 continue
             except ClientError as e:
                 log.error("[%d/%d] %s: failed: %s", k, n, name, e)
-                add(_row(name, "failed", str(e)))
+                add(row_entry(name, "failed", str(e)))
                 if isinstance(e, StopsBatch):
                     stopped, status = str(e), 1
                 continue
             if result.skipped:
                 log.info("[%d/%d] %s: already done with the same settings (%s); --force does it again", k, n, name,
                          ", ".join(p.name for p in result.paths))
-            add(_row(name, "skipped" if result.skipped else "done", None, result.paths))
+            add(row_entry(name, "skipped" if result.skipped else "done", None, result.paths))
     except KeyboardInterrupt:
         log.error("interrupted: the rows not finished are reported as not tried")
         stopped, status = "interrupted (Ctrl-C)", 130
         for k, job in enumerate(jobs[len(rows):]):
             why = "interrupted (Ctrl-C) while it ran" if k == 0 and started == len(rows) + 1 else f"not tried: {stopped}"
-            rows.append(_row(job.name if isinstance(job, Job) else job[0], "failed", why))
-    failed = sum(not r["ok"] for r in rows)
-    report = {"rows": rows, "succeeded": len(rows) - failed, "failed": failed,
-              "skipped": sum(r["status"] == "skipped" for r in rows), "stopped": stopped,
-              "interrupted": status == 130}  # fmt: skip
-    return report, status or (1 if failed else 0)
+            rows.append(row_entry(job.name if isinstance(job, Job) else job[0], "failed", why))
+    report = batch_report(rows, stopped, status)
+    return report, exit_status(report, status)

@@ -1,46 +1,6 @@
-"""A batch on many ComfyUI workers with Ray: ``python -m pbe_core.client batch ROWS -o OUT --ray [ADDRESS]``.
-
-Ray (PyPI ``ray``, the pack's ``fleet`` extra) is imported here only, and this module only when ``--ray`` is given: the
-rest of the client keeps to the standard library.
-
-Who does what:
-
-* **Ray** places the workers (one per GPU with ``num_gpus=1``, or CPU workers), starts an actor again when its process
-  dies (on another machine if its own is gone), carries rows and results between machines, and shows it all in its
-  dashboard when the cluster has one.
-* **A worker** (:class:`FleetWorker`, one Ray actor) owns one headless ComfyUI with this pack: a private one it starts
-  (``embedded.PrivateComfyUI``, what the client's ``--comfyui`` starts) or a running one it attaches to (``--server``,
-  one worker each). It does one row at a time with the single-server client's code (``jobs.execute``: upload, queue,
-  follow, download) and returns the result's bytes.
-* **This process** (the driver) reads the rows and their files, knows which rows are done (``results.ResultStore``:
-  the sidecars of the single-server batch, unchanged), hands each row to a free worker as one Ray actor task, writes
-  each result into OUT as it comes back (atomically, with its settings hash, by ``ResultStore.write``), and keeps the
-  progress bar and the report. The photos and the results stay on this machine; a worker needs only ComfyUI, the pack
-  and the model.
-
-Nothing lost, nothing done twice:
-
-* A row is on one worker at a time, and its result is written by the driver once. It goes to another worker only when
-  the one running it lost it: its private ComfyUI exited, or stopped answering for ``--reconnect-wait`` seconds (the
-  worker ends it and starts it again, at most :data:`WORKER_RESTARTS` times, and takes rows again), the actor's process
-  died (Ray starts it again, at most ``max_restarts`` times), or an
-  attached server stayed away longer than ``--reconnect-wait`` (that worker is given up; if the server was only cut
-  off, not dead, it may finish the prompt too, but the result is still written once).
-* A row whose worker died while running it is given to another ``--retries`` times (default 2); then it fails with
-  the reasons. A row the server refuses (an empty mask, an unknown model) or whose files cannot be read fails at once
-  with its reason. Neither stops the batch; a result that cannot be written (a full disk) does, as in the single-server
-  batch.
-* A batch stopped (Ctrl-C, a lost machine) and started again with the same command skips the rows already done with
-  the same settings; a half-written result never counts (``results``). A run with every row done starts no Ray.
-
-Ray's processes: without ADDRESS a local cluster is started for the run (``num_cpus`` = this machine's cores or what
-the workers reserve, no dashboard unless ``--ray-dashboard``, its folder a temporary one, removed after) and stopped
-when the command ends, Ctrl-C and SIGTERM included; the workers stop their ComfyUIs first. With ADDRESS (``auto``, or
-the head's ``HOST:PORT``) the cluster is the user's: the run's workers leave it when the run ends, the cluster stays.
-
-Visible: one progress bar for the whole batch (done, failed, rows/s, ETA, rows per worker) on stderr, redrawn in place
-on a terminal, a line per finished row in a log; ``report.json`` (the single-server batch's, plus each row's worker
-and tries with their prompt ids, and the workers) and ``report.md`` beside it.
+"""The fleet's driver: this process's side of a ``--ray`` batch (``fleet`` package docstring). It reads the rows, hands
+each to a free worker as one Ray actor task, writes each result as it comes back, takes lost rows back, answers Ctrl-C,
+and builds the report.
 """
 
 from __future__ import annotations
@@ -52,306 +12,40 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import ComfyClient
-from .embedded import PACK_DIR, EmbeddedError, PrivateComfyUI
-from .errors import ClientError, ServerUnreachable, StopsBatch
-from .jobs import Job, Settings, execute, job_key
-from .results import ResultStore
+from ..api import ComfyClient
+from ..embedded import PACK_DIR
+from ..errors import ClientError, ServerUnreachable, StopsBatch
+from ..jobs import job_key
+from ..progress import BatchProgress
+from ..report import batch_report, exit_status, row_entry
+from ..results import ResultStore
+from ..settings import Job, Settings
+from .cluster import (
+    OWNER_FILE,
+    TEMP_DIR_MAX,
+    clean_stale_ray_folders,
+    end_processes_of,
+    ignoring_interrupts,
+    import_ray,
+    interrupts_deferred,
+    process_identity,
+)
+from .worker import START_TIMEOUT, WORKER_RESTARTS, FleetWorker, WorkerSpec
 
 log = logging.getLogger("pbe_core.client")
 
-#: what to install for --ray (the pack's ``fleet`` extra); its tests pass with Ray 2.10.0 and 2.60.0
-RAY_REQUIREMENT = "ray>=2.10"
-INSTALL_HINT = (f"--ray needs Ray, which is not installed in this Python ({sys.executable}); install it with "
-                f"pip install '{RAY_REQUIREMENT}' (or the pack's 'fleet' extra), or leave --ray out to use one server")
-#: times a worker starts its private ComfyUI again after it exited, before the worker is given up
-WORKER_RESTARTS = 2
 #: times Ray starts a worker's actor again after its process died
 ACTOR_RESTARTS = 2
-#: seconds a worker's ComfyUI may take to start
-START_TIMEOUT = 600.0
 #: seconds Ctrl-C waits for the rows running to end once their prompts are cancelled (a second Ctrl-C: no wait)
 CANCEL_WAIT = 5.0
 #: seconds the workers get to stop their ComfyUIs at the end (a second Ctrl-C: none)
 STOP_WAIT = 60.0
-#: the file in a run's own Ray folder naming the process that made it (``clean_stale_ray_folders``)
-OWNER_FILE = "pbe-owner"
-#: the longest Ray folder whose socket paths (``<folder>/session_<date>_<pid>/sockets/plasma_store``) fit in 107 bytes
-TEMP_DIR_MAX = 40
-
-
-def import_ray():
-    """The ``ray`` module, or ClientError saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise ClientError(INSTALL_HINT) from None
-    return ray
-
-
-# --- what a worker is --------------------------------------------------------------------------------------------------
-@dataclass
-class WorkerSpec:
-    """One worker: a private ComfyUI (``comfyui`` set) or a running one (``server`` set). Paths are as seen on the
-    worker's machine (the same as here on a cluster whose machines share a layout)."""
-
-    label: str
-    server: str | None = None
-    comfyui: str | None = None
-    python: str | None = None
-    comfy_args: list[str] = field(default_factory=list)
-    model_name: str | None = None
-    model_path: str | None = None
-    workdir: str | None = None  # the private ComfyUI's folder (kept); None: a temporary one, removed by stop()
-    threads: int | None = None  # OMP_NUM_THREADS of a CPU worker's ComfyUI
-    timeout: float = 600.0
-    reconnect_wait: float = 120.0
-    client_id: str | None = None  # for /prompt and /ws; the driver finds the worker's prompts on a server by it
-
-
-class ComfyUIDied(Exception):
-    """The worker's private ComfyUI exited; the row it ran is lost and goes to another worker."""
-
-
-class WorkerClient(ComfyClient):
-    """The single-server client, telling apart a private ComfyUI that exited (no use waiting: :class:`ComfyUIDied`)
-    from one that is slow to answer, and noting every prompt id it queues (the report's tries)."""
-
-    def __init__(self, *args, server: PrivateComfyUI | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.server = server
-        self.queued: list[str] = []
-
-    def queue(self, prompt: dict, prompt_id: str | None = None) -> str:
-        prompt_id = prompt_id or self.new_prompt_id()
-        self.queued.append(prompt_id)  # before POST: a prompt cut off mid-request may still have been queued
-        return super().queue(prompt, prompt_id)
-
-    def check_server(self) -> None:
-        # at every try: a SIGKILLed ComfyUI can refuse connections a moment before its process has exited
-        if self.server is not None and not self.server.alive():
-            raise ComfyUIDied(f"its ComfyUI exited (status {self.server.proc.returncode})")
-
-    def wait_for_server(self, error: Exception) -> None:
-        self.check_server()
-        super().wait_for_server(error)
-
-
-class FleetWorker:
-    """One Ray actor owning one headless ComfyUI (module docstring). Every method returns a plain dict.
-
-    ``start()`` -> ``{"ok", "error", "where"}``; ``run(job, prompt, inputs)`` -> ``{"status": "done"|"failed"|"lost",
-    "outputs": [(suffix, bytes)], "error", "prompt_ids", "sent", "seconds"}`` ("lost": the worker's ComfyUI is gone,
-    "sent": the row had reached it); ``restart()`` like ``start()``; ``stop()`` stops a private ComfyUI.
-
-    The actor runs one method at a time (no thread pool): the private ComfyUI is started from the actor's main
-    thread, and its parent-death signal (``embedded``) is tied to the thread that started it.
-    """
-
-    def __init__(self, spec: WorkerSpec):
-        self.spec = spec
-        self.server: PrivateComfyUI | None = None
-        self.client: WorkerClient | None = None
-        self.restarts = 0
-        self.hung = False  # the private ComfyUI runs but stopped answering: restart() ends it first
-        logging.basicConfig(level=logging.INFO, format=f"{spec.label}: %(message)s", stream=sys.stderr)
-
-    def __repr__(self) -> str:  # Ray's log prefix and dashboard show it
-        return f"FleetWorker({self.spec.label})"
-
-    def where(self) -> dict:
-        where = {"host": socket.gethostname(), "pid": os.getpid()}
-        with contextlib.suppress(Exception):
-            import ray
-
-            where["node"] = ray.get_runtime_context().get_node_id()
-            where["gpus"] = [str(g) for g in ray.get_gpu_ids()]
-        if self.server is not None:
-            where["address"] = self.server.base_url
-            where["log"] = str(self.server.log_path)
-        elif self.spec.server:
-            where["address"] = self.spec.server
-        return where
-
-    def start(self) -> dict:
-        spec = self.spec
-        if self.client is not None:  # already started (the driver asks again after Ray restarted the actor)
-            return {"ok": True, "error": None, "where": self.where()}
-        try:
-            if spec.server:
-                client = WorkerClient(spec.server, spec.client_id, spec.timeout, progress=False,
-                                      reconnect_wait=spec.reconnect_wait)  # fmt: skip
-                client.request("/system_stats", timeout=30)
-            else:
-                if not (Path(PACK_DIR) / "nodes").is_dir():
-                    raise EmbeddedError(f"the pack is not at {PACK_DIR} on {socket.gethostname()}; install it at the "
-                                        f"same path on every machine of the cluster")
-                models = {spec.model_name: spec.model_path} if spec.model_path else {}
-                env = {"OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)} if spec.threads else {}
-                if spec.workdir:
-                    Path(spec.workdir).mkdir(parents=True, exist_ok=True)
-                self.server = PrivateComfyUI(spec.comfyui, python=spec.python, models=models,
-                                             extra_args=spec.comfy_args, env=env, workdir=spec.workdir)  # fmt: skip
-                self.server.start(timeout=START_TIMEOUT, progress=log.info)
-                client = WorkerClient(self.server.base_url, spec.client_id, spec.timeout, progress=False,
-                                      reconnect_wait=spec.reconnect_wait, server=self.server)  # fmt: skip
-        except (EmbeddedError, ClientError, ServerUnreachable, OSError) as e:
-            self._stop_server()
-            return {"ok": False, "error": f"{e} (on {socket.gethostname()})", "where": self.where()}
-        self.client = client
-        return {"ok": True, "error": None, "where": self.where()}
-
-    def run(self, job: Job, prompt: dict, inputs) -> dict:
-        started = time.monotonic()
-        client = self.client
-        out = {"status": "failed", "outputs": [], "error": None, "prompt_ids": [], "sent": False, "seconds": 0.0}
-        if client is None:
-            out.update(status="lost", error="the worker has no ComfyUI (not started)")
-            return out
-        client.queued = []
-        if self.server is not None and not self.server.alive():
-            out.update(status="lost", error=f"its ComfyUI had exited (status {self.server.proc.returncode}) before the "
-                                            f"row was sent")  # fmt: skip
-            return out
-        try:
-            out["outputs"] = execute(client, job, prompt, inputs)
-            out["status"] = "done"
-        except ComfyUIDied as e:
-            out.update(status="lost", error=str(e))
-        except ServerUnreachable as e:  # gone for --reconnect-wait seconds (ServerGone); a private one is hung
-            out.update(status="lost", error=str(e))
-            self.hung = self.server is not None
-        except ClientError as e:  # the server refused or failed the row, or it timed out: the row's own failure
-            out.update(status="failed", error=str(e))
-        finally:
-            out["prompt_ids"] = list(client.queued)
-            out["sent"] = bool(client.queued)
-            out["seconds"] = round(time.monotonic() - started, 3)
-        return out
-
-    def restart(self) -> dict:
-        """Start the private ComfyUI again after it exited (same port and folders), at most WORKER_RESTARTS times."""
-        if self.server is None:
-            return {"ok": False, "error": "an attached server cannot be started from here", "where": self.where()}
-        if self.server.alive():
-            if not self.hung:
-                return {"ok": True, "error": None, "where": self.where()}
-            self.server.kill()  # it runs but has not answered for --reconnect-wait seconds
-        self.hung = False
-        status = self.server.proc.returncode if self.server.proc is not None else None
-        if self.restarts >= WORKER_RESTARTS:
-            return {"ok": False, "error": f"its ComfyUI exited (status {status}) after {self.restarts} restarts; the "
-                                          f"end of its log:\n{self.server.log()[-1500:]}", "where": self.where()}
-        self.restarts += 1
-        try:
-            self.server.restart(timeout=START_TIMEOUT, progress=log.info)
-        except EmbeddedError as e:
-            return {"ok": False, "error": str(e), "where": self.where()}
-        return {"ok": True, "error": None, "where": self.where()}
-
-    def stop(self) -> None:
-        self._stop_server()
-
-    def _stop_server(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-        self.client = None
-
-
-# --- the progress bar --------------------------------------------------------------------------------------------------
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
-
-
-class BatchProgress:
-    """One line for the whole batch on ``stream``:
-    ``[#######.............] 7/20 done, 1 failed | 0.52 rows/s | ETA 0:25 | w1 4, w2 3``.
-
-    On a terminal it is redrawn in place and :meth:`say` prints a line above it; elsewhere (a log file) it is written
-    as a line each time a row ends. ``total``: the rows this run does (rows done earlier are not in it). The rate counts
-    the rows ended since the first row was sent (startup excluded); the ETA is the remaining rows at that rate.
-    """
-
-    def __init__(self, total: int, enabled: bool = True, stream=None, clock: Callable[[], float] = time.monotonic,
-                 width: int = 24):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.total, self.width, self.clock = total, width, clock
-        self.done = self.failed = 0
-        self.per_worker: dict[str, int] = collections.Counter()
-        self.first_sent: float | None = None
-        self.last_ended: float | None = None
-        self._shown = False
-
-    def sent(self) -> None:
-        if self.first_sent is None:
-            self.first_sent = self.clock()
-
-    def ended(self, worker: str | None, ok: bool) -> None:
-        self.last_ended = self.clock()
-        if ok:
-            self.done += 1
-            if worker:
-                self.per_worker[worker] += 1
-        else:
-            self.failed += 1
-        self.draw(new_line=not self.tty)
-
-    def rate(self, final: bool = False) -> float | None:
-        """Rows ended per second since the first was sent: until now, or (``final``) until the last one ended."""
-        if self.first_sent is None:
-            return None
-        until = self.last_ended if final and self.last_ended is not None else self.clock()
-        elapsed = until - self.first_sent
-        ended = self.done + self.failed
-        return ended / elapsed if ended and elapsed > 0 else None
-
-    def line(self) -> str:
-        ended = self.done + self.failed
-        filled = int(self.width * ended / self.total) if self.total else self.width
-        parts = [f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} done, {self.failed} failed"]
-        rate = self.rate()
-        parts.append(f"{rate:.2f} rows/s" if rate else "-- rows/s")
-        if rate and ended < self.total:
-            parts.append(f"ETA {_clock((self.total - ended) / rate)}")
-        if self.per_worker:
-            parts.append(", ".join(f"{w} {n}" for w, n in sorted(self.per_worker.items())))
-        return " | ".join(parts)
-
-    def draw(self, new_line: bool = False) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            self.stream.write("\r" + self.line()[:250] + "\x1b[K")
-            self._shown = True
-        elif new_line:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
-
-    def say(self, level: int, message: str, *args) -> None:
-        """Log a line (above the bar on a terminal)."""
-        if self.tty and self._shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-        log.log(level, message, *args)
-        if self.tty and self._shown:
-            self.draw()
-
-    def close(self) -> None:
-        if self.tty and self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # --- the rows --------------------------------------------------------------------------------------------------------------
@@ -369,8 +63,8 @@ class Row:
     losses: int = 0  # times the worker running it died with the row sent
 
     def record(self) -> dict:
-        return {"name": self.name, "status": self.status, "ok": self.status != "failed", "error": self.error,
-                "outputs": [str(p) for p in self.outputs], "worker": self.worker, "tries": self.tries}  # fmt: skip
+        """The report's row (``report.row_entry``) with the fleet's ``worker`` and ``tries``."""
+        return row_entry(self.name, self.status, self.error, self.outputs, worker=self.worker, tries=self.tries)
 
 
 @dataclass
@@ -422,75 +116,14 @@ def prepare_rows(jobs: list, settings: Settings, store: ResultStore) -> list[Row
         rows.append(row)
     return rows
 
-
 def build_report(rows: list[Row], workers: list[Worker], stopped: str | None, status: int, elapsed: float,
                  progress: BatchProgress | None, ray_info: dict) -> dict:
-    """The single-server batch's report (``jobs.run_batch``) plus the fleet's: each row's ``worker`` and ``tries``,
-    ``workers``, ``elapsed_s``, ``rows_per_s`` (rows this run ended per second, from the first row sent) and ``ray``."""
-    records = [r.record() for r in rows]
-    failed = sum(not r["ok"] for r in records)
+    """The single-server batch's report (``report.batch_report``) plus the fleet's: each row's ``worker`` and
+    ``tries``, ``workers``, ``elapsed_s``, ``rows_per_s`` (rows this run ended per second, from the first row sent) and
+    ``ray``."""
     rate = progress.rate(final=True) if progress is not None else None
-    return {"rows": records, "succeeded": len(records) - failed, "failed": failed,
-            "skipped": sum(r["status"] == "skipped" for r in records), "stopped": stopped, "interrupted": status == 130,
-            "workers": [w.record() for w in workers], "elapsed_s": round(elapsed, 2),
-            "rows_per_s": round(rate, 4) if rate else None, "ray": ray_info}  # fmt: skip
-
-
-def _cell(text) -> str:
-    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
-
-
-def report_markdown(report: dict) -> str:
-    """``report.md``: the totals, the workers, the failed rows with their reasons and the rows that needed more than
-    one try."""
-    rows = report["rows"]
-    lines = ["# Batch report", ""]
-    rate = f", {report['rows_per_s']:.3f} rows/s" if report.get("rows_per_s") else ""
-    lines.append(f"{report['succeeded']} of {len(rows)} rows succeeded ({report['skipped']} already done), "
-                 f"{report['failed']} failed; {report['elapsed_s']:.0f} s{rate}.")
-    if report.get("stopped"):
-        lines += ["", f"The batch stopped early: {report['stopped']}"]
-    ray_info = report.get("ray") or {}
-    if ray_info:
-        lines += ["", f"Ray {ray_info.get('version', '?')}, "
-                      + ("a local cluster for the run" if ray_info.get("local") else
-                         f"the cluster at {ray_info.get('address')}")]  # fmt: skip
-    if report.get("workers"):
-        lines += ["", "| worker | kind | where | done | failed | lost | restarts | state |", "|---|---|---|---|---|---|---|---|"]
-        for w in report["workers"]:
-            where = w["where"] or {}
-            place = ", ".join(x for x in (where.get("host"), where.get("address"),
-                                          f"GPU {','.join(where['gpus'])}" if where.get("gpus") else None) if x)
-            state = w["state"] + (f": {w['reason']}" if w.get("reason") else "")
-            lines.append(f"| {w['worker']} | {w['kind']} | {_cell(place)} | {w['rows_done']} | {w['rows_failed']} | "
-                         f"{w['rows_lost']} | {w['restarts']} | {_cell(state)} |")
-    fates = [w for w in report.get("workers") or [] if w.get("events") or w.get("lost_rows")]
-    if fates:
-        lines += ["", "## What happened to the workers", ""]
-        for w in fates:
-            said = []
-            for e in w.get("events") or []:
-                if e["event"] == "node lost":
-                    said.append(f"its machine was lost at {e['at']} ({e.get('host')}, Ray node {e['node']})"
-                                + (f" while it ran {e['row']}" if e.get("row") else ""))  # fmt: skip
-                elif e["event"] == "restarted":
-                    said.append(f"started again at {e['at']} on {e.get('where')}")
-            for r in w.get("lost_rows") or []:
-                then = f"then {r['status']} on {r['worker']}" if r.get("worker") else f"then {r['status']}"
-                said.append(f"lost row {r['row']} ({then})")
-            lines.append(f"- {w['worker']}: " + "; ".join(said) + f"; at the end: {w['state']}")
-    failed = [r for r in rows if not r["ok"]]
-    if failed:
-        lines += ["", "## Failed rows", "", "| row | reason |", "|---|---|"]
-        lines += [f"| {_cell(r['name'])} | {_cell(r['error'])} |" for r in failed]
-    retried = [r for r in rows if len(r.get("tries") or []) > 1]
-    if retried:
-        lines += ["", "## Rows tried more than once", "", "| row | tries |", "|---|---|"]
-        for r in retried:
-            tries = "; ".join(f"{t['worker']}: {t['outcome']}" + (f" ({t['error']})" if t.get("error") else "")
-                              for t in r["tries"])  # fmt: skip
-            lines.append(f"| {_cell(r['name'])} | {_cell(tries)} |")
-    return "\n".join(lines) + "\n"
+    return batch_report([r.record() for r in rows], stopped, status, workers=[w.record() for w in workers],
+                        elapsed_s=round(elapsed, 2), rows_per_s=round(rate, 4) if rate else None, ray=ray_info)
 
 
 # --- the driver --------------------------------------------------------------------------------------------------------
@@ -556,7 +189,8 @@ def run_fleet(jobs: list, settings: Settings, options: FleetOptions, store: Resu
         stopped, status = str(e), 1
     if stopped is None and not todo:
         log.info("every row is done already (or failed before any server was needed); Ray is not started")
-        return build_report(rows, [], None, 0, time.monotonic() - started, None, {}), _exit(rows, 0)
+        report = build_report(rows, [], None, 0, time.monotonic() - started, None, {})
+        return report, exit_status(report, 0)
     if stopped is not None:
         for r in todo:
             r.status, r.error = "failed", f"not tried: {stopped}"
@@ -569,11 +203,7 @@ def run_fleet(jobs: list, settings: Settings, options: FleetOptions, store: Resu
         driver.close()
     report = build_report(rows, driver.workers, driver.stopped, driver.status, time.monotonic() - started,
                           driver.progress, driver.ray_info)  # fmt: skip
-    return report, _exit(rows, driver.status)
-
-
-def _exit(rows: list[Row], status: int) -> int:
-    return status or (1 if any(r.status == "failed" for r in rows) else 0)
+    return report, exit_status(report, driver.status)
 
 
 class _Driver:
@@ -654,7 +284,7 @@ class _Driver:
                 parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
                 clean_stale_ray_folders(Path(parent))
                 temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-", dir=parent))
-                (temp / OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
+                (temp / OWNER_FILE).write_text(process_identity(os.getpid()) or "")
             kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
                           _temp_dir=str(temp))  # fmt: skip
         else:
@@ -731,7 +361,7 @@ class _Driver:
                 continue
             w.state = "busy"
             self.progress.sent()
-            with _interrupts_deferred():  # Ctrl-C between sending the row and noting it would lose track of it
+            with interrupts_deferred():  # Ctrl-C between sending the row and noting it would lose track of it
                 self._call("run", w, row, w.handle.run.remote(row.job, prompt, inputs))
 
     def _make_deferred_calls(self) -> None:
@@ -964,7 +594,7 @@ class _Driver:
                         ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT if self.status == 130 else STOP_WAIT)
             except KeyboardInterrupt:
                 self.progress.say(logging.ERROR, "interrupted again: stopping at once")
-        with _ignoring_interrupts():  # short: what is left running ends here
+        with ignoring_interrupts():  # short: what is left running ends here
             with contextlib.suppress(Exception):
                 self._check_nodes(final=True)
             for w in self.workers:
@@ -980,84 +610,9 @@ class _Driver:
             with contextlib.suppress(Exception):
                 ray.shutdown()
             if self.own_temp is not None:  # unique to this run (a --ray-temp-dir could be another cluster's too)
-                _end_processes_of(self.own_temp)
+                end_processes_of(self.own_temp)
             if self.own_temp is not None:
                 shutil.rmtree(self.own_temp, ignore_errors=True)
-
-
-def _process_identity(pid: int) -> str | None:
-    """``"PID START"`` (START: the process's start time in clock ticks since boot, ``/proc/PID/stat``), which a later
-    process with the same pid does not share; None where the process does not exist (or there is no ``/proc``)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return f"{pid} {fields[19]}" if len(fields) > 19 and fields[0] != "Z" else None
-
-
-def clean_stale_ray_folders(parent: Path) -> list[Path]:
-    """Remove the Ray folders (``pbe-ray-*`` in ``parent``) that earlier runs made and could not remove because they
-    were killed (SIGKILL): a folder whose run is gone (the process named in its ``OWNER_FILE`` no longer exists) has its
-    leftover processes ended (those whose command line names it: Ray's helper agents of that run's own cluster) and is
-    removed. A folder of a run still going, of another user, or without an owner file (another version, or a run
-    between making it and naming itself) is left alone. Linux (``/proc``) only; returns the folders removed."""
-    removed: list[Path] = []
-    if not hasattr(os, "getuid") or _process_identity(os.getpid()) is None:  # no /proc: nothing can be told
-        return removed
-    for folder in sorted(parent.glob("pbe-ray-*")):
-        try:
-            if not folder.is_dir() or folder.is_symlink() or folder.stat().st_uid != os.getuid():
-                continue
-            owner = (folder / OWNER_FILE).read_text().strip()
-        except OSError:
-            continue
-        pid = owner.split()[0] if owner else ""
-        if not pid.isdigit() or _process_identity(int(pid)) == owner:
-            continue
-        _end_processes_of(folder)
-        shutil.rmtree(folder, ignore_errors=True)
-        if not folder.exists():
-            removed.append(folder)
-            log.info("removed %s, the Ray folder of an earlier run that was killed before it could", folder)
-    return removed
-
-
-def _end_processes_of(folder: Path, wait: float = 5.0) -> None:
-    """End the processes still running whose command line names ``folder`` (the Ray folder this run made):
-    ``ray.shutdown`` stops a cluster that started, but a ``ray.init`` that failed half-way (a missing dashboard
-    package, say) leaves its GCS and monitor running until this process exits. Linux (``/proc``) only."""
-    import signal
-
-    mark = str(folder).encode()
-    mine = []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != os.getpid():
-                with contextlib.suppress(OSError):
-                    if mark in Path(f"/proc/{entry}/cmdline").read_bytes():
-                        mine.append(int(entry))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in mine:
-            with contextlib.suppress(OSError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while mine and time.monotonic() < deadline:
-            mine = [pid for pid in mine if _running(pid)]
-            time.sleep(0.1)
-        if not mine:
-            return
-
-
-def _running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (reaping a child that is one)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _cancel_prompts(server: str, client_id: str) -> None:
@@ -1083,47 +638,6 @@ def _now() -> str:
 
 def _wants(actor: dict) -> str:
     return ", ".join(f"{k} {actor[k]:g}" for k in ("num_cpus", "num_gpus") if actor.get(k)) or "nothing"
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """SIGINT and SIGTERM held back inside the block (noted, not lost): their handlers run right after it. Python runs
-    signal handlers in the main thread only, so this works there; elsewhere the block runs as it is."""
-    import signal
-
-    noted: list[int] = []
-    try:
-        old = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        for signum in noted[:1]:
-            handler = old[signum]
-            if callable(handler):
-                handler(signum, None)
-            elif handler == signal.SIG_DFL and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _ignoring_interrupts():
-    import signal
-
-    try:
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 def _first_line(e: BaseException) -> str:
