@@ -84,14 +84,19 @@ class ComfyClient:
                 body = r.read()
         except urllib.error.HTTPError as e:
             self.reached = True
-            raise ServerError(_http_error_message(path, e.code, e.read())) from None
+            raw = e.read()
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+            raise ServerError(_http_error_message(path, e.code, raw, data), e.code, data) from None
         except _NETWORK_ERRORS as e:
             raise ServerUnreachable(f"cannot reach ComfyUI at {self.base}: {_reason(e)}") from None
         self.reached = True
         return body
 
-    def get_json(self, path: str):
-        return json.loads(self.request(path))
+    def get_json(self, path: str, timeout: float = 60):
+        return json.loads(self.request(path, timeout=timeout))
 
     def post_json(self, path: str, body: dict, timeout: float = 60):
         raw = self.request(path, json.dumps(body).encode(), {"Content-Type": "application/json"}, timeout)
@@ -346,10 +351,9 @@ def _reason(e: BaseException) -> str:
     return str(reason) or type(reason).__name__
 
 
-def _http_error_message(path: str, code: int, body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
+def _http_error_message(path: str, code: int, body: bytes, data) -> str:
+    """``data``: ``body`` parsed as JSON, None when it is not JSON."""
+    if data is None:
         text = body.decode(errors="replace").strip()
         return f"{path}: HTTP {code}" + (f": {text[:500]}" if text else "")
     return f"{path}: HTTP {code}: {rejection_message(data) if isinstance(data, dict) else json.dumps(data)[:500]}"
