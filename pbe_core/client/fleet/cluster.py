@@ -112,22 +112,36 @@ def _running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
+def _interrupt_handlers(handler):
+    """SIGINT and SIGTERM go to ``handler`` inside the block, and back to their former handlers after it; yields those
+    (``{signal: handler}``), or None where this is not the main thread (Python sets handlers there only; the block then
+    runs as it is)."""
+    import signal
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield None
+        return
+    try:
+        yield old
+    finally:
+        for s, former in old.items():
+            signal.signal(s, former)
+
+
+@contextlib.contextmanager
 def interrupts_deferred():
     """SIGINT and SIGTERM held back inside the block (noted, not lost): their handlers run right after it. Python runs
     signal handlers in the main thread only, so this works there; elsewhere the block runs as it is."""
     import signal
 
     noted: list[int] = []
+    old = None
     try:
-        old = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
+        with _interrupt_handlers(lambda signum, frame: noted.append(signum)) as old:
+            yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
         for signum in noted[:1]:
             handler = old[signum]
             if callable(handler):
@@ -138,15 +152,8 @@ def interrupts_deferred():
 
 @contextlib.contextmanager
 def ignoring_interrupts():
+    """SIGINT and SIGTERM ignored inside the block (main thread only)."""
     import signal
 
-    try:
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
+    with _interrupt_handlers(signal.SIG_IGN):
         yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
