@@ -210,3 +210,17 @@ def test_a_worker_stops_waiting_once_its_comfyui_process_has_exited():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_one_server_batch_reports_its_rows_on_the_same_progress_line():
+    """``jobs.run_batch``'s ``progress(k, row)`` as the eval's generate gives it: a row done earlier leaves the total,
+    the rate counts from the start of the batch, and a terminal gets a line per row (the prompts draw their own bar)."""
+    clock, out = FakeClock(), Tty()
+    bar = fleet.BatchProgress(4, stream=out, clock=clock, width=4, in_place=False)
+    bar(1, {"status": "skipped", "ok": True})
+    clock.now += 10
+    bar(2, {"status": "done", "ok": True})
+    clock.now += 10
+    bar(3, {"status": "failed", "ok": False})
+    assert out.getvalue().splitlines() == ["[#...] 1/3 done, 0 failed | 0.10 rows/s | ETA 0:20",
+                                           "[##..] 1/3 done, 1 failed | 0.10 rows/s | ETA 0:10"]  # fmt: skip
