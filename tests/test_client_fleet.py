@@ -143,7 +143,7 @@ def test_a_batch_with_every_row_done_starts_no_ray(tmp_path):
     for job in jobs.jobs_from_csv(rows_csv):
         store.write(job.name, jobs.job_key(job, settings)[2], [(".png", b"result")])
     code = ("import sys; import pbe_core.client.fleet as f; f.import_ray = lambda: None; "
-            "f._Driver = lambda *a, **k: sys.exit('the driver was started'); "
+            "f.driver._Driver = lambda *a, **k: sys.exit('the driver was started'); "
             "from pbe_core.client.cli import main; sys.exit(main(sys.argv[1:]))")
     r = _run("batch", str(rows_csv), "-o", str(out), "--steps", "3", "--ray", "--server", "127.0.0.1:9", code=code)
     assert r.returncode == 0, r.stderr
