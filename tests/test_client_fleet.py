@@ -212,15 +212,19 @@ def test_a_worker_stops_waiting_once_its_comfyui_process_has_exited():
         proc.wait()
 
 
-def test_a_one_server_batch_reports_its_rows_on_the_same_progress_line():
-    """``jobs.run_batch``'s ``progress(k, row)`` as the eval's generate gives it: a row done earlier leaves the total,
-    the rate counts from the start of the batch, and a terminal gets a line per row (the prompts draw their own bar)."""
+def test_a_one_server_batch_reports_its_rows_on_the_same_progress_line(caplog):
+    """``jobs.run_batch``'s ``progress(k, row)`` as the eval's generate gives it: the same counts and rate as the bar,
+    a log line per row; a row done earlier leaves the total, the rate counts from the start of the batch."""
     clock, out = FakeClock(), Tty()
-    bar = fleet.BatchProgress(4, stream=out, clock=clock, width=4, in_place=False)
-    bar(1, {"status": "skipped", "ok": True})
-    clock.now += 10
-    bar(2, {"status": "done", "ok": True})
-    clock.now += 10
-    bar(3, {"status": "failed", "ok": False})
-    assert out.getvalue().splitlines() == ["[#...] 1/3 done, 0 failed | 0.10 rows/s | ETA 0:20",
-                                           "[##..] 1/3 done, 1 failed | 0.10 rows/s | ETA 0:10"]  # fmt: skip
+    bar = fleet.BatchProgress(4, stream=out, clock=clock, width=4)
+    with caplog.at_level("INFO", logger="pbe_core.client"):
+        bar(1, {"status": "skipped", "ok": True})
+        clock.now += 10
+        bar(2, {"status": "done", "ok": True})
+        clock.now += 10
+        bar(3, {"status": "failed", "ok": False})
+    assert caplog.messages == ["1/4 rows (skipped), -- rows/s, time left unknown",
+                               "2/4 rows (done), 0.10 rows/s, about 0:20 left",
+                               "3/4 rows (failed), 0.10 rows/s, about 0:10 left"]  # fmt: skip
+    assert bar.line() == "[##..] 1/3 done, 1 failed | 0.10 rows/s | ETA 0:10"
+    assert out.getvalue() == ""  # the prompts' own bar has the terminal

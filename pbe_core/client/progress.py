@@ -88,20 +88,21 @@ class BatchProgress:
     """One line for the whole batch:
     ``[#######.............] 7/20 done, 1 failed | 0.52 rows/s | ETA 0:25 | w1 4, w2 3``.
 
-    On a terminal it is redrawn in place and :meth:`say` prints a line above it (``in_place=False``: a line each time,
-    for a batch whose prompts draw their own bar there); elsewhere (a log file) it is written as a line each time a
-    row ends. ``total``: the rows this run does (rows done earlier are not in it). The rate counts the rows ended since
-    the first row was sent (startup excluded); the ETA is the remaining rows at that rate.
+    On a terminal it is redrawn in place and :meth:`say` prints a line above it; elsewhere (a log file) it is written
+    as a line each time a row ends. ``total``: the rows this run does (rows done earlier are not in it). The rate counts
+    the rows ended since the first row was sent (startup excluded); the ETA is the remaining rows at that rate.
 
-    The fleet's driver calls :meth:`sent` and :meth:`ended`; a one-server batch calls the object itself as
-    ``jobs.run_batch``'s ``progress(k, row)``, its rows going out one after the other from the moment it was made.
+    The fleet's driver calls :meth:`sent` and :meth:`ended`. A one-server batch, whose prompts draw their own bar,
+    calls the object itself as ``jobs.run_batch``'s ``progress(k, row)``: the same counts and rate, logged as a line per
+    row (``3/20 rows (done), 0.52 rows/s, about 0:33 left``), its rows going out one after the other from the moment
+    the object was made.
     """
 
     def __init__(self, total: int, enabled: bool = True, stream=None, clock: Callable[[], float] = time.monotonic,
-                 width: int = 24, in_place: bool = True):
+                 width: int = 24):
         self.out = StatusLine(enabled, stream)
-        self.in_place = in_place and self.out.tty
         self.total, self.width, self.clock = total, width, clock
+        self.rows = total  # as given: a one-server batch's rows, those done earlier included
         self.done = self.failed = 0
         self.per_worker: dict[str, int] = collections.Counter()
         self.made = clock()
@@ -112,7 +113,7 @@ class BatchProgress:
         if self.first_sent is None:
             self.first_sent = self.clock()
 
-    def ended(self, worker: str | None, ok: bool) -> None:
+    def _count(self, worker: str | None, ok: bool) -> None:
         self.last_ended = self.clock()
         if ok:
             self.done += 1
@@ -120,17 +121,26 @@ class BatchProgress:
                 self.per_worker[worker] += 1
         else:
             self.failed += 1
+
+    def ended(self, worker: str | None, ok: bool) -> None:
+        self._count(worker, ok)
         self.draw(new_line=True)
 
     def __call__(self, k: int, row: dict) -> None:
-        """``jobs.run_batch``'s ``progress``: row ``k`` ended with its report entry; a row done earlier (skipped)
-        leaves the total."""
+        """``jobs.run_batch``'s ``progress``: row ``k`` of the batch ended with its report entry; a row done earlier
+        (skipped) leaves the total."""
         if self.first_sent is None:
             self.first_sent = self.made
         if row["status"] == "skipped":
             self.total -= 1
+        else:
+            self._count(row.get("worker"), row["ok"])
+        if not self.out.enabled:
             return
-        self.ended(row.get("worker"), row["ok"])
+        rate = self.rate()
+        left = self.total - (self.done + self.failed)
+        log.info("%d/%d rows (%s), %s rows/s, %s", k, self.rows, row["status"], f"{rate:.2f}" if rate else "--",
+                 f"about {clock_text(left / rate)} left" if rate else "time left unknown")
 
     def rate(self, final: bool = False) -> float | None:
         """Rows ended per second since the first was sent: until now, or (``final``) until the last one ended."""
@@ -155,11 +165,7 @@ class BatchProgress:
 
     def draw(self, new_line: bool = False) -> None:
         """Redraw the line in place (a terminal); ``new_line``: a row ended, which a log gets as a line."""
-        if self.in_place:
-            self.out.show(self.line())
-        elif new_line and self.out.enabled:
-            self.out.stream.write(self.line() + "\n")
-            self.out.stream.flush()
+        self.out.show(self.line(), new_line)
 
     def say(self, level: int, message: str, *args) -> None:
         """Log a line (above the bar on a terminal)."""

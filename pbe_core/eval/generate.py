@@ -90,7 +90,7 @@ def generate(args: argparse.Namespace) -> int:
     jobs = [Job(r.name, r.gt, r.mask, [r.ref], args.seed_base + k) for k, r in enumerate(rows)]
     store = ResultStore(results)
     # one ComfyUI (a line per row with the rate and the time left), or with --ray many workers (the fleet's own bar)
-    progress = BatchProgress(len(jobs), in_place=False)
+    progress = BatchProgress(len(jobs))
     with contextlib.ExitStack() as stack:
         report, status = batch_report(client_args, settings, jobs, store, stack, progress=progress)
     done = {r["name"]: r for r in report["rows"] if r["ok"] and r["outputs"]}
