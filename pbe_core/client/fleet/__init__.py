@@ -43,7 +43,7 @@ on a terminal, a line per finished row in a log; ``report.json`` (the single-ser
 and tries with their prompt ids, and the workers) and ``report.md`` beside it.
 
 Modules: ``driver`` (this process: rows, the loop, Ctrl-C, the report), ``worker`` (the Ray actor and its ComfyUI),
-``cluster`` (importing Ray, the run's Ray folder and leftover processes, signals). The progress bar is the client's
+``cluster`` (importing, starting and stopping Ray, the run's Ray folder and leftover processes, signals). The progress bar is the client's
 ``progress.BatchProgress``; the report's schema and ``report.md`` are the client's ``report``.
 """
 

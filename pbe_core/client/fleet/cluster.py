@@ -1,6 +1,7 @@
-"""The Ray side of a fleet run that is not the driver's loop: importing Ray (an optional extra), the run's own Ray
-folder and the processes left in it (also by an earlier run that was killed), and holding signals back while the
-driver hands a row to Ray. Linux ``/proc`` where processes are told apart; elsewhere those steps do nothing.
+"""The Ray side of a fleet run that is not the driver's loop: importing Ray (an optional extra), starting and stopping
+it for the run (:class:`RayRun`), the run's own Ray folder and the processes left in it (also by an earlier run that
+was killed), and holding signals back while the driver hands a row to Ray. Linux ``/proc`` where processes are told
+apart; elsewhere those steps do nothing.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from ..embedded import PACK_DIR
 from ..errors import ClientError
 
 log = logging.getLogger("pbe_core.client")
@@ -109,6 +112,85 @@ def _running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+class RayRun:
+    """Ray for one fleet run (``options``: the driver's ``FleetOptions``): :meth:`start` joins the user's cluster at
+    ``options.address`` or starts a local one in a folder of its own (``own_temp``); :meth:`stop` shuts Ray down and
+    ends the processes left in that folder, then removes it."""
+
+    def __init__(self, ray, options):
+        self.ray, self.options = ray, options
+        self.own_temp: Path | None = None  # the Ray folder this run made (removed at the end)
+        self.started = False  # ray.init was called (perhaps only half-way)
+
+    def start(self, cpus_needed: float) -> dict:
+        """``ray.init`` for the run: a local cluster (``cpus_needed``: what its workers reserve), or
+        ``options.address``; returns the report's ``ray``. The folder it makes and Ray itself are known to :meth:`stop`
+        before ``ray.init`` starts anything, so an interrupt at any point leaves nothing behind."""
+        ray, options = self.ray, self.options
+        env_vars = {"PYTHONPATH": os.pathsep.join([str(PACK_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": options.verbose,
+                  "logging_level": logging.INFO if options.verbose else logging.WARNING}  # fmt: skip
+        if options.address is None:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a cluster for one command reports nothing anywhere
+            if options.temp_dir is not None:
+                temp = Path(options.temp_dir).resolve()
+                if len(str(temp)) > TEMP_DIR_MAX:
+                    raise ClientError(f"--ray-temp-dir {temp} is {len(str(temp))} characters long; Ray keeps its sockets "
+                                      f"in it, and their paths may have at most 107, so give a folder of at most "
+                                      f"{TEMP_DIR_MAX} characters (e.g. under /tmp)")  # fmt: skip
+                temp.mkdir(parents=True, exist_ok=True)
+            else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
+                parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+                clean_stale_ray_folders(Path(parent))
+                temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-", dir=parent))
+                (temp / OWNER_FILE).write_text(process_identity(os.getpid()) or "")
+            kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
+                          _temp_dir=str(temp))  # fmt: skip
+        else:
+            kwargs["address"] = options.address
+        started = time.monotonic()
+        self.started = True
+        try:
+            context = ray.init(**kwargs)
+        except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
+            found = os.environ.get("RAY_ADDRESS") if options.address == "auto" else None
+            where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
+            where += f" (RAY_ADDRESS={found})" if found else ""
+            hint = ""
+            if options.dashboard and "dashboard" in str(e).lower():
+                hint = "; --ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]' (or leave it out)"
+            elif options.address and (options.address != "auto" or found) and os.environ.get("RAY_AUTH_MODE") != "token":
+                # Ray 2.59+ starts clusters with token authentication; a driver given an address (or RAY_ADDRESS)
+                # sends the token only in token mode (with --ray=auto on the head Ray finds the mode by itself)
+                hint = ("; if the cluster uses token authentication (ray start does from Ray 2.59), run the command "
+                        "with RAY_AUTH_MODE=token and the cluster's token (ray get-auth-token; ~/.ray/auth_token or "
+                        "RAY_AUTH_TOKEN), or on the head with --ray=auto" + (" and RAY_ADDRESS unset" if found else ""))
+            raise ClientError(f"could not {where}: {type(e).__name__}: {first_line(e)}{hint}") from None
+        info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
+                "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
+        dashboard = getattr(context, "dashboard_url", None)
+        if dashboard:
+            info["dashboard"] = dashboard
+        return info
+
+    def stop(self) -> None:
+        """Shut Ray down (a local cluster stops; the user's cluster stays), end what is left running in the run's own
+        folder (a ``--ray-temp-dir`` could be another cluster's too: left alone) and remove the folder."""
+        if self.started:
+            with contextlib.suppress(Exception):
+                self.ray.shutdown()
+            if self.own_temp is not None:
+                end_processes_of(self.own_temp)
+        if self.own_temp is not None:
+            shutil.rmtree(self.own_temp, ignore_errors=True)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error (of its cause, for Ray's wrapped ones), at most 500 characters."""
+    text = str(getattr(e, "cause", None) or e).strip()
+    return text.splitlines()[0][:500] if text else type(e).__name__
 
 
 @contextlib.contextmanager

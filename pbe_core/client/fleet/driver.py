@@ -9,33 +9,20 @@ import collections
 import contextlib
 import json
 import logging
-import os
-import shutil
 import socket
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..api import ComfyClient
-from ..embedded import PACK_DIR
 from ..errors import ClientError, ServerUnreachable, StopsBatch
 from ..jobs import job_key
 from ..progress import BatchProgress
 from ..report import batch_report, exit_status, row_entry
 from ..results import ResultStore
 from ..settings import Job, Settings
-from .cluster import (
-    OWNER_FILE,
-    TEMP_DIR_MAX,
-    clean_stale_ray_folders,
-    end_processes_of,
-    ignoring_interrupts,
-    import_ray,
-    interrupts_deferred,
-    process_identity,
-)
+from .cluster import RayRun, first_line, ignoring_interrupts, import_ray, interrupts_deferred
 from .worker import START_TIMEOUT, WORKER_RESTARTS, FleetWorker, WorkerSpec
 
 log = logging.getLogger("pbe_core.client")
@@ -220,8 +207,7 @@ class _Driver:
         self.status = 0
         self.progress = BatchProgress(len(todo), enabled=options.progress)
         self.ray_info: dict = {}
-        self.own_temp: Path | None = None  # the Ray folder this run made (removed at the end)
-        self.ray_started = False
+        self.cluster = RayRun(ray, options)
         self.started_at = time.monotonic()
         self.run_id = uuid.uuid4().hex[:8]
         self.hurry = False  # a second Ctrl-C: stop without waiting for anything
@@ -233,7 +219,7 @@ class _Driver:
         opts = self.options
         attached = [s for s in opts.specs if s.server]
         cpus = 0.0 if attached else (opts.workers or 1) * opts.cpus_per_worker
-        self.ray_info = self._start_ray(cpus)
+        self.ray_info = self.cluster.start(cpus)
         ray = self.ray
         if attached:
             # an address means what it means on this machine: its worker runs here (it only talks HTTP)
@@ -243,9 +229,9 @@ class _Driver:
             specs, actor = attached, {"num_cpus": 0, "scheduling_strategy": here}
         else:
             specs, actor = worker_specs(ray, opts)
-            if opts.worker_dir is None and self.own_temp is not None:
+            if opts.worker_dir is None and self.cluster.own_temp is not None:
                 for spec in specs:  # inside the run's folder, removed with it (also after a worker's process died)
-                    spec.workdir = str(self.own_temp / "workers" / spec.label)
+                    spec.workdir = str(self.cluster.own_temp / "workers" / spec.label)
         for spec in specs:
             spec.client_id = spec.client_id or f"pbe-fleet-{self.run_id}-{spec.label}"
         remote = self.ray.remote(max_restarts=ACTOR_RESTARTS)(opts.worker_class)
@@ -262,57 +248,6 @@ class _Driver:
             w = Worker(spec, handle, "attached" if spec.server else "private")
             self.workers.append(w)
             self._call("start", w, None, handle.start.remote())
-
-    def _start_ray(self, cpus_needed: float) -> dict:
-        """``ray.init`` for the run: a local cluster, or ``options.address``; returns the report's ``ray``. The folder it
-        makes and Ray itself are known to :meth:`close` before ``ray.init`` starts anything, so an interrupt at any point
-        leaves nothing behind."""
-        ray, options = self.ray, self.options
-        env_vars = {"PYTHONPATH": os.pathsep.join([str(PACK_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": options.verbose,
-                  "logging_level": logging.INFO if options.verbose else logging.WARNING}  # fmt: skip
-        if options.address is None:
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a cluster for one command reports nothing anywhere
-            if options.temp_dir is not None:
-                temp = Path(options.temp_dir).resolve()
-                if len(str(temp)) > TEMP_DIR_MAX:
-                    raise ClientError(f"--ray-temp-dir {temp} is {len(str(temp))} characters long; Ray keeps its sockets "
-                                      f"in it, and their paths may have at most 107, so give a folder of at most "
-                                      f"{TEMP_DIR_MAX} characters (e.g. under /tmp)")  # fmt: skip
-                temp.mkdir(parents=True, exist_ok=True)
-            else:  # short: Ray's socket paths live in it (at most 107 characters on Linux)
-                parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
-                clean_stale_ray_folders(Path(parent))
-                temp = self.own_temp = Path(tempfile.mkdtemp(prefix="pbe-ray-", dir=parent))
-                (temp / OWNER_FILE).write_text(process_identity(os.getpid()) or "")
-            kwargs.update(num_cpus=max(os.cpu_count() or 1, int(-(-cpus_needed // 1))), include_dashboard=options.dashboard,
-                          _temp_dir=str(temp))  # fmt: skip
-        else:
-            kwargs["address"] = options.address
-        started = time.monotonic()
-        self.ray_started = True
-        try:
-            context = ray.init(**kwargs)
-        except Exception as e:  # Ray's own errors (no cluster at the address, a port taken, ...) name the cause
-            found = os.environ.get("RAY_ADDRESS") if options.address == "auto" else None
-            where = f"connect to the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
-            where += f" (RAY_ADDRESS={found})" if found else ""
-            hint = ""
-            if options.dashboard and "dashboard" in str(e).lower():
-                hint = "; --ray-dashboard needs Ray's dashboard packages: pip install 'ray[default]' (or leave it out)"
-            elif options.address and (options.address != "auto" or found) and os.environ.get("RAY_AUTH_MODE") != "token":
-                # Ray 2.59+ starts clusters with token authentication; a driver given an address (or RAY_ADDRESS)
-                # sends the token only in token mode (with --ray=auto on the head Ray finds the mode by itself)
-                hint = ("; if the cluster uses token authentication (ray start does from Ray 2.59), run the command "
-                        "with RAY_AUTH_MODE=token and the cluster's token (ray get-auth-token; ~/.ray/auth_token or "
-                        "RAY_AUTH_TOKEN), or on the head with --ray=auto" + (" and RAY_ADDRESS unset" if found else ""))
-            raise ClientError(f"could not {where}: {type(e).__name__}: {_first_line(e)}{hint}") from None
-        info = {"version": ray.__version__, "local": options.address is None, "address": options.address,
-                "startup_s": round(time.monotonic() - started, 2)}  # fmt: skip
-        dashboard = getattr(context, "dashboard_url", None)
-        if dashboard:
-            info["dashboard"] = dashboard
-        return info
 
     def _call(self, what: str, w: Worker, row: Row | None, ref) -> None:
         self.calls[ref] = (what, w, row, time.monotonic())
@@ -392,14 +327,14 @@ class _Driver:
             if what in ("start", "restart") and unavailable is not None and isinstance(e, unavailable):
                 self.deferred.append((time.monotonic() + 1.0, what, w))  # no new death: ask again in a moment
                 return
-            self._actor_died(w, row, _first_line(e))
+            self._actor_died(w, row, first_line(e))
             return
         except ray.exceptions.RayTaskError as e:  # an unexpected error inside the worker: the row's own failure
             if what == "run":
                 w.state, w.failed = "idle", w.failed + 1
-                self._end(row, w, "failed", f"the worker failed: {_first_line(e)}")
+                self._end(row, w, "failed", f"the worker failed: {first_line(e)}")
             else:
-                self._retire(w, f"the worker failed: {_first_line(e)}")
+                self._retire(w, f"the worker failed: {first_line(e)}")
             return
         if what in ("start", "restart"):
             if answer["ok"]:
@@ -577,9 +512,8 @@ class _Driver:
     def close(self) -> None:
         """Stop every worker's ComfyUI, then Ray (a local cluster) or leave the cluster; Ctrl-C and SIGTERM wait
         until that is done, so that nothing is left running."""
-        if not self.ray_started:
-            if self.own_temp is not None:
-                shutil.rmtree(self.own_temp, ignore_errors=True)
+        if not self.cluster.started:
+            self.cluster.stop()
             return
         ray = self.ray
         if not self.hurry:  # the workers stop their ComfyUIs; a second Ctrl-C cuts this short (they die with Ray)
@@ -607,12 +541,7 @@ class _Driver:
                                 f"{lost[-1]['at']} and Ray had not started it again when the run ended")
                 elif w.state != "retired":
                     w.state = "stopped"
-            with contextlib.suppress(Exception):
-                ray.shutdown()
-            if self.own_temp is not None:  # unique to this run (a --ray-temp-dir could be another cluster's too)
-                end_processes_of(self.own_temp)
-            if self.own_temp is not None:
-                shutil.rmtree(self.own_temp, ignore_errors=True)
+            self.cluster.stop()
 
 
 def _cancel_prompts(server: str, client_id: str) -> None:
@@ -638,11 +567,6 @@ def _now() -> str:
 
 def _wants(actor: dict) -> str:
     return ", ".join(f"{k} {actor[k]:g}" for k in ("num_cpus", "num_gpus") if actor.get(k)) or "nothing"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(getattr(e, "cause", None) or e).strip()
-    return text.splitlines()[0][:500] if text else type(e).__name__
 
 
 def _place(where: dict) -> str:
