@@ -201,11 +201,7 @@ def test_no_circle_between_layers():
     assert not _cycles(groups), _cycles(groups)
 
 
-@pytest.mark.parametrize("group", [
-    *(g for g in LAYERS if g != "client"),
-    pytest.param("client", marks=pytest.mark.xfail(strict=True, reason="api, jobs and workflow import each other "
-                                                     "(Settings lives in jobs); remove this mark once they do not")),
-])  # fmt: skip
+@pytest.mark.parametrize("group", list(LAYERS))
 def test_no_circle_between_modules(group):
     graph = _import_graph()
     circles = [c for c in _cycles(graph) if _group(c[0]) == group]

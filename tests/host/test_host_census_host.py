@@ -15,12 +15,13 @@ import importlib
 import inspect
 import json
 import os
-import urllib.error
 from pathlib import Path
 
 import pytest
 import workflow_schema as ws
 from comfy_inprocess import host_version
+
+from pbe_core.client.errors import ServerError
 
 pytestmark = pytest.mark.host
 
@@ -211,19 +212,19 @@ def test_http_routes_the_client_uses(comfy_server):
     for path in ("/system_stats", "/queue", "/object_info", "/history/00000000-0000-0000-0000-000000000000"):
         try:
             comfy_server.get_json(path)
-        except (urllib.error.HTTPError, ValueError) as e:
+        except (ServerError, ValueError) as e:
             moved.append(f"GET {path}: {e}")
     for path, body in (("/prompt", b"{}"), ("/interrupt", b"{}"), ("/upload/image", b""), ("/upload/mask", b"")):
         try:
             comfy_server._request(path, body, {"Content-Type": "application/json"})
-        except urllib.error.HTTPError as e:
-            if e.code in (404, 405):
-                moved.append(f"POST {path}: HTTP {e.code}")
+        except ServerError as e:
+            if e.status in (404, 405):
+                moved.append(f"POST {path}: HTTP {e.status}")
     try:
         comfy_server._request("/view?filename=none.png&type=output")
-    except urllib.error.HTTPError as e:
-        if e.code == 405:
-            moved.append(f"GET /view: HTTP {e.code}")
+    except ServerError as e:
+        if e.status == 405:
+            moved.append(f"GET /view: HTTP {e.status}")
     _report(moved, "HTTP routes")
 
 

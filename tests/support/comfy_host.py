@@ -1,4 +1,5 @@
-"""Drive a real ComfyUI, started headless as a subprocess, through its HTTP API only (as a user's client would).
+"""Drive a real ComfyUI, started headless as a subprocess, through its HTTP API only, with the pack's own client
+(``pbe_core.client.api.ComfyClient``: what a user's batch talks through).
 
 Shape taken from ComfyUI's own integration tests (``tests/execution/``): start ``main.py`` on a free loopback port,
 post prompts, read ``/history`` and ``/view``. The server runs where a user's would: on the GPU in the host's default
@@ -20,16 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
 import newer_host_emulation
 from comfy_inprocess import choose_device
 
+from pbe_core.client.api import ComfyClient
 from pbe_core.client.embedded import PACK_NAME, PrivateComfyUI, free_port  # noqa: F401 - re-exported for the tests
+from pbe_core.client.errors import ServerError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +55,17 @@ class PromptRejected(Exception):
     def __init__(self, body: dict):
         super().__init__(json.dumps(body)[:2000])
         self.body = body
+
+
+@contextlib.contextmanager
+def _rejected_as_prompt_rejected():
+    """HTTP 400 from the client (a prompt that failed validation) as :class:`PromptRejected` with the server's JSON."""
+    try:
+        yield
+    except ServerError as e:
+        if e.status == 400:
+            raise PromptRejected(e.body if e.body is not None else {"raw": str(e)}) from None
+        raise
 
 
 class ComfyServer(PrivateComfyUI):
@@ -86,39 +97,34 @@ class ComfyServer(PrivateComfyUI):
         super().start(timeout)
         return self
 
-    # --- HTTP ------------------------------------------------------------------------------------------------------
+    # --- HTTP: the product's client (pbe_core/client/api.py) ----------------------------------------------------------
+    @functools.cached_property
+    def http(self) -> ComfyClient:
+        """The client the pack's users have, on this server with this harness's client id (no progress bar)."""
+        return ComfyClient(self.base, self.client_id, progress=False)
+
     def _request(self, path: str, data: bytes | None = None, headers=None, timeout: float = 60):
-        req = urllib.request.Request(self.base + path, data=data, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - loopback URL we built
-            return r.read()
+        """The raw answer; ServerError (``.status``, ``.body``) for an HTTP error, ServerUnreachable without one."""
+        return self.http.request(path, data, headers, timeout)
 
     def get_json(self, path: str, timeout: float = 60):
-        return json.loads(self._request(path, timeout=timeout))
+        return self.http.get_json(path, timeout)
 
     def post_json(self, path: str, body: dict, timeout: float = 60):
-        data = json.dumps(body).encode()
-        try:
-            raw = self._request(path, data, {"Content-Type": "application/json"}, timeout)
-        except urllib.error.HTTPError as e:
-            payload = e.read()
-            try:
-                parsed = json.loads(payload)
-            except ValueError:
-                parsed = {"raw": payload.decode(errors="replace")}
-            if e.code == 400:
-                raise PromptRejected(parsed) from None
-            raise
-        return json.loads(raw) if raw else None
+        """PromptRejected (with the server's JSON) for HTTP 400, ServerError for another HTTP error."""
+        with _rejected_as_prompt_rejected():
+            return self.http.post_json(path, body, timeout)
 
     def object_info(self) -> dict:
         return self.get_json("/object_info")
 
     def queue(self, prompt: dict, client_id: str | None = None) -> str:
-        body = {"prompt": prompt, "client_id": client_id or self.client_id}
-        return self.post_json("/prompt", body)["prompt_id"]
+        client = self.http if client_id is None else ComfyClient(self.base, client_id, progress=False)
+        with _rejected_as_prompt_rejected():
+            return client.queue(prompt)
 
     def history(self, prompt_id: str) -> dict | None:
-        return self.get_json(f"/history/{prompt_id}").get(prompt_id)
+        return self.http.history(prompt_id)
 
     def wait(self, prompt_id: str, timeout: float = 600) -> dict:
         """Poll /history until the prompt has finished (success, error or interruption); return its entry."""
@@ -136,29 +142,19 @@ class ComfyServer(PrivateComfyUI):
         return self.wait(self.queue(prompt), timeout)
 
     def interrupt(self) -> None:
+        """Interrupt whatever runs (the client's ``cancel`` targets one prompt)."""
         self.post_json("/interrupt", {})
 
     def queue_state(self) -> dict:
         return self.get_json("/queue")
 
     def upload(self, name: str, data: bytes, kind: str = "image", extra: dict | None = None) -> dict:
-        """POST /upload/image or /upload/mask (multipart), as the web UI does."""
-        boundary = uuid.uuid4().hex
-        fields = {"overwrite": "true", **(extra or {})}
-        parts = []
-        for k, v in fields.items():
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
-        )
-        parts.append(f"--{boundary}--\r\n".encode())
-        raw = self._request(f"/upload/{kind}", b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        return json.loads(raw)
+        """POST /upload/image or /upload/mask into the input folder itself (not the client's subfolder), so that a
+        workflow names the file as ``name``."""
+        return self.http.upload(kind, name, data, {"subfolder": "", **(extra or {})})
 
     def view(self, filename: str, subfolder: str = "", folder_type: str = "output") -> bytes:
-        q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
-        return self._request(f"/view?{q}")
+        return self.http.view({"filename": filename, "subfolder": subfolder, "type": folder_type})
 
 
 @contextlib.contextmanager

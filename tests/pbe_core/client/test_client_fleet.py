@@ -137,7 +137,7 @@ def test_a_batch_with_every_row_done_starts_no_ray(tmp_path):
     for job in jobs.jobs_from_csv(rows_csv):
         store.write(job.name, jobs.job_key(job, settings)[2], [(".png", b"result")])
     code = ("import sys; import pbe_core.client.fleet as f; f.import_ray = lambda: None; "
-            "f._Driver = lambda *a, **k: sys.exit('the driver was started'); "
+            "f.driver._Driver = lambda *a, **k: sys.exit('the driver was started'); "
             "from pbe_core.client.cli import main; sys.exit(main(sys.argv[1:]))")
     r = _run("batch", str(rows_csv), "-o", str(out), "--steps", "3", "--ray", "--server", "127.0.0.1:9", code=code)
     assert r.returncode == 0, r.stderr
@@ -204,3 +204,21 @@ def test_a_worker_stops_waiting_once_its_comfyui_process_has_exited():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_one_server_batch_reports_its_rows_on_the_same_progress_line(caplog):
+    """``jobs.run_batch``'s ``progress(k, row)`` as the eval's generate gives it: the same counts and rate as the bar,
+    a log line per row; a row done earlier leaves the total, the rate counts from the start of the batch."""
+    clock, out = FakeClock(), Tty()
+    bar = fleet.BatchProgress(4, stream=out, clock=clock, width=4)
+    with caplog.at_level("INFO", logger="pbe_core.client"):
+        bar(1, {"status": "skipped", "ok": True})
+        clock.now += 10
+        bar(2, {"status": "done", "ok": True})
+        clock.now += 10
+        bar(3, {"status": "failed", "ok": False})
+    assert caplog.messages == ["1/4 rows (skipped), -- rows/s, time left unknown",
+                               "2/4 rows (done), 0.10 rows/s, about 0:20 left",
+                               "3/4 rows (failed), 0.10 rows/s, about 0:10 left"]  # fmt: skip
+    assert bar.line() == "[##..] 1/3 done, 1 failed | 0.10 rows/s | ETA 0:10"
+    assert out.getvalue() == ""  # the prompts' own bar has the terminal

@@ -140,7 +140,7 @@ def test_a_row_that_ends_after_ctrl_c_keeps_its_result(tmp_path, monkeypatch):
     monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
     monkeypatch.setenv("PBE_STANDIN_RELEASE", str(release))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setattr(fleet, "CANCEL_WAIT", 300.0)  # the row ends when the test says, not when a clock does
+    monkeypatch.setattr(fleet.driver, "CANCEL_WAIT", 300.0)  # the row ends when the test says, not when a clock does
     out = tmp_path / "out"
     settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=out)
     from fleet_standin import StandInWorker
@@ -225,7 +225,7 @@ def test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row(
             report = json.loads((out / "report.json").read_text())
             assert [row["tries"] for row in report["rows"]] == [[]] * 3 and report["workers"] == []
     finally:
-        fleet._end_processes_of(head)
+        fleet.end_processes_of(head)
         shutil.rmtree(head, ignore_errors=True)
 
 
@@ -308,7 +308,7 @@ def test_a_ray_folder_left_by_a_killed_run_is_removed_by_the_next_and_only_that_
     import sys
 
     gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    identity = fleet._process_identity(gone.pid)
+    identity = fleet.process_identity(gone.pid)
     gone.kill()
     gone.wait()
     dead, running, unnamed = (tmp_path / f"pbe-ray-{k}" for k in ("dead", "running", "unnamed"))
@@ -316,7 +316,7 @@ def test_a_ray_folder_left_by_a_killed_run_is_removed_by_the_next_and_only_that_
         folder.mkdir()
         (folder / "session_latest").mkdir()
     (dead / fleet.OWNER_FILE).write_text(identity)
-    (running / fleet.OWNER_FILE).write_text(fleet._process_identity(os.getpid()))
+    (running / fleet.OWNER_FILE).write_text(fleet.process_identity(os.getpid()))
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(dead)])
     # until it has exec'd, the child's command line is still this process's: wait until it names the folder (what
     # the cleaning looks for), else on a busy machine the cleaning can look before the helper is what it stands for

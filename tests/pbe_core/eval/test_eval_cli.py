@@ -257,3 +257,28 @@ def test_inception_fid_is_skipped_with_a_message_without_a_reference_folder(tiny
                  "--bootstrap", 0, "--device", "cpu") == 0
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["fid_inception"]["skipped"] == "needs --fid-reference as a folder of images"
+
+
+def test_generate_parses_the_clients_options_itself(tmp_path, caplog):
+    """``generate`` takes the client's options on its own parser (no command line handed on): an option neither has
+    is refused by argparse, and the client's options are read before its own check for --model."""
+    with pytest.raises(SystemExit) as e:
+        _main("generate", str(tmp_path), str(tmp_path / "out"), "--no-such-option")
+    assert e.value.code == 2
+    with caplog.at_level("ERROR"):
+        status = _main("generate", str(tmp_path), str(tmp_path / "out"), "--steps", "3", "--server", "127.0.0.1:9",
+                       "--set", "Sampler.cfg=4", "--ray", "--workers", "2")  # fmt: skip
+    assert status == 1 and "generate needs --model" in caplog.text
+    import argparse
+
+    from pbe_core.client.cli import add_fleet_options, add_run_options
+    from pbe_core.eval.generate import OFFICIAL_WORKFLOW, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(tmp_path), "out", "--model", "m.ckpt", "--server", "127.0.0.1:9", "--steps", "3"])
+    assert (args.workflow, args.steps, args.server, args.ray) == (str(OFFICIAL_WORKFLOW), 3, ["127.0.0.1:9"], None)
+    client = argparse.ArgumentParser()
+    add_run_options(client)
+    add_fleet_options(client)
+    assert {a.dest for a in client._actions} - {a.dest for a in parser._actions} == {"output"}
