@@ -121,6 +121,22 @@ def test_the_dashboard_flag_starts_it_or_says_what_to_install(tmp_path, monkeypa
     assert ray_processes() <= before and set(Path("/tmp").glob("pbe-ray-*")) <= folders
 
 
+def _stand_in_rows(tmp_path, monkeypatch, names, seed):
+    """Rows ``names`` (16-px photos, whole masks) and an exemplar in ``tmp_path`` for the stand-in worker
+    (tests/support/fleet_standin.py), which logs each call to the returned ``calls`` file and holds a row whose name
+    contains ``hold`` until the returned ``release`` file exists."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        (tmp_path / f"{name}.png").write_bytes(_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+        (tmp_path / f"{name}_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (tmp_path / "ex.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    calls, release = tmp_path / "calls.log", tmp_path / "release"
+    monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
+    monkeypatch.setenv("PBE_STANDIN_RELEASE", str(release))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
+    return calls, release
+
+
 def test_a_row_that_ends_after_ctrl_c_keeps_its_result(tmp_path, monkeypatch):
     """Row ``b_hold`` runs when Ctrl-C (SIGINT) reaches the driver; only once the driver says it is cancelling the
     rows running does the test let the row end. Its result is written (the driver takes the answers of the rows
@@ -130,16 +146,8 @@ def test_a_row_that_ends_after_ctrl_c_keeps_its_result(tmp_path, monkeypatch):
     import signal
     import threading
 
-    rng = np.random.default_rng(5)
     names = ["a", "b_hold", "c", "d"]  # in this order, on one worker
-    for name in names:
-        (tmp_path / f"{name}.png").write_bytes(_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
-        (tmp_path / f"{name}_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
-    (tmp_path / "ex.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
-    calls, release = tmp_path / "calls.log", tmp_path / "release"
-    monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
-    monkeypatch.setenv("PBE_STANDIN_RELEASE", str(release))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
+    calls, release = _stand_in_rows(tmp_path, monkeypatch, names, seed=5)
     monkeypatch.setattr(fleet.driver, "CANCEL_WAIT", 300.0)  # the row ends when the test says, not when a clock does
     out = tmp_path / "out"
     settings = jobs.Settings(workflow=workflow.load_workflow("pbe_one_node_edit"), out_dir=out)
@@ -240,16 +248,8 @@ def test_a_machine_lost_for_good_is_reported_with_its_node_and_time(tmp_path, mo
 
     from ray.cluster_utils import Cluster
 
-    rng = np.random.default_rng(9)
     names = ["a_hold", "b_hold", "c", "d"]
-    for name in names:
-        (tmp_path / f"{name}.png").write_bytes(_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
-        (tmp_path / f"{name}_mask.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
-    (tmp_path / "ex.png").write_bytes(_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
-    calls, release = tmp_path / "calls.log", tmp_path / "release"
-    monkeypatch.setenv("PBE_STANDIN_LOG", str(calls))
-    monkeypatch.setenv("PBE_STANDIN_RELEASE", str(release))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
+    calls, release = _stand_in_rows(tmp_path, monkeypatch, names, seed=9)
     from fleet_standin import StandInWorker
 
     lost_said = threading.Event()
