@@ -2,8 +2,8 @@
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/fleet_throughput.py [--rows 24] [--steps 2 20] [--json FILE]
 
-Each configuration edits the same rows (tiny random Paint-by-Example model from tests/pbe_fixtures.py, 128² photos,
-``working_size=0``, so the edit is the whole photo) into a fresh output folder:
+Each configuration edits the same rows (tiny random Paint-by-Example model from tests/support/pbe_fixtures.py, 128²
+photos, ``working_size=0``, so the edit is the whole photo) into a fresh output folder:
 
 * ``single server``: one private ComfyUI with all the machine's threads, driven by ``jobs.run_batch`` (no Ray);
 * ``fleet, 1 worker``: ``fleet.run_fleet`` with one private worker holding all the threads;
@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "host")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
 os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from pbe_core.client import fleet, jobs, workflow  # noqa: E402
@@ -52,7 +52,8 @@ def machine() -> str:
 def make_rows(folder: Path, n: int) -> Path:
     """``n`` CSV rows: 128² photo-like sources, a box mask, one shared exemplar, seeds 0..n-1."""
     import numpy as np
-    from host_util import BOX, SIZE, make_photo, png_bytes
+    from host_util import BOX, SIZE
+    from images import make_photo, png_bytes
     from PIL import Image
 
     (folder / "in").mkdir(parents=True, exist_ok=True)

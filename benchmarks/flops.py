@@ -5,9 +5,9 @@ full-size Paint-by-Example UNet, and of the single kernels the precision section
 
 Counted with torch's own ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per multiply-add; convolutions, matrix
 products and attention; element-wise work is not counted) on diffusers' ``UNet2DConditionModel`` built on the
-``meta`` device with the published sizes (``tests/pbe_fixtures.FULL``): no weights, no arithmetic, seconds to run.
-diffusers' module is the reference architecture that the original checkpoint and ComfyUI's UNet share. The count per
-submodule gives the cross-attention's share, which the pack's single-token path does not compute per pixel
+``meta`` device with the published sizes (``tests/support/pbe_fixtures.FULL``): no weights, no arithmetic, seconds to
+run. diffusers' module is the reference architecture that the original checkpoint and ComfyUI's UNet share. The count
+per submodule gives the cross-attention's share, which the pack's single-token path does not compute per pixel
 (``nodes/host/single_token_attention.py``); what the pack's UNet computes is at most the total less that share.
 
 ``benchmarks/run.py --render ... --flops FILE`` adds the section "The limit" to a report: these counts against the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
 
 log = logging.getLogger("pbe.bench.flops")
 

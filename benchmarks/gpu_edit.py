@@ -8,8 +8,8 @@ benchmarks/gpu_check.sh runs it; each command below is one process, so that its 
     python benchmarks/gpu_edit.py rows --out DIR [--rows 8]           # a CSV of photos for the client's batch
     python benchmarks/gpu_edit.py summary DIR                         # the tables, from the JSON files in DIR
 
-``ours``: ComfyUI imported in-process on the device (``tests/comfy_inprocess.py``; ``--lowvram`` is ComfyUI's own
-option), ``PBE_LoadModel`` with ``weight_dtype`` = each dtype (the VAE in ComfyUI's choice, reported), then the
+``ours``: ComfyUI imported in-process on the device (``tests/support/comfy_inprocess.py``; ``--lowvram`` is ComfyUI's
+own option), ``PBE_LoadModel`` with ``weight_dtype`` = each dtype (the VAE in ComfyUI's choice, reported), then the
 one-node ``PBE_Sampler`` (``reference`` sampler = the official PLMS, cfg 5, ``working_size`` = the size), as
 benchmarks/worker.py runs it on the CPU. ``diffusers``: the pipeline from the diffusers folder of the same weights,
 ``torch_dtype`` fp16, on the device, PNDM with the same steps and the same initial noise. Each: one warm-up edit, then
@@ -20,7 +20,7 @@ mean absolute difference to ours in fp32 over the whole image (the pack pastes t
 and its feather can differ); diffusers' result is not compared (it returns the VAE's reconstruction of the whole
 photo, not the photo with the edit pasted back).
 
-``--tiny``: the tiny random fixture model (tests/pbe_fixtures.py) instead of the full-size one, for checking the
+``--tiny``: the tiny random fixture model (tests/support/pbe_fixtures.py) instead of the full-size one, for checking the
 script's plumbing on a machine without a GPU (``--device cpu``); its numbers mean nothing.
 """
 
@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(HERE)]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support"), str(HERE)]
 
 log = logging.getLogger("pbe.bench.gpu")
 

@@ -287,9 +287,10 @@ def _layout(s: dict) -> list[str]:
         f"modules per order, so no conversion is timed), interleaved, median of {lay['reps']} each. On the CPU "
         "the loader lays the VAE's kernels out channels-last for a bf16 VAE only (in fp32 the other summation "
         "order moves the result beyond the thread-count noise floor), re-ordered in place so the weights stay one copy "
-        "(`pbe_core/weights/memory_format.py`; the same values: tests/test_memory_format.py). The UNet's stay as the "
-        "file has them in fp32: the gain is small here and turned into a loss at 256² in a separate probe "
-        "(1.04×), while re-ordering its 2 GB of kernels adds seconds to every load (3.4 s alone in a probe):",
+        "(`pbe_core/weights/memory_format.py`; the same values: tests/pbe_core/weights/test_memory_format.py). "
+        "The UNet's stay as the file has them in fp32: the gain is small here and turned into a loss at 256² in a "
+        "separate probe (1.04×), while re-ordering its 2 GB of kernels adds seconds to every load (3.4 s alone in "
+        "a probe):",
         "",
         fmt_table(["", "channels-last s", "NCHW s", "channels-last / NCHW"], [
             [names[k], f"{lay[k]['channels_last']:.2f}", f"{lay[k]['nchw']:.2f}", f"**{lay[k]['ratio']:.3f}**"]

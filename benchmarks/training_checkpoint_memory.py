@@ -147,7 +147,7 @@ def main() -> None:
     original = ensure_weights(args.dir)["original"]
     args.work.mkdir(parents=True, exist_ok=True)
     ckpt = args.work / "train.ckpt"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), OMP_WAIT_POLICY="PASSIVE",
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests" / "support")]), OMP_WAIT_POLICY="PASSIVE",
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     sizes = args.work / "sizes.txt"
     if not ckpt.exists() or not sizes.exists():
@@ -165,7 +165,7 @@ def main() -> None:
     for name, (kind, what) in CASES.items():
         if kind == "node":
             code = LOAD_NODE.format(body=what) + tail
-            cmd = [sys.executable, "-c", code, str(args.work), comfy, str(REPO / "tests")]
+            cmd = [sys.executable, "-c", code, str(args.work), comfy, str(REPO / "tests" / "support")]
         else:
             code = ("import runpy, sys; sys.argv = ['pbe_core.convert', *sys.argv[1:]]\n"
                     "try:\n    runpy.run_module('pbe_core.convert', run_name='__main__')\nexcept SystemExit as e:\n"

@@ -1,7 +1,8 @@
 """Full-size Paint-by-Example weights (1.31 B parameters, random, seeded) in both layouts, for the benchmarks.
 
-Nothing is downloaded: ``tests/pbe_fixtures.build_modules(FULL, seed)`` builds the real architecture with diffusers'
-and transformers' own classes and fills every parameter from a seeded generator. The *same* tensors are written as
+Nothing is downloaded: ``tests/support/pbe_fixtures.build_modules(FULL, seed)`` builds the real architecture with
+diffusers' and transformers' own classes and fills every parameter from a seeded generator. The *same* tensors are
+written as
 
 * ``diffusers/``                a diffusers folder (``unet/``, ``vae/``, ``image_encoder/``, ``scheduler/``,
                                 ``feature_extractor/``), safetensors, fp32: what ``PaintByExamplePipeline`` loads;
@@ -23,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
 
 log = logging.getLogger("pbe.bench.weights")
 

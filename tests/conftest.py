@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 
-# the fixture generator and helpers live next to the tests
-sys.path.insert(0, str(Path(__file__).parent))
+# the fixture generator and the other helpers live in tests/support/, imported by their bare names
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 #: tests that may skip even where everything is installed: node id (without parameters) -> why they are opt-in
 ALLOWED_SKIPS = {
-    "tests/test_train_loop.py::test_two_processes_train_with_ddp_on_cpu": (
+    "tests/pbe_core/train/test_train_loop.py::test_two_processes_train_with_ddp_on_cpu": (
         "starts two torchrun processes on a free port (about 25 s); opt-in with PBE_TEST_DDP=1, which tests/run.sh "
         "sets"
     ),
-    "tests/test_fleet.py::test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row": (
+    "tests/pbe_core/client/test_fleet.py::test_a_cluster_that_refuses_the_token_is_said_once_on_stderr_before_any_row": (
         "needs Ray 2.59 or later (ray start turns on token authentication from then); the test environment's Ray "
         "(the newest, 2.60 here) runs it, an older Ray the README names (2.10) has no token to refuse"
     ),
@@ -61,7 +61,7 @@ def pytest_report_header(config):
         from comfy_inprocess import host_device, host_version
         from newer_host_emulation import enabled
 
-        mode = ", newer-host mode (tests/newer_host_emulation.py)" if enabled() else ""
+        mode = ", newer-host mode (tests/support/newer_host_emulation.py)" if enabled() else ""
         return f"host: {host_version()}; device: {host_device()}{mode}"
     return None
 
@@ -79,7 +79,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 #: the one skip that depends on the machine: a test of CPU-only behaviour where the host tests run ComfyUI on the GPU
-#: (tests/host/test_inprocess_host.py ``cpu_only``; tests/comfy_inprocess.py ``host_device``)
+#: (tests/host/test_inprocess_host.py ``cpu_only``; tests/support/comfy_inprocess.py ``host_device``)
 CPU_ONLY_ON_GPU = "CPU-only behaviour, and ComfyUI runs on the GPU here"
 
 

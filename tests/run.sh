@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The test command (README, "Tests"): from a fresh clone, build what the tests need and run them all.
 #
-#   bash tests/run.sh [pytest arguments, e.g. -k client or tests/test_sampling.py]
+#   bash tests/run.sh [pytest arguments, e.g. -k client or tests/pbe_core/edit/test_sampling.py]
 #
 # 1. ComfyUI: $COMFYUI_PATH if it is set; else the ComfyUI tree shipped beside the project
 #    (../shared/host/ComfyUI-*.tar.gz), unpacked into .host/. With neither, the host tests skip and say why.
 # 2. .venv-host: the Python ComfyUI runs on (torch 2.14.1 + torchvision 0.29.1, ComfyUI's requirements.txt) plus the
 #    pack's requirements.txt and its test extra (pyproject.toml). Every test runs in it, the host suite included,
 #    with PBE_STRICT_SKIPS=1: a test that skips is a failure unless tests/conftest.py's ALLOWED_SKIPS names it.
-#    Then, with a ComfyUI, the newer-host mode (PBE_NEWER_HOST=1, tests/newer_host_emulation.py): loading, the one-node
-#    edit, the modular graph and bf16 again, with 0.38-era host behaviours reproduced on that ComfyUI.
+#    Then, with a ComfyUI, the newer-host mode (PBE_NEWER_HOST=1, tests/support/newer_host_emulation.py): loading,
+#    the one-node edit, the modular graph and bf16 again, with 0.38-era host behaviours reproduced on that ComfyUI.
 # 3. transformers 4: loading, the encoder and the converter again under transformers 4.57 (CLIP's weights are named
 #    differently there), with diffusers 0.35.2 as the oracle (diffusers 0.42 needs huggingface-hub >= 1, which
 #    transformers 4 does not accept).
@@ -95,7 +95,7 @@ if [ $# -gt 0 ]; then
   exit 0  # a selection of tests was asked for: the other Python environments are not part of it
 fi
 if [ -n "${COMFYUI_PATH:-}" ]; then
-  say "newer-host mode: loading, the one-node edit, the modular graph and bf16 (tests/newer_host_emulation.py)"
+  say "newer-host mode: loading, the one-node edit, the modular graph and bf16 (tests/support/newer_host_emulation.py)"
   PBE_NEWER_HOST=1 PBE_STRICT_SKIPS=1 .venv-host/bin/python -m pytest -q -p no:cacheprovider \
     tests/host/test_newer_host_host.py::test_in_process_host_runs_in_the_mode_asked_for \
     tests/host/test_newer_host_host.py::test_session_server_runs_in_the_mode_asked_for \
@@ -120,7 +120,7 @@ T4_PACKAGES="transformers==4.57.6 huggingface-hub<1.0 diffusers==0.35.2 torch==2
 say "transformers 4: loading, encoder, converter"
 venv .venv-transformers4 "$T4_PACKAGES" install_transformers4
 PBE_STRICT_SKIPS=1 PBE_FIXTURE_DIR="$ROOT/tests/.fixtures-transformers4" .venv-transformers4/bin/python -m pytest -q \
-  tests/test_checkpoint.py tests/test_exemplar_encoder.py tests/test_convert.py
+  tests/pbe_core/weights/test_checkpoint.py tests/pbe_core/exemplar/test_exemplar_encoder.py tests/pbe_core/test_convert.py
 
 # --- 4. the lowest Python claimed -----------------------------------------------------------------------------------
 MIN_PY=$(sed -n 's/^requires-python = ">=\([0-9]*\.[0-9]*\)".*/\1/p' pyproject.toml)

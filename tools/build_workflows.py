@@ -2,13 +2,13 @@
 
     COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy-python tools/build_workflows.py
 
-Starts ComfyUI headless with this pack (``tests/comfy_host.py``) and opens its own frontend in headless Chromium
+Starts ComfyUI headless with this pack (``tests/support/comfy_host.py``) and opens its own frontend in headless Chromium
 (``tools/frontend.py``). The frontend builds each graph of ``tools/workflow_specs.py`` node by node and serialises it,
 so the UI files are in exactly the format the frontend writes; the API prompts are built here from the same spec with
 the live ``/object_info``'s defaults. The frontend also lays each graph out (``LAYOUT_JS``) once the image previews
 have grown their nodes, and the file gets the model's metadata and the view it opens in. The pictures are screenshots
 of the frontend with the workflow loaded.
-Run it again after changing a spec or a node's inputs; ``tests/test_workflows.py`` checks the result offline.
+Run it again after changing a spec or a node's inputs; ``tests/workflows/test_workflows.py`` checks the result offline.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 

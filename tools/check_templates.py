@@ -3,7 +3,7 @@
     COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy-python tools/check_templates.py OUT_DIR \
         [--front-end-root /path/to/comfyui_frontend_package/static] [--workflows DIR] [--model FILE]
 
-Starts ComfyUI headless with this pack and no model (or ``--model`` as ``model.ckpt``) (``tests/comfy_host.py``), with the frontend of
+Starts ComfyUI headless with this pack and no model (or ``--model`` as ``model.ckpt``) (``tests/support/comfy_host.py``), with the frontend of
 ``--front-end-root`` (e.g. a newer ``comfyui-frontend-package``'s ``static`` folder) or its own; opens each template
 from the route the browser uses (``/api/workflow_templates/<pack>/<name>.json``) with ``app.loadGraphData`` as the
 frontend's template loader calls it, and writes ``OUT_DIR/<name>.png`` (the whole window: a missing-model card shows)
@@ -26,7 +26,7 @@ import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 

@@ -35,9 +35,13 @@ Many workers (``--ray``, Ray being an optional extra): the rows run on Ray actor
 a private one (one per GPU, or CPU workers) or one per ``--server``; the results are written here as in a one-server
 batch, and rows whose worker died go to another (``fleet``, imported only with ``--ray``).
 
-Modules: ``api`` (HTTP and ``/ws``: queue, follow, download, wait for a lost server), ``workflow`` (reading API
-workflows, node titles, overrides), ``jobs`` (one edit, the rows of a batch), ``results`` (which rows are done,
-atomic result writes), ``errors``, ``cli`` (the command line), ``embedded`` (a private ComfyUI), ``ws`` (WebSocket
-framing), ``png`` (the mask PNG codec and image headers), ``fleet`` (``--ray``: the Ray workers and the driver). Nothing here
-imports torch, numpy or ComfyUI, and nothing but ``fleet`` imports Ray.
+Modules, by role: ``cli`` (the command line), ``fleet`` (``--ray``, imported only then: ``fleet.driver`` the loop on
+this machine, ``fleet.worker`` the Ray actor with its ComfyUI, ``fleet.cluster`` starting and stopping Ray, its
+folder and leftover processes), ``jobs`` (one edit, the rows of a batch), ``api`` (HTTP and ``/ws``: queue, follow, download, wait for a
+lost server), ``embedded`` (a private ComfyUI), ``workflow`` (reading API workflows, their slots, node titles,
+overrides), ``settings`` (a row and the run's settings), ``report`` (the batch report, one schema for one server and
+the fleet), ``progress`` (the progress lines), ``results`` (which rows are done, atomic result writes), ``png`` (the
+mask PNG codec and image headers), ``ws`` (WebSocket framing), ``errors``. Each imports only modules listed after it
+(``tests/test_layout.py`` checks there is no circle). Nothing here imports torch, numpy or ComfyUI, and nothing but
+``fleet`` imports Ray.
 """

@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +30,7 @@ import uuid
 from collections.abc import Callable
 
 from .errors import ClientError, PromptLost, ServerError, ServerGone, ServerUnreachable  # noqa: F401 - re-exported
+from .progress import ProgressBar
 from .workflow import node_title
 from .ws import WebSocket, WebSocketError
 
@@ -84,14 +84,19 @@ class ComfyClient:
                 body = r.read()
         except urllib.error.HTTPError as e:
             self.reached = True
-            raise ServerError(_http_error_message(path, e.code, e.read())) from None
+            raw = e.read()
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+            raise ServerError(_http_error_message(path, e.code, raw, data), e.code, data) from None
         except _NETWORK_ERRORS as e:
             raise ServerUnreachable(f"cannot reach ComfyUI at {self.base}: {_reason(e)}") from None
         self.reached = True
         return body
 
-    def get_json(self, path: str):
-        return json.loads(self.request(path))
+    def get_json(self, path: str, timeout: float = 60):
+        return json.loads(self.request(path, timeout=timeout))
 
     def post_json(self, path: str, body: dict, timeout: float = 60):
         raw = self.request(path, json.dumps(body).encode(), {"Content-Type": "application/json"}, timeout)
@@ -338,41 +343,6 @@ class ComfyClient:
                         "this run's progress may be missing. %s", prompt_id, self._shared(), self._ADVICE)
 
 
-class ProgressBar:
-    """One line on stderr: ``label  node  [#####.....]  12/50``; redrawn in place on a terminal."""
-
-    def __init__(self, label: str, enabled: bool = True, stream=None, width: int = 30):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and self.stream.isatty()
-        self.label, self.current, self.width = label, "", width
-        self._last_tenth = None
-
-    def node(self, title: str) -> None:
-        self.current = title
-        self._last_tenth = None
-
-    def update(self, value: int, total: int) -> None:
-        if not self.enabled:
-            return
-        total = max(total, 1)
-        done = int(self.width * min(value, total) / total)
-        line = f"{self.label} {self.current} [{'#' * done}{'.' * (self.width - done)}] {value}/{total}"
-        if self.tty:
-            self.stream.write("\r" + line[:200] + "\x1b[K")
-            self.stream.flush()
-        else:  # a log file: a line every 10 %
-            tenth = 10 * value // total
-            if tenth != self._last_tenth:
-                self._last_tenth = tenth
-                self.stream.write(line + "\n")
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _reason(e: BaseException) -> str:
     """"Connection refused", not "<urlopen error [Errno 111] Connection refused>"."""
     reason = getattr(e, "reason", None) or e
@@ -381,10 +351,9 @@ def _reason(e: BaseException) -> str:
     return str(reason) or type(reason).__name__
 
 
-def _http_error_message(path: str, code: int, body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
+def _http_error_message(path: str, code: int, body: bytes, data) -> str:
+    """``data``: ``body`` parsed as JSON, None when it is not JSON."""
+    if data is None:
         text = body.decode(errors="replace").strip()
         return f"{path}: HTTP {code}" + (f": {text[:500]}" if text else "")
     return f"{path}: HTTP {code}: {rejection_message(data) if isinstance(data, dict) else json.dumps(data)[:500]}"

@@ -10,7 +10,6 @@ import os
 import shlex
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +17,10 @@ from . import __doc__ as PACKAGE_DOC
 from .api import ComfyClient
 from .embedded import PACK_DIR, EmbeddedError, PrivateComfyUI
 from .errors import ClientError, ServerStartError, ServerUnreachable
-from .jobs import Job, Settings, jobs_from_csv, jobs_from_folder, run_batch, run_job
+from .jobs import jobs_from_csv, jobs_from_folder, run_batch, run_job
+from .report import keep_earlier_report, report_markdown, write_report
 from .results import ResultStore, atomic_write
+from .settings import Job, Settings
 from .workflow import DEFAULT_WORKFLOW, OVERRIDES, check_workflow, load_workflow
 
 log = logging.getLogger("pbe_core.client")
@@ -44,43 +45,74 @@ def _parse_set(text: str) -> tuple[str, str, object]:
     return node, name, _value(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    where = common.add_mutually_exclusive_group()
+def add_run_options(p, output: bool = True) -> None:
+    """The options every command of the client takes (where, how, the workflow and its settings) on ``p``, a parser
+    or an argument group; ``output``: with ``-o/--output`` (``python -m pbe_core.eval generate`` names its own)."""
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--comfyui", type=Path, metavar="PATH",
                        help="start a private headless ComfyUI from this ComfyUI folder for the run, and stop it after "
                        "(the default when COMFYUI_PATH is set or this pack sits in a ComfyUI's custom_nodes)")
     where.add_argument("--server", metavar="HOST:PORT", action="append",
                        help="use a running ComfyUI instead, e.g. 127.0.0.1:8188 (batch --ray: repeat it for several, "
                        "one worker each)")
-    common.add_argument("--comfy-python", metavar="PYTHON",
-                        help="with --comfyui: the Python that runs ComfyUI (default: its venv, or this Python)")
-    common.add_argument("--comfy-args", default="", metavar="ARGS",
-                        help="with --comfyui: more ComfyUI options, e.g. '--lowvram' or '--cpu'")
-    common.add_argument("--client-id", help="client id for /prompt and /ws (default: random for each run; two runs "
-                        "sharing one share its /ws messages)")
-    common.add_argument("--timeout", type=float, default=600, help="seconds to wait for one edit once queued; it is "
-                        "cancelled after (default %(default)s)")
-    common.add_argument("--reconnect-wait", type=float, default=120, metavar="SECONDS",
-                        help="when the server goes away: how long to wait for it to come back (default %(default)s)")
-    common.add_argument("--workflow", default=DEFAULT_WORKFLOW,
-                        help="API workflow: a name in workflows/api/ or a JSON file (default %(default)s)")
-    common.add_argument("-o", "--output", type=Path, default=Path("pbe_results"), help="folder for the results")
-    common.add_argument("--force", action="store_true",
-                        help="edit again even where the result is there for the same settings (default: skip it)")
-    common.add_argument("--model", help="the Paint-by-Example model: a name in ComfyUI/models/paint_by_example/, or "
-                        "with a private ComfyUI also a path to a checkpoint file or diffusers folder")
-    common.add_argument("--seed", type=int)
-    common.add_argument("--steps", type=int)
-    common.add_argument("--cfg", type=float)
-    common.add_argument("--sampler", help="sampler_name, e.g. reference, ddim, euler")
-    common.add_argument("--scheduler")
-    common.add_argument("--denoise", type=float)
-    common.add_argument("--set", dest="sets", action="append", type=_parse_set, default=[],
-                        metavar="NODE.INPUT=VALUE", help="set any input (NODE: id or title; VALUE: JSON or text)")
-    common.add_argument("--no-progress", action="store_true", help="no progress bar")
-    common.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--comfy-python", metavar="PYTHON",
+                   help="with --comfyui: the Python that runs ComfyUI (default: its venv, or this Python)")
+    p.add_argument("--comfy-args", default="", metavar="ARGS",
+                   help="with --comfyui: more ComfyUI options, e.g. '--lowvram' or '--cpu'")
+    p.add_argument("--client-id", help="client id for /prompt and /ws (default: random for each run; two runs "
+                   "sharing one share its /ws messages)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for one edit once queued; it is "
+                   "cancelled after (default %(default)s)")
+    p.add_argument("--reconnect-wait", type=float, default=120, metavar="SECONDS",
+                   help="when the server goes away: how long to wait for it to come back (default %(default)s)")
+    p.add_argument("--workflow", default=DEFAULT_WORKFLOW,
+                   help="API workflow: a name in workflows/api/ or a JSON file (default %(default)s)")
+    if output:
+        p.add_argument("-o", "--output", type=Path, default=Path("pbe_results"), help="folder for the results")
+    p.add_argument("--force", action="store_true",
+                   help="edit again even where the result is there for the same settings (default: skip it)")
+    p.add_argument("--model", help="the Paint-by-Example model: a name in ComfyUI/models/paint_by_example/, or "
+                   "with a private ComfyUI also a path to a checkpoint file or diffusers folder")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--cfg", type=float)
+    p.add_argument("--sampler", help="sampler_name, e.g. reference, ddim, euler")
+    p.add_argument("--scheduler")
+    p.add_argument("--denoise", type=float)
+    p.add_argument("--set", dest="sets", action="append", type=_parse_set, default=[],
+                   metavar="NODE.INPUT=VALUE", help="set any input (NODE: id or title; VALUE: JSON or text)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true")
 
+
+def add_fleet_options(p) -> None:
+    """``--ray`` and the options of its workers, on ``p`` (a parser or an argument group)."""
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the rows on Ray workers, each with its own ComfyUI: without ADDRESS on a Ray cluster "
+                   "started for the run on this machine; 'auto' or HOST:PORT for a running cluster (ray start). "
+                   "Put it after ROWS, or write --ray=ADDRESS")
+    p.add_argument("--workers", type=int, metavar="N", help="with --ray: private ComfyUI workers (default: one "
+                   "per GPU of the cluster, or one CPU worker)")
+    p.add_argument("--gpus-per-worker", type=float, metavar="X", help="with --ray: GPUs each private worker "
+                   "holds (default 1 when the cluster has GPUs, else 0: CPU workers); 0.5 puts two on each GPU")
+    p.add_argument("--cpus-per-worker", type=float, default=1, metavar="N", help="with --ray: CPUs each private "
+                   "worker holds; a CPU worker's ComfyUI uses that many threads (default %(default)s)")
+    p.add_argument("--retries", type=int, default=2, metavar="N", help="with --ray: times a row whose worker died "
+                   "while running it is given to another worker before it fails (default %(default)s)")
+    p.add_argument("--worker-dir", type=Path, metavar="DIR", help="with --ray: keep each private worker's ComfyUI "
+                   "folder (its log, inputs, outputs) in DIR/w1, DIR/w2, ... (default: temporary, removed)")
+    p.add_argument("--ray-dashboard", action="store_true", help="with --ray and no ADDRESS: start Ray's dashboard "
+                   "too (needs pip install 'ray[default]'); a running cluster keeps its own")
+    p.add_argument("--ray-temp-dir", type=Path, metavar="DIR", help="with --ray and no ADDRESS: Ray's folder for "
+                   "the run (sessions, logs; kept); default: a temporary folder, removed after the run")
+
+
+FLEET_GROUP = "many workers (Ray; README, 'Many GPUs / many machines')"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    add_run_options(common)
     parser = argparse.ArgumentParser(prog="python -m pbe_core.client", description=PACKAGE_DOC.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     edit = sub.add_parser("edit", parents=[common], help="edit one photo")
@@ -92,25 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--exemplar", type=Path, action="append", default=[],
                        help="exemplar for folder rows without their own; repeat it for a workflow with several")
     batch.add_argument("--report", type=Path, help="where to write the JSON report (default OUTPUT/report.json)")
-    fleet = batch.add_argument_group("many workers (Ray; README, 'Many GPUs / many machines')")
-    fleet.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                       help="run the rows on Ray workers, each with its own ComfyUI: without ADDRESS on a Ray cluster "
-                       "started for the run on this machine; 'auto' or HOST:PORT for a running cluster (ray start). "
-                       "Put it after ROWS, or write --ray=ADDRESS")
-    fleet.add_argument("--workers", type=int, metavar="N", help="with --ray: private ComfyUI workers (default: one "
-                       "per GPU of the cluster, or one CPU worker)")
-    fleet.add_argument("--gpus-per-worker", type=float, metavar="X", help="with --ray: GPUs each private worker "
-                       "holds (default 1 when the cluster has GPUs, else 0: CPU workers); 0.5 puts two on each GPU")
-    fleet.add_argument("--cpus-per-worker", type=float, default=1, metavar="N", help="with --ray: CPUs each private "
-                       "worker holds; a CPU worker's ComfyUI uses that many threads (default %(default)s)")
-    fleet.add_argument("--retries", type=int, default=2, metavar="N", help="with --ray: times a row whose worker died "
-                       "while running it is given to another worker before it fails (default %(default)s)")
-    fleet.add_argument("--worker-dir", type=Path, metavar="DIR", help="with --ray: keep each private worker's ComfyUI "
-                       "folder (its log, inputs, outputs) in DIR/w1, DIR/w2, ... (default: temporary, removed)")
-    fleet.add_argument("--ray-dashboard", action="store_true", help="with --ray and no ADDRESS: start Ray's dashboard "
-                       "too (needs pip install 'ray[default]'); a running cluster keeps its own")
-    fleet.add_argument("--ray-temp-dir", type=Path, metavar="DIR", help="with --ray and no ADDRESS: Ray's folder for "
-                       "the run (sessions, logs; kept); default: a temporary folder, removed after the run")
+    add_fleet_options(batch.add_argument_group(FLEET_GROUP))
     return parser
 
 
@@ -226,18 +240,14 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def write_report(report: dict, path: Path) -> bool:
-    try:
-        atomic_write(path, (json.dumps(report, indent=2) + "\n").encode())
-    except ClientError as e:
-        log.error("error: the report was not written: %s; the lines on stdout are all there is", e)
-        return False
-    return True
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with ``servers`` (every ``--server``) and ``server`` (the first, or None)."""
-    args = build_parser().parse_args(argv)
+    return with_servers(build_parser().parse_args(argv))
+
+
+def with_servers(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` (from :func:`add_run_options`) with ``servers`` (every ``--server``) and ``server`` (the first, or
+    None)."""
     args.servers = list(args.server or [])
     args.server = args.servers[0] if args.servers else None
     return args
@@ -292,7 +302,7 @@ def _main(args) -> int:
                 raise ClientError(f"no rows in {str(args.rows)!r}")
             if args.ray is not None:
                 report, status = _fleet_run(args, settings, jobs, store)
-                return _summary(args, report, status, _fleet_markdown())
+                return _summary(args, report, status, report_markdown)
         except ClientError as e:
             log.error("error: %s", e)
             return 1
@@ -305,27 +315,6 @@ def _main(args) -> int:
             return 1
         report, status = run_batch(connect, jobs, settings, store)
         return _summary(args, report, status)  # before a private ComfyUI is stopped: a second Ctrl-C then loses nothing
-
-
-def keep_earlier_report(report_path: Path) -> None:
-    """Move an earlier run's report (``report.json`` and the ``report.md`` beside it) into ``reports/`` beside them,
-    named after the time it was written (``reports/report-20261207-184500.json``, UTC), so that a rerun keeps the
-    record of what happened before. Nothing is moved where the folder cannot be written (the new report says why)."""
-    if not report_path.is_file():
-        return
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(report_path.stat().st_mtime))
-    folder = report_path.parent / "reports"
-    try:
-        folder.mkdir(exist_ok=True)
-        for k in range(1000):
-            name = f"{report_path.stem}-{stamp}" + (f"-{k}" if k else "")
-            if not any((folder / (name + suffix)).exists() for suffix in (".json", ".md")):
-                break
-        for old in (report_path, report_path.with_suffix(".md")):
-            if old.is_file():
-                os.replace(old, folder / (name + old.suffix))
-    except OSError as e:
-        log.warning("the earlier report %s stays where it is (it will be replaced): %s", report_path, e)
 
 
 def _summary(args, report: dict, status: int, markdown: Callable[[dict], str] | None = None) -> int:
@@ -349,12 +338,6 @@ def _summary(args, report: dict, status: int, markdown: Callable[[dict], str] | 
             why = "not tried (the batch stopped: see the error above)" if r["error"] == not_tried else r["error"]
             sys.stdout.write(f"FAILED {r['name']}: {why}\n")
     return status
-
-
-def _fleet_markdown() -> Callable[[dict], str]:
-    from . import fleet
-
-    return fleet.report_markdown
 
 
 def _fleet_run(args, settings: Settings, jobs: list, store: ResultStore) -> tuple[dict, int]:

@@ -17,7 +17,14 @@ class ClientError(Exception):
 
 
 class ServerError(ClientError):
-    """The server refused or failed the job; the message is the server's."""
+    """The server refused or failed the job; the message is the server's. An HTTP error answer also keeps its status
+    (``status``, e.g. 400 for a prompt that failed validation) and its body (``body``: the JSON as sent, e.g. the
+    ``node_errors`` of a refused prompt; None when it was not JSON)."""
+
+    def __init__(self, message: str, status: int | None = None, body=None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 class ResultWriteError(ClientError, StopsBatch):

@@ -17,14 +17,16 @@ import logging
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import png
 from .api import ComfyClient, history_error
 from .errors import ClientError, PromptLost, ServerError, ServerGone, ServerUnreachable, StopsBatch
+from .report import batch_report, exit_status, row_entry
 from .results import ResultStore, settings_hash
-from .workflow import apply_settings, check_workflow, decode_text, titled
+from .settings import Job, Settings
+from .workflow import Slots, apply_settings, decode_text, find_slots
 
 log = logging.getLogger("pbe_core.client")
 
@@ -38,34 +40,15 @@ CANCEL_CONFIRM = 5.0
 
 # --- one job: files -> prompt -> results ----------------------------------------------------------------------------------
 @dataclass
-class Job:
-    name: str
-    source: Path
-    mask: Path
-    exemplars: list[Path]
-    seed: int | None = None
-
-
-@dataclass
-class Settings:
-    workflow: dict
-    out_dir: Path
-    model: str | None = None
-    values: dict = field(default_factory=dict)  # option -> value, see OVERRIDES
-    sets: list[tuple[str, str, object]] = field(default_factory=list)  # (node id or title, input, value)
-    identity: dict = field(default_factory=dict)  # more that decides the result, for the key (a model file's stat)
-    model_path: Path | None = None  # a --model given as a path, linked into a private ComfyUI as ``model``
-    force: bool = False  # do rows again even if their result is there for the same settings
-
-
-@dataclass
 class Inputs:
-    """A job's files as read (and checked) once: what is uploaded and what the result's key is made of."""
+    """A job's files as read (and checked) once, and the workflow's slots they go to (found once per row): what is
+    uploaded, where, and what the result's key is made of."""
 
     source: bytes
     mask: bytes
     exemplars: list[bytes]
     alpha: bytes | None  # the mask as the alpha PNG /upload/mask takes; None when the workflow loads the mask itself
+    slots: Slots
 
     def for_key(self) -> dict:
         return {"source": self.source, "mask": self.mask, "exemplars": self.exemplars}
@@ -104,16 +87,17 @@ def exemplar_count_problem(wanted: int, given: int) -> str:
             f"columns exemplar, exemplar2, ..., exemplar{wanted} (named in its header row)")
 
 
-def job_prompt(job: Job, settings: Settings) -> dict:
-    """The workflow with the settings and the job's seed applied, checked against the job's number of exemplars."""
+def job_prompt(job: Job, settings: Settings) -> tuple[dict, Slots]:
+    """The workflow with the settings and the job's seed applied and its slots, checked against the job's number of
+    exemplars."""
     prompt = apply_settings(settings.workflow, settings, job.seed)
-    _, slots = check_workflow(prompt)
-    if len(job.exemplars) != len(slots):
-        raise ClientError(exemplar_count_problem(len(slots), len(job.exemplars)))
-    return prompt
+    slots = find_slots(prompt)
+    if len(job.exemplars) != len(slots.exemplars):
+        raise ClientError(exemplar_count_problem(len(slots.exemplars), len(job.exemplars)))
+    return prompt, slots
 
 
-def read_inputs(job: Job, prompt: dict) -> Inputs:
+def read_inputs(job: Job, slots: Slots) -> Inputs:
     """Read and check every file of the job (before anything is uploaded: a broken file would otherwise reach the
     user as HTTP 500)."""
     source = _read(job.source, "source")
@@ -124,38 +108,36 @@ def read_inputs(job: Job, prompt: dict) -> Inputs:
         problem = png.image_problem(data)
         if problem:
             raise ClientError(f"the {what} {str(path)!r} cannot be read as an image: {problem}; save it again")
-    mask_nodes = [i for i in titled(prompt, "Mask") if prompt[i]["class_type"] == "LoadImageMask"]
-    alpha = None if mask_nodes else mask_as_alpha(job, source, mask)
-    return Inputs(source, mask, exemplars, alpha)
+    alpha = None if slots.mask_loaders else mask_as_alpha(job, source, mask)
+    return Inputs(source, mask, exemplars, alpha, slots)
 
 
 def upload(client: ComfyClient, job: Job, prompt: dict, inputs: Inputs) -> dict:
     """Upload the job's files; returns a copy of ``prompt`` with the uploaded names in its LoadImage nodes."""
     prompt = json.loads(json.dumps(prompt))
-    source_id, slots = check_workflow(prompt)
+    slots = inputs.slots
     source = client.upload("image", _upload_name(job.source, inputs.source), inputs.source)
     if inputs.alpha is None:
         mask = client.upload("image", _upload_name(job.mask, inputs.mask), inputs.mask)
-        for i in titled(prompt, "Mask"):
-            if prompt[i]["class_type"] == "LoadImageMask":
-                prompt[i]["inputs"]["image"] = _image_value(mask)
-        prompt[source_id]["inputs"]["image"] = _image_value(source)
+        for i in slots.mask_loaders:
+            prompt[i]["inputs"]["image"] = _image_value(mask)
+        prompt[slots.source]["inputs"]["image"] = _image_value(source)
     else:
         ref = {"filename": source["name"], "subfolder": source.get("subfolder", ""), "type": source.get("type", "input")}
         merged = client.upload(
             "mask", _upload_name(job.source, inputs.source + inputs.mask, "-masked.png"), inputs.alpha,
             {"original_ref": json.dumps(ref)},
         )
-        prompt[source_id]["inputs"]["image"] = _image_value(merged)
-    for slot, path, data in zip(slots, job.exemplars, inputs.exemplars, strict=True):
+        prompt[slots.source]["inputs"]["image"] = _image_value(merged)
+    for slot, path, data in zip(slots.exemplars, job.exemplars, inputs.exemplars, strict=True):
         prompt[slot]["inputs"]["image"] = _image_value(client.upload("image", _upload_name(path, data), data))
     return prompt
 
 
 def prepare(client: ComfyClient, job: Job, settings: Settings) -> dict:
     """Check the job's files, upload them and return the prompt to queue."""
-    prompt = job_prompt(job, settings)
-    return upload(client, job, prompt, read_inputs(job, prompt))
+    prompt, slots = job_prompt(job, settings)
+    return upload(client, job, prompt, read_inputs(job, slots))
 
 
 def mask_as_alpha(job: Job, source_data: bytes, mask_data: bytes) -> bytes:
@@ -258,8 +240,8 @@ def execute(client: ComfyClient, job: Job, prompt: dict, inputs: Inputs) -> list
 
 def job_key(job: Job, settings: Settings) -> tuple[dict, Inputs, str]:
     """The job's prompt, its checked files and the key of its result (``results.settings_hash``)."""
-    prompt = job_prompt(job, settings)
-    inputs = read_inputs(job, prompt)
+    prompt, slots = job_prompt(job, settings)
+    inputs = read_inputs(job, slots)
     return prompt, inputs, settings_hash(prompt, inputs.for_key(), settings.identity)
 
 
@@ -420,11 +402,6 @@ def jobs_from_folder(folder: Path, exemplars: list[Path] | Path | None = None) -
     return out
 
 
-def _row(name: str, status: str, error: str | None = None, outputs=()) -> dict:
-    return {"name": name, "status": status, "ok": status != "failed", "error": error,
-            "outputs": [str(p) for p in outputs]}  # fmt: skip
-
-
 def _already_done(job, settings: Settings, store: ResultStore) -> list[Path] | None:
     """For rows not tried: their results, if they are there from an earlier run (no server needed)."""
     if not isinstance(job, Job) or settings.force:
@@ -441,9 +418,7 @@ def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, sett
     """Run every row, going on past a row's own failure; returns the report and the exit status. ``progress(k, row)``
     (optional) is called after each row with its number and its report entry.
 
-    Report: ``{"rows": [{"name", "status": "done"|"skipped"|"failed", "ok", "error", "outputs"}], "succeeded",
-    "failed", "skipped", "stopped": why the batch stopped early or None, "interrupted": bool}`` ("skipped": done
-    earlier with the same settings, counted among "succeeded"). Exit status: 0 every row succeeded, 1 some failed,
+    The report: ``report.batch_report``. Exit status: 0 every row succeeded, 1 some failed,
     2 no server to go on with, 130 interrupted (Ctrl-C).
     """
     store = store or ResultStore(settings.out_dir)
@@ -467,12 +442,12 @@ def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, sett
             name = job.name if isinstance(job, Job) else job[0]
             if stopped is not None:
                 done = _already_done(job, settings, store)
-                add(_row(name, "skipped", None, done) if done is not None else
-                            _row(name, "failed", f"not tried: {stopped}"))  # fmt: skip
+                add(row_entry(name, "skipped", None, done) if done is not None else
+                            row_entry(name, "failed", f"not tried: {stopped}"))  # fmt: skip
                 continue
             if isinstance(job, tuple):
                 log.error("[%d/%d] %s: skipped: %s", k, n, name, job[1])
-                add(_row(name, "failed", job[1]))
+                add(row_entry(name, "failed", job[1]))
                 continue
             log.info("[%d/%d] %s", k, n, name)
             started = k
@@ -480,27 +455,24 @@ def run_batch(connect: Callable[[], ComfyClient] | ComfyClient, jobs: list, sett
                 result = run_job(connect, job, settings, store)
             except ServerUnreachable as e:
                 log.error("[%d/%d] %s: failed: %s", k, n, name, e)
-                add(_row(name, "failed", str(e)))
+                add(row_entry(name, "failed", str(e)))
                 stopped, status = str(e), 2
                 continue
             except ClientError as e:
                 log.error("[%d/%d] %s: failed: %s", k, n, name, e)
-                add(_row(name, "failed", str(e)))
+                add(row_entry(name, "failed", str(e)))
                 if isinstance(e, StopsBatch):
                     stopped, status = str(e), 1
                 continue
             if result.skipped:
                 log.info("[%d/%d] %s: already done with the same settings (%s); --force does it again", k, n, name,
                          ", ".join(p.name for p in result.paths))
-            add(_row(name, "skipped" if result.skipped else "done", None, result.paths))
+            add(row_entry(name, "skipped" if result.skipped else "done", None, result.paths))
     except KeyboardInterrupt:
         log.error("interrupted: the rows not finished are reported as not tried")
         stopped, status = "interrupted (Ctrl-C)", 130
         for k, job in enumerate(jobs[len(rows):]):
             why = "interrupted (Ctrl-C) while it ran" if k == 0 and started == len(rows) + 1 else f"not tried: {stopped}"
-            rows.append(_row(job.name if isinstance(job, Job) else job[0], "failed", why))
-    failed = sum(not r["ok"] for r in rows)
-    report = {"rows": rows, "succeeded": len(rows) - failed, "failed": failed,
-              "skipped": sum(r["status"] == "skipped" for r in rows), "stopped": stopped,
-              "interrupted": status == 130}  # fmt: skip
-    return report, status or (1 if failed else 0)
+            rows.append(row_entry(job.name if isinstance(job, Job) else job[0], "failed", why))
+    report = batch_report(rows, stopped, status)
+    return report, exit_status(report, status)

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import codecs
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import ClientError
-
-if TYPE_CHECKING:
-    from .jobs import Settings
+from .settings import Settings
 
 PACK_DIR = Path(__file__).resolve().parent.parent.parent
 API_WORKFLOWS = PACK_DIR / "workflows" / "api"
@@ -174,16 +172,33 @@ def exemplar_slots(prompt: dict) -> list[str]:
     return slots
 
 
-def check_workflow(prompt: dict) -> tuple[str, list[str]]:
-    """The id of the Source LoadImage and those of the exemplar slots; ClientError naming what is missing."""
+@dataclass(frozen=True)
+class Slots:
+    """Where a row's files go in a workflow, by node id: the Source LoadImage, the exemplar LoadImages in order, and
+    the LoadImageMask nodes titled 'Mask' (empty: the mask travels as the source's alpha, ``/upload/mask``)."""
+
+    source: str
+    exemplars: list[str]
+    mask_loaders: list[str]
+
+
+def find_slots(prompt: dict) -> Slots:
+    """The workflow's :class:`Slots`; ClientError naming what is missing."""
     sources = [i for i in titled(prompt, "Source") if prompt[i]["class_type"] == "LoadImage"]
-    slots = exemplar_slots(prompt)
-    if len(sources) != 1 or not slots:
+    exemplars = exemplar_slots(prompt)
+    if len(sources) != 1 or not exemplars:
         raise ClientError(
             f"the workflow needs one LoadImage titled 'Source' and one titled 'Exemplar' (then 'Exemplar 2', ... for "
-            f"more); it has {len(sources)} LoadImage titled 'Source' and {len(slots)} exemplar node(s)"
+            f"more); it has {len(sources)} LoadImage titled 'Source' and {len(exemplars)} exemplar node(s)"
         )
-    return sources[0], slots
+    mask_loaders = [i for i in titled(prompt, "Mask") if prompt[i]["class_type"] == "LoadImageMask"]
+    return Slots(sources[0], exemplars, mask_loaders)
+
+
+def check_workflow(prompt: dict) -> tuple[str, list[str]]:
+    """The id of the Source LoadImage and those of the exemplar slots; ClientError naming what is missing."""
+    slots = find_slots(prompt)
+    return slots.source, slots.exemplars
 
 
 def apply_settings(prompt: dict, settings: Settings, seed: int | None = None) -> dict:

@@ -32,7 +32,7 @@ table values (as :func:`official_sigmas` produces) are evaluated at exact intege
 
 Provenance: written for this project from the papers above. diffusers' ``PNDMScheduler`` (Apache-2.0) was
 read for ideas only -- which sample/timestep pairs its ``skip_prk_steps`` mode evaluates and where it
-averages -- and serves as the independent oracle of ``tests/test_sampling.py``; no code was taken from it
+averages -- and serves as the independent oracle of ``tests/pbe_core/edit/test_sampling.py``; no code was taken from it
 or from the official Paint-by-Example repository.
 """
 

@@ -75,10 +75,10 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
-def _run_generate(args: argparse.Namespace, rest: list[str]) -> int:
+def _run_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
-    return generate(args, rest)
+    return generate(args)
 
 
 #: name -> (add arguments, run, help)
@@ -104,14 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add, _, help_text) in COMMANDS.items():
         add(sub.add_parser(name, help=help_text, description=help_text))
-    # generate hands every option it does not know to the client, whose options they are
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "generate":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "generate":
-            return _run_generate(args, rest)
         return COMMANDS[args.command][1](args)
     except ImportError as e:
         log.error("error: %s. Scoring needs the 'eval' extra: pip install %s", e, " ".join(EVAL_PACKAGES))

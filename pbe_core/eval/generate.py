@@ -27,12 +27,13 @@ import hashlib
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 from ..client.errors import ClientError
-from ..client.jobs import Job
+from ..client.progress import BatchProgress
+from ..client.report import write_report
 from ..client.results import ResultStore
+from ..client.settings import Job
 from . import cocoee
 from .manifest import write_manifest
 
@@ -43,40 +44,22 @@ OFFICIAL_SEED = 42
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..client.cli import FLEET_GROUP, add_fleet_options, add_run_options
+
     p.add_argument("cocoee", type=Path, help="COCOEE folder (id_list.npy, GT_3500/, Ref_3500/, Mask_bbox_3500/)")
     p.add_argument("out", type=Path, help="output folder: results/, manifest.json, generate_report.json")
     p.add_argument("--limit", type=int, help="only the first N rows (in id_list order), e.g. for a trial run")
     p.add_argument("--seed-base", type=int, default=OFFICIAL_SEED,
                    help="row k gets seed SEED_BASE + k (default %(default)s, the official seed)")
+    add_run_options(p.add_argument_group("the client's options (python -m pbe_core.client batch --help)"),
+                    output=False)  # fmt: skip
+    add_fleet_options(p.add_argument_group(FLEET_GROUP))
+    p.set_defaults(workflow=str(OFFICIAL_WORKFLOW))
     p.epilog = (
-        "Every other option is the client's (python -m pbe_core.client batch --help): --model (required), --comfyui or "
-        "--server, --ray with --workers (many ComfyUIs), --workflow (default: the official protocol), --steps, --cfg, "
-        "--set NODE.INPUT=VALUE, --force, ..."
+        "The other options are the client's (python -m pbe_core.client batch --help): --model (required), --comfyui "
+        "or --server, --ray with --workers (many ComfyUIs), --workflow (default: the official protocol), --steps, "
+        "--cfg, --set NODE.INPUT=VALUE, --force, ..."
     )
-
-
-def _client_args(rest: list[str]) -> argparse.Namespace:
-    from ..client.cli import parse_args
-
-    args = parse_args(["batch", ".", "--workflow", str(OFFICIAL_WORKFLOW), *rest])
-    if not args.model:
-        raise ClientError("generate needs --model: the Paint-by-Example checkpoint to evaluate")
-    return args
-
-
-class RowsPerSecond:
-    """``progress`` for the batch: rows done, failed, rows per second and the time left, one line per row."""
-
-    def __init__(self, total: int):
-        self.total, self.start, self.finished = total, time.monotonic(), 0
-
-    def __call__(self, k: int, row: dict) -> None:
-        if row["status"] != "skipped":
-            self.finished += 1
-        rate = self.finished / max(time.monotonic() - self.start, 1e-9)
-        left = (self.total - k) / rate if rate > 0 else float("nan")
-        eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left == left else "?"
-        log.info("%d/%d rows (%s), %.2f rows/s, about %s left", k, self.total, row["status"], rate, eta)
 
 
 def model_sha256(path: Path) -> str:
@@ -91,10 +74,13 @@ def model_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def generate(args: argparse.Namespace, rest: list[str]) -> int:
-    from ..client.cli import batch_report, settings_from_args, write_report
+def generate(args: argparse.Namespace) -> int:
+    """The edits, as the command line (:func:`add_arguments`) says, on the client's batch (``cli.batch_report``)."""
+    from ..client.cli import batch_report, settings_from_args, with_servers
 
-    client_args = _client_args(rest)
+    if not args.model:
+        raise ClientError("generate needs --model: the Paint-by-Example checkpoint to evaluate")
+    client_args = with_servers(argparse.Namespace(**vars(args)))
     rows = cocoee.read_rows(args.cocoee)
     if args.limit is not None:
         rows = rows[: args.limit]
@@ -103,8 +89,10 @@ def generate(args: argparse.Namespace, rest: list[str]) -> int:
     settings = settings_from_args(client_args)
     jobs = [Job(r.name, r.gt, r.mask, [r.ref], args.seed_base + k) for k, r in enumerate(rows)]
     store = ResultStore(results)
-    with contextlib.ExitStack() as stack:  # one ComfyUI, or with --ray many workers (the progress bar is then Ray's)
-        report, status = batch_report(client_args, settings, jobs, store, stack, progress=RowsPerSecond(len(jobs)))
+    # one ComfyUI (a line per row with the rate and the time left), or with --ray many workers (the fleet's own bar)
+    progress = BatchProgress(len(jobs))
+    with contextlib.ExitStack() as stack:
+        report, status = batch_report(client_args, settings, jobs, store, stack, progress=progress)
     done = {r["name"]: r for r in report["rows"] if r["ok"] and r["outputs"]}
     model = Path(client_args.model)
     model_sha = model_sha256(model) if model.exists() else "0" * 64  # a name the server knows: no file here

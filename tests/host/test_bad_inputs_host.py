@@ -4,13 +4,13 @@ malicious pickle creates nothing, no file is left in the output or temp folder, 
 next valid prompt succeeds. Legitimate odd inputs (any size, a full mask, grey, RGBA, batches, a 1x1 exemplar) give
 a result of the input's size that differs from the source only inside the (feathered) region.
 
-Host-free counterparts: ``tests/test_bad_inputs.py``; the model cases are built by ``tests/bad_models.py``.
+Host-free counterparts: ``tests/pbe_core/test_bad_inputs.py``; the model cases are built by
+``tests/support/bad_models.py``.
 """
 
 import os
 import random
 import re
-import uuid
 from pathlib import Path
 
 import bad_models
@@ -21,7 +21,9 @@ import pytest
 import torch
 import unprivileged
 from comfy_host import PromptRejected, execution_error, temporary_server
-from host_util import SIZE, make_photo, png_bytes
+from host_prompts import run_ok, uid
+from host_util import SIZE
+from images import make_photo, png_bytes
 from safetensors.torch import load, save_file
 
 pytestmark = pytest.mark.host
@@ -31,10 +33,6 @@ HERE = Path(__file__).resolve().parent
 
 
 # --- prompts -------------------------------------------------------------------------------------------------------
-def _uid():
-    return uuid.uuid4().hex[:8]
-
-
 def sampler(image, mask, exemplar, **widgets):
     """PBE_Sampler on the tiny model: 1 step, whole image (working_size 0) unless told otherwise."""
     inputs = {
@@ -65,18 +63,12 @@ def edit(source="source.png", exemplar="exemplar.png", image=("src", 0), mask=("
     """One edit; with ``diff``, PBETest_ImageDiff saves where the result differs from the source."""
     p = graph(source, exemplar, pbe=sampler(list(image), list(mask), list(ex), **widgets))
     if diff:
-        p["diff"] = {"class_type": "PBETest_ImageDiff", "inputs": {"a": ["pbe", 0], "b": list(image), "filename": f"{_uid()}.st"}}
+        p["diff"] = {"class_type": "PBETest_ImageDiff", "inputs": {"a": ["pbe", 0], "b": list(image), "filename": f"{uid()}.st"}}
     return p
 
 
 def valid_prompt():
     return edit(seed=random.randint(0, 2**31))  # noqa: S311 - a seed, not a secret
-
-
-def run_ok(server, prompt):
-    entry = server.run(prompt, timeout=600)
-    assert execution_error(entry) is None, execution_error(entry)
-    return entry
 
 
 def diff_of(server, entry, node="diff"):
@@ -236,7 +228,7 @@ def test_8000px_source_goes_through_a_window(comfy_server, uploads):
     p["mbig"] = {"class_type": "ImageScale", "inputs": {"image": ["mimg", 0], "upscale_method": "nearest-exact", "width": n, "height": n, "crop": "disabled"}}
     p["mask"] = {"class_type": "ImageToMask", "inputs": {"image": ["mbig", 0], "channel": "red"}}
     p["pbe"] = sampler(["big", 0], ["mask", 0], ["ex", 0], working_size=64, mask_feather=8)
-    p["diff"] = {"class_type": "PBETest_ImageDiff", "inputs": {"a": ["pbe", 0], "b": ["big", 0], "filename": f"{_uid()}.st"}}  # fmt: skip
+    p["diff"] = {"class_type": "PBETest_ImageDiff", "inputs": {"a": ["pbe", 0], "b": ["big", 0], "filename": f"{uid()}.st"}}  # fmt: skip
     expect_edit(comfy_server, p, (n, n), (40 * 80, 20 * 80, 60 * 80, 60 * 80), 8)
     assert "editing the" in comfy_server.log()
 
@@ -274,7 +266,7 @@ def test_batches_broadcast_one_to_n(comfy_server, uploads, source, mask, exempla
     p = edit(diff=False)
     p["src_b"], p["ex_b"] = _repeat("src", source), _repeat("ex", exemplar)
     p["pbe"]["inputs"].update(image=["src_b", 0], exemplar=["ex_b", 0], mask=_mask_batch(p, mask))
-    p["save"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["pbe", 0], "filename": f"{_uid()}.st"}}
+    p["save"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["pbe", 0], "filename": f"{uid()}.st"}}
     entry = run_ok(comfy_server, p)
     out = load(comfy_server.view(entry["outputs"]["save"]["tensors"][0]["filename"]))["value"]
     assert out.shape == (max(source, mask, exemplar), SIZE, SIZE, 3)
@@ -406,7 +398,7 @@ def restricted_server(images, fixture_paths):
         pytest.skip(reason)
     with temporary_server(
         "pbe-host-restricted-", models={MODEL: fixture_paths[MODEL]},
-        extra_packs={"pbe_test_probe": HERE.parent / "host_probe"}, popen_kwargs=unprivileged.popen_kwargs(),
+        extra_packs={"pbe_test_probe": HERE.parent / "support" / "host_probe"}, popen_kwargs=unprivileged.popen_kwargs(),
     ) as server:  # fmt: skip
         alpha = np.where(images["region"] > 0, 0, 255).astype(np.uint8)
         server.upload("source.png", png_bytes(np.dstack([images["source"], alpha])))

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import unprivileged
 from comfy_host import REPO, free_port
-from host_util import BOX, SIZE, make_photo, png_bytes
+from host_util import BOX, SIZE
+from images import make_photo, png_bytes
 
 pytestmark = pytest.mark.host
 
@@ -376,8 +377,9 @@ def test_a_batch_survives_a_server_restart_and_a_rerun_redoes_nothing(server, tm
 
 
 def test_a_server_that_stays_away_leaves_a_report_and_the_rerun_does_only_the_rest(server, tmp_path, exemplar):
-    """ComfyUI killed for good while row 3 of 6 waits at its gate (tests/host_probe): rows 1-2 done, row 3 failed and rows 4-6 not tried, each with
-    the reason; exit status 2. With the server back, the same command does rows 3-6 only (4 prompts)."""
+    """ComfyUI killed for good while row 3 of 6 waits at its gate (tests/support/host_probe): rows 1-2 done, row 3
+    failed and rows 4-6 not tried, each with the reason; exit status 2. With the server back, the same command does rows
+    3-6 only (4 prompts)."""
     rows = _rows_csv(tmp_path, 6, exemplar)
     seed = seeds(rows)
     _, gated = gated_workflow(tmp_path)  # row 3 waits at its gate: it cannot finish before the server is killed
@@ -449,10 +451,11 @@ def gated_workflow(folder: Path) -> tuple[Path, list[str]]:
 
 
 def probe_config(folder: Path) -> Path:
-    """An extra_model_paths file that adds the probe pack (tests/host_probe) to a private ComfyUI, for --comfy-args."""
+    """An extra_model_paths file that adds the probe pack (tests/support/host_probe) to a private ComfyUI, for
+    --comfy-args."""
     packs = folder / "probe_packs"
     packs.mkdir(parents=True, exist_ok=True)
-    (packs / "pbe_test_probe").symlink_to(Path(__file__).resolve().parent.parent / "host_probe")
+    (packs / "pbe_test_probe").symlink_to(Path(__file__).resolve().parent.parent / "support" / "host_probe")
     config = folder / "probe_paths.yaml"
     config.write_text(f"pbe_probe:\n  base_path: {json.dumps(str(folder))}\n  custom_nodes: probe_packs\n")
     return config

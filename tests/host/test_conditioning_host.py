@@ -18,21 +18,6 @@ pytestmark = pytest.mark.host
 Z_INPAINT_ATOL = 3e-4
 
 
-@pytest.fixture(scope="module")
-def host():
-    from comfy_inprocess import import_host, import_pack, pack_module
-
-    import_host()
-    import_pack()
-
-    class Host:
-        loader = pack_module("nodes.host.model_type")
-        checkpoint = pack_module("pbe_core.weights.checkpoint")
-        conditioning = pack_module("nodes.conditioning")
-
-    return Host
-
-
 def _source_and_mask(size, seed=0):
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(1, size, size, 3, generator=g)  # a contiguous IMAGE, as LoadImage gives
@@ -46,7 +31,7 @@ def test_masked_image_latent_at_the_unet_input_is_the_references(host, fixture_p
     size = 256  # large enough for the order of summation to show (at 64x64 every path is within 1e-6)
     ckpt = host.checkpoint.load_checkpoint(fixture_paths["original-fp32.safetensors"])
     with torch.inference_mode():
-        model, _, vae = host.loader.build_all(ckpt)
+        model, _, vae = host.model_type.build_all(ckpt)
     image, mask = _source_and_mask(size)
     empty = [[torch.zeros(1, 1, ckpt.info.unet_context_dim), {}]]
     with torch.inference_mode():

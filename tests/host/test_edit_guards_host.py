@@ -9,7 +9,8 @@ import pbe_fixtures
 import pytest
 import torch
 from comfy_host import execution_error
-from host_util import fetch_tensor, make_photo, png_bytes
+from host_util import fetch_tensor
+from images import make_photo, png_bytes
 from safetensors.torch import save_file
 
 pytestmark = pytest.mark.host

@@ -6,8 +6,9 @@ object serves both prompts, and it remembers its recent encodings. The pack logs
 import numpy as np
 import pytest
 import torch
-from host_util import fetch_tensor, make_photo, png_bytes
-from test_nodes_host import _uid, one_node_prompt, run_ok
+from host_prompts import one_node_prompt, run_ok, uid
+from host_util import fetch_tensor
+from images import make_photo, png_bytes
 
 pytestmark = pytest.mark.host
 
@@ -15,7 +16,7 @@ ENCODING = "Paint by Example: encoding"
 
 
 def test_seed_change_in_the_next_prompt_reuses_the_encoding(comfy_server, images):
-    name = f"exemplar-{_uid()}.png"  # never seen by this server: its first use must encode it
+    name = f"exemplar-{uid()}.png"  # never seen by this server: its first use must encode it
     comfy_server.upload(name, png_bytes(255 - make_photo(160, 128, int(np.random.default_rng().integers(1 << 30)))))
     outs = []
     before = comfy_server.log().count(ENCODING)

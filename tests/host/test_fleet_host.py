@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from comfy_host import REPO, temporary_server
-from host_util import SIZE, png_bytes
+from host_util import SIZE
+from images import png_bytes
 from test_client_host import (  # noqa: F401
     AS_IN_A_TERMINAL,
     TINY,
@@ -224,10 +225,10 @@ def test_bad_rows_are_reported_with_their_reasons_and_the_rest_finish(comfy_serv
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_rest(tmp_path, exemplar, fixture_paths):  # noqa: F811
-    """Six rows on two private workers, each row held at a gate until the test lets it go (tests/host_probe): rows 1
-    and 2 are let go; once both results are written and rows 3 and 4 wait at their gates (they cannot finish before
-    the signal), Ctrl-C reaches the command's process group. Each worker's ComfyUI sees its prompt interrupted (the
-    gate, and "Interrupting prompt <id>" in its log), rows 1-2 are kept, 3-4 are reported as interrupted while they
+    """Six rows on two private workers, each row held at a gate until the test lets it go (tests/support/host_probe):
+    rows 1 and 2 are let go; once both results are written and rows 3 and 4 wait at their gates (they cannot finish
+    before the signal), Ctrl-C reaches the command's process group. Each worker's ComfyUI sees its prompt interrupted
+    (the gate, and "Interrupting prompt <id>" in its log), rows 1-2 are kept, 3-4 are reported as interrupted while they
     ran and 5-6 as not tried; exit 130, nothing left running. The same command then does rows 3-6 only."""
     rows = _rows_csv(tmp_path, 6, exemplar)
     seed = seeds(rows)
@@ -277,7 +278,7 @@ def test_a_server_that_dies_for_good_hands_its_row_to_the_other(comfy_server, tm
     seed = seeds(rows)
     _, gated = gated_workflow(tmp_path)  # every row waits at its gate until the doomed server is dead
     gate, out = tmp_path / "gate", tmp_path / "out"
-    probe = {"pbe_test_probe": Path(__file__).resolve().parent.parent / "host_probe"}
+    probe = {"pbe_test_probe": Path(__file__).resolve().parent.parent / "support" / "host_probe"}
     with temporary_server(prefix="pbe-fleet-", models={"original.ckpt": fixture_paths["original.ckpt"]},
                           extra_packs=probe) as doomed:  # fmt: skip
         left, before = Leftovers(tmp_path), len(_history(comfy_server))

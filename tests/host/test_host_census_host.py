@@ -15,12 +15,13 @@ import importlib
 import inspect
 import json
 import os
-import urllib.error
 from pathlib import Path
 
 import pytest
 import workflow_schema as ws
 from comfy_inprocess import host_version
+
+from pbe_core.client.errors import ServerError
 
 pytestmark = pytest.mark.host
 
@@ -114,7 +115,8 @@ def _report(moved: list[str], what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def host():
+def comfy_imported():
+    """ComfyUI imported in-process without the pack: the census reads the host as it ships."""
     from comfy_inprocess import import_host
 
     import_host()
@@ -136,7 +138,7 @@ def _resolve(dotted: str):
     raise LookupError(f"module {parts[0]!r} cannot be imported")
 
 
-def test_modules_and_their_attributes(host):
+def test_modules_and_their_attributes(comfy_imported):
     moved = []
     for module, attrs in MODULES.items():
         try:
@@ -155,7 +157,7 @@ def test_modules_and_their_attributes(host):
     _report(moved, "modules or attributes")
 
 
-def test_callables_take_the_arguments_the_pack_passes(host):
+def test_callables_take_the_arguments_the_pack_passes(comfy_imported):
     moved = []
     for dotted, (positional, keywords) in CALLS.items():
         try:
@@ -188,7 +190,7 @@ def test_callables_take_the_arguments_the_pack_passes(host):
     _report(moved, "callables (or their arguments)")
 
 
-def test_the_vae_object_carries_what_the_pack_reads(host, fixture_paths):
+def test_the_vae_object_carries_what_the_pack_reads(comfy_imported, fixture_paths):
     from comfy_inprocess import pack_module
 
     ckpt = pack_module("pbe_core.weights.checkpoint").load_checkpoint(fixture_paths["original-fp32.safetensors"])
@@ -196,7 +198,7 @@ def test_the_vae_object_carries_what_the_pack_reads(host, fixture_paths):
     _report([f"comfy.sd.VAE().{a}: gone" for a in VAE_ATTRIBUTES if not hasattr(vae, a)], "VAE attributes")
 
 
-def test_command_line_options(host):
+def test_command_line_options(comfy_imported):
     import comfy.cli_args
 
     known = set(comfy.cli_args.parser._option_string_actions)
@@ -210,19 +212,19 @@ def test_http_routes_the_client_uses(comfy_server):
     for path in ("/system_stats", "/queue", "/object_info", "/history/00000000-0000-0000-0000-000000000000"):
         try:
             comfy_server.get_json(path)
-        except (urllib.error.HTTPError, ValueError) as e:
+        except (ServerError, ValueError) as e:
             moved.append(f"GET {path}: {e}")
     for path, body in (("/prompt", b"{}"), ("/interrupt", b"{}"), ("/upload/image", b""), ("/upload/mask", b"")):
         try:
             comfy_server._request(path, body, {"Content-Type": "application/json"})
-        except urllib.error.HTTPError as e:
-            if e.code in (404, 405):
-                moved.append(f"POST {path}: HTTP {e.code}")
+        except ServerError as e:
+            if e.status in (404, 405):
+                moved.append(f"POST {path}: HTTP {e.status}")
     try:
         comfy_server._request("/view?filename=none.png&type=output")
-    except urllib.error.HTTPError as e:
-        if e.code == 405:
-            moved.append(f"GET /view: HTTP {e.code}")
+    except ServerError as e:
+        if e.status == 405:
+            moved.append(f"GET /view: HTTP {e.status}")
     _report(moved, "HTTP routes")
 
 

@@ -38,35 +38,6 @@ def rel_diff(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def host():
-    from comfy_inprocess import import_host, import_pack, pack_module
-
-    mm = import_host()
-    import_pack()
-    if ON_CUDA:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    from comfy_extras import nodes_freelunch, nodes_model_advanced, nodes_pag, nodes_sag
-
-    import nodes as host_nodes  # ComfyUI's nodes.py (import_host put its folder first)
-
-    class Host:
-        model_management = mm
-        ksampler = host_nodes.KSampler
-        freelunch, pag, sag, model_advanced = nodes_freelunch, nodes_pag, nodes_sag, nodes_model_advanced
-        model_type = pack_module("nodes.host.model_type")
-        sampler = pack_module("nodes.sampler")
-        conditioning = pack_module("nodes.conditioning")
-        loader = pack_module("nodes.loader")
-        sta = pack_module("nodes.host.single_token_attention")
-        shared = pack_module("nodes.host.shared_cfg_prefix")
-        attention_choice = pack_module("nodes.host.attention_choice")
-        checkpoint = pack_module("pbe_core.weights.checkpoint")
-
-    return Host
-
-
-@pytest.fixture(scope="module")
 def models(host, fixture_paths):
     """``(fast, plain, encoder, vae)``: the loader's MODEL (every fast path on) and the bare MODEL of the same file."""
     import folder_paths

@@ -30,35 +30,6 @@ def close(a, b, rel=REL):
 
 
 @pytest.fixture(scope="module")
-def host():
-    from comfy_inprocess import import_host, import_pack, pack_module
-
-    mm = import_host()
-    import_pack()
-    if ON_CUDA:
-        if not torch.cuda.is_available() or mm.get_torch_device().type != "cuda":
-            pytest.fail(f"PBE_HOST_DEVICE=cuda but ComfyUI runs on {mm.get_torch_device()} (torch "
-                        f"{torch.__version__}, CUDA available: {torch.cuda.is_available()})")
-        # TF32 rounds fp32 matmuls and convolutions to 10 mantissa bits; the comparisons here are at fp32 precision
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-
-    class Host:
-        model_management = mm
-        device = mm.get_torch_device()
-        model_type = pack_module("nodes.host.model_type")
-        encoder = pack_module("nodes.host.encoder")
-        sampler = pack_module("nodes.sampler")
-        loader = pack_module("nodes.loader")
-        sta = pack_module("nodes.host.single_token_attention")
-        shared = pack_module("nodes.host.shared_cfg_prefix")
-        attention_choice = pack_module("nodes.host.attention_choice")
-        checkpoint = pack_module("pbe_core.weights.checkpoint")
-
-    return Host
-
-
-@pytest.fixture(scope="module")
 def tiny(host, fixture_paths):
     ckpt = host.checkpoint.load_checkpoint(fixture_paths["original-fp32.safetensors"])
     return host.model_type.build_all(ckpt)

@@ -1,5 +1,5 @@
-"""The newer-host mode (``tests/newer_host_emulation.py``): it is in effect where asked for, and under it the pack loads
-and edits with the same pixels as on the plain host.
+"""The newer-host mode (``tests/support/newer_host_emulation.py``): it is in effect where asked for, and under it the
+pack loads and edits with the same pixels as on the plain host.
 
 ``tests/run.sh`` runs the loading, one-node edit, modular-graph and bf16 host tests a second time with
 ``PBE_NEWER_HOST=1``; the first two tests here check that this pass really runs under the emulation (in-process and
@@ -18,7 +18,8 @@ import pbe_fixtures
 import pytest
 import workflow_schema as ws
 from comfy_host import execution_error, temporary_server
-from host_util import BOX, SIZE, make_photo, png_bytes
+from host_util import BOX, SIZE
+from images import make_photo, png_bytes
 
 pytestmark = pytest.mark.host
 

@@ -5,7 +5,6 @@ import os
 import re
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pbe_fixtures
 import pytest
 import torch
 from comfy_host import PACK_NAME, PromptRejected, execution_error, status_messages
+from host_prompts import modular_prompt, one_node_prompt, run_ok, uid
 from host_util import BOX, SIZE, fetch_tensor
 
 pytestmark = pytest.mark.host
@@ -21,74 +21,6 @@ NODES = ("PBE_LoadModel", "PBE_ExemplarEncode", "PBE_InpaintConditioning", "PBE_
 
 #: parity tolerance: max abs difference on 0..1 pixels inside the mask
 PARITY_ATOL = 1e-3
-
-
-def _uid():
-    return uuid.uuid4().hex[:8]
-
-
-def loader_nodes(layout, exemplar="exemplar.png", source="source.png"):
-    return {
-        "load": {"class_type": "PBE_LoadModel", "inputs": {"model_name": layout}},
-        "src": {"class_type": "LoadImage", "inputs": {"image": source}},
-        "ex": {"class_type": "LoadImage", "inputs": {"image": exemplar}},
-    }
-
-
-def one_node_prompt(layout, *, steps=10, cfg=5.0, seed=42, sampler="reference", scheduler="normal", feather=0,
-                    grow=0, exemplar_link=("ex", 0), save=None, working_size=0, **extra):
-    p = loader_nodes(layout)
-    p["pbe"] = {
-        "class_type": "PBE_Sampler",
-        "inputs": {
-            "model": ["load", 0], "encoder": ["load", 1], "vae": ["load", 2],
-            "image": ["src", 0], "mask": ["src", 1], "exemplar": list(exemplar_link),
-            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
-            "denoise": 1.0, "mask_grow": grow, "mask_feather": feather, "working_size": working_size, **extra,
-        },
-    }
-    p["save"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["pbe", 0], "filename": save or f"{_uid()}.st"}}
-    return p
-
-
-def modular_prompt(layout, *, custom=False, scheduler="karras", steps=6, capture=None, save=None, latent="empty"):
-    p = loader_nodes(layout)
-    p["enc"] = {
-        "class_type": "PBE_ExemplarEncode",
-        "inputs": {"encoder": ["load", 1], "exemplar": ["ex", 0], "preprocess": "squash"},
-    }
-    p["cond"] = {
-        "class_type": "PBE_InpaintConditioning",
-        "inputs": {"positive": ["enc", 0], "negative": ["enc", 1], "vae": ["load", 2], "image": ["src", 0], "mask": ["src", 1],
-                   "latent": latent},
-    }
-    model = ["load", 0]
-    if capture:
-        p["probe"] = {"class_type": "PBETest_CaptureUNetInput", "inputs": {"model": model, "path": capture}}
-        model = ["probe", 0]
-    if custom:
-        p.update({
-            "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}},
-            "guider": {"class_type": "CFGGuider", "inputs": {"model": model, "positive": ["cond", 0], "negative": ["cond", 1], "cfg": 5.0}},
-            "ksel": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}},
-            "sched": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": scheduler, "steps": steps, "denoise": 1.0}},
-            "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ksel", 0], "sigmas": ["sched", 0], "latent_image": ["cond", 2]}},
-        })
-    else:
-        p["sample"] = {
-            "class_type": "KSampler",
-            "inputs": {"model": model, "positive": ["cond", 0], "negative": ["cond", 1], "latent_image": ["cond", 2],
-                       "seed": 7, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0},
-        }
-    p["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["load", 2]}}
-    p["save"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["decode", 0], "filename": save or f"{_uid()}.st"}}
-    return p
-
-
-def run_ok(server, prompt, timeout=600):
-    entry = server.run(prompt, timeout)
-    assert execution_error(entry) is None, execution_error(entry)
-    return entry
 
 
 # --- the pack is there --------------------------------------------------------------------------------------------------
@@ -149,8 +81,8 @@ def test_modular_graph_with_the_source_latent_keeps_the_unmasked_latent(comfy_se
     """latent="source": KSampler honours the LATENT's noise_mask, latent cells away from the region keep the source's
     values (the explicit choice for partial denoise; the default samples everything from noise, as the paper)."""
     p = modular_prompt("original.ckpt", latent="source")
-    p["save_in"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["cond", 2], "filename": f"{_uid()}.st"}}
-    p["save_out"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["sample", 0], "filename": f"{_uid()}.st"}}
+    p["save_in"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["cond", 2], "filename": f"{uid()}.st"}}
+    p["save_out"] = {"class_type": "PBETest_SaveTensor", "inputs": {"value": ["sample", 0], "filename": f"{uid()}.st"}}
     entry = run_ok(comfy_server, p)
     before, after = fetch_tensor(comfy_server, entry, "save_in"), fetch_tensor(comfy_server, entry, "save_out")
     y0, y1, x0, x1 = (v // 8 for v in BOX)
@@ -336,7 +268,7 @@ def test_feathered_paste_back_leaves_everything_outside_untouched(comfy_server, 
 
 
 def test_interrupt_ends_the_prompt_and_the_next_one_succeeds(comfy_server, images):
-    slow = one_node_prompt("original.ckpt", steps=999, save=f"{_uid()}.st")
+    slow = one_node_prompt("original.ckpt", steps=999, save=f"{uid()}.st")
     pid = comfy_server.queue(slow)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until it is running

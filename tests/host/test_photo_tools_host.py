@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from host_prompts import modular_prompt, one_node_prompt, run_ok
 from host_util import BOX, SIZE, assert_edited_only_near, fetch_tensor, upload_photo_with_box
-from test_nodes_host import modular_prompt, one_node_prompt, run_ok
 
 pytestmark = pytest.mark.host
 
@@ -21,6 +21,17 @@ def _position(results):
     return [float((r.flatten() - a) @ d / (d @ d)) for r in results]
 
 
+def _path(what, results, first, last, between):
+    """How ``results`` go from the first to the last, printed: (distances from the first, from the last, position)."""
+    from_first = [float((r - results[0]).abs().mean()) for r in results]
+    from_last = [float((r - results[-1]).abs().mean()) for r in results]
+    pos = _position(results)
+    print(f"{what}: distance from {first}", [f"{d:.4f}" for d in from_first])  # noqa: T201
+    print(f"{what}: distance from {last}", [f"{d:.4f}" for d in from_last])  # noqa: T201
+    print(f"{what}: position between {between}", [f"{p:.3f}" for p in pos])  # noqa: T201
+    return from_first, from_last, pos
+
+
 def _blend_prompt(w, **kw):
     p = one_node_prompt("original.ckpt", steps=4, exemplar_link=("batch", 0), exemplar_weights=f"{1 - w}, {w}", **kw)
     p["ex2"] = {"class_type": "LoadImage", "inputs": {"image": "exemplar2.png"}}
@@ -31,12 +42,7 @@ def _blend_prompt(w, **kw):
 def test_blend_moves_monotonically_between_the_two_exemplars(comfy_server, images):
     ws = [0.0, 0.25, 0.5, 0.75, 1.0]
     results = [_region_values(comfy_server, _blend_prompt(w)) for w in ws]
-    from_a = [float((r - results[0]).abs().mean()) for r in results]
-    from_b = [float((r - results[-1]).abs().mean()) for r in results]
-    pos = _position(results)
-    print("blend: distance from exemplar A's result", [f"{d:.4f}" for d in from_a])  # noqa: T201
-    print("blend: distance from exemplar B's result", [f"{d:.4f}" for d in from_b])  # noqa: T201
-    print("blend: position between A's and B's result", [f"{p:.3f}" for p in pos])  # noqa: T201
+    from_a, from_b, pos = _path("blend", results, "exemplar A's result", "exemplar B's result", "A's and B's result")
     assert all(a < b for a, b in zip(pos, pos[1:], strict=False))
     assert all(a < b for a, b in zip(from_a, from_a[1:], strict=False))
     assert all(a > b for a, b in zip(from_b, from_b[1:], strict=False))
@@ -47,12 +53,7 @@ def test_strength_moves_monotonically_from_unconditional_to_exemplar(comfy_serve
     to the other. (Beyond 1 the random test model saturates; no claim is made there.)"""
     ss = [0.0, 0.25, 0.5, 0.75, 1.0]
     results = [_region_values(comfy_server, one_node_prompt("original.ckpt", steps=4, exemplar_strength=s)) for s in ss]
-    from_0 = [float((r - results[0]).abs().mean()) for r in results]
-    from_1 = [float((r - results[-1]).abs().mean()) for r in results]
-    pos = _position(results)
-    print("strength: distance from the strength-0 result", [f"{d:.4f}" for d in from_0])  # noqa: T201
-    print("strength: distance from the strength-1 result", [f"{d:.4f}" for d in from_1])  # noqa: T201
-    print("strength: position between the two results", [f"{p:.3f}" for p in pos])  # noqa: T201
+    _, from_1, pos = _path("strength", results, "the strength-0 result", "the strength-1 result", "the two results")
     assert all(a < b for a, b in zip(pos, pos[1:], strict=False))
     assert all(a > b for a, b in zip(from_1, from_1[1:], strict=False))
 
@@ -84,7 +85,7 @@ def test_exemplar_batch_gives_each_exemplar_its_own_edit(comfy_server, images):
     """Exemplars of different sizes through Exemplar Batch into one run: one result each, and an exemplar's edit is
     the one it gives alone (the sampler squashing it itself) with the same noise: the first result of a batch, and a
     batch of one. (The k-th result of a batch gets the k-th noise of the seed, as in a KSampler batch.)"""
-    from host_util import make_photo, png_bytes
+    from images import make_photo, png_bytes
 
     comfy_server.upload("exemplar_wide.png", png_bytes(make_photo(180, 300, 7)))
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from comfy_host import ComfyServer, execution_error
-from host_util import make_photo, png_bytes
+from images import make_photo, png_bytes
 from safetensors.torch import load, save_file
 
 pytestmark = [pytest.mark.host, pytest.mark.slow]
@@ -65,7 +65,7 @@ def soak_server(fixture_paths):
     bad = BAD_MODEL.build(work, fixture_paths, work / "unused")
     server = ComfyServer(
         os.environ["COMFYUI_PATH"], work, models={MODEL: fixture_paths[MODEL], bad.name: bad},
-        extra_packs={"pbe_test_probe": HERE.parent / "host_probe"},
+        extra_packs={"pbe_test_probe": HERE.parent / "support" / "host_probe"},
         env={"TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)},
     )  # fmt: skip
     try:

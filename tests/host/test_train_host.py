@@ -16,7 +16,8 @@ import numpy as np
 import pbe_fixtures
 import pytest
 from comfy_host import execution_error, temporary_server
-from host_util import BOX, SIZE, make_photo, png_bytes
+from host_util import BOX, SIZE
+from images import make_photo, png_bytes
 from train_toy import write_toy_dataset
 
 pytestmark = pytest.mark.host

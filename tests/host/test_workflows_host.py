@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import workflow_schema as ws
 from comfy_host import PACK_NAME, execution_error
-from host_util import make_photo, png_bytes
+from images import make_photo, png_bytes
 
 pytestmark = pytest.mark.host
 
@@ -23,13 +23,13 @@ def _live(comfy_server):
 
 
 def test_host_node_snapshot_is_up_to_date(comfy_server):
-    """tests/data/host_nodes.json (what the offline test checks against) equals the live host's schemas."""
+    """tests/support/data/host_nodes.json (what the offline test checks against) equals the live host's schemas."""
     live = ws.host_snapshot(comfy_server.object_info(), comfy_server.get_json("/system_stats"))
     if os.environ.get("PBE_UPDATE_HOST_SNAPSHOT") == "1":
         ws.write_host_snapshot(live)
     stored = json.loads(ws.HOST_SNAPSHOT.read_text())
     assert stored["nodes"] == live["nodes"], (
-        "tests/data/host_nodes.json is out of date for this ComfyUI; rerun with PBE_UPDATE_HOST_SNAPSHOT=1"
+        "tests/support/data/host_nodes.json is out of date for this ComfyUI; rerun with PBE_UPDATE_HOST_SNAPSHOT=1"
     )
 
 
