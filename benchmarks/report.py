@@ -312,7 +312,7 @@ def _compiled(report: dict) -> list[str]:
         cache = "warm cache" if run["inductor_cache_warm_at_start"] else "empty cache"
         pays = run["pays_off_after_steps"]
         rows.append([
-            f"{run['size']}², {run['steps']} steps, {cache}", f"{run['median_eager_s']:.1f}",
+            f"{run['size']}², {run['steps']} steps, {run['reps']} edit{'s' if run['reps'] != 1 else ''} each, {cache}", f"{run['median_eager_s']:.1f}",
             f"{run['median_compiled_s']:.1f}", f"**{run['compiled_over_eager']:.3f}**", f"{run['compile_s']:.0f}",
             f"{run['gain_per_step_s']:.2f}", "never" if pays is None else f"{pays:.0f}",
             str(run["dynamo"]["stats"].get("unique_graphs", "?")), str(run["dynamo"]["graph_breaks"]),
@@ -323,7 +323,7 @@ def _compiled(report: dict) -> list[str]:
         "",
         f"`benchmarks/compile.py`: this pack's one-node edit in ComfyUI in-process, fp32, the loader's MODEL eager and "
         f"the same MODEL through the host's `TorchCompileModel` (backend inductor), edits interleaved (order "
-        f"alternating), medians of {first['reps']} each after one eager warm-up edit and one first compiled edit, "
+        "alternating), medians after one eager warm-up edit and one first compiled edit, "
         f"whose extra time over an eager edit is the compile time (dynamo, inductor's code generation, the C++ "
         f"compiler: inductor on the CPU needs one, e.g. gcc). {first['threads']} torch threads, "
         f"`OMP_WAIT_POLICY=PASSIVE`; {first['machine']}. Command: `{portable(first['command'])}`.",
