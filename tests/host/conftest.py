@@ -1,6 +1,6 @@
 """Fixtures for the host tests: one headless ComfyUI for the session, with the pack, the probe pack and every tiny
-fixture checkpoint layout; test images uploaded through the API; and ComfyUI imported in-process with the pack, for
-the tests that call the host's and the pack's code directly."""
+fixture checkpoint layout; test images uploaded through the API; an exemplar photo on disk for the headless client's
+runs; and ComfyUI imported in-process with the pack, for the tests that call the host's and the pack's code directly."""
 
 from pathlib import Path
 
@@ -37,6 +37,16 @@ def images(comfy_server):
     region = np.zeros((SIZE, SIZE), np.float32)
     region[y0:y1, x0:x1] = 1
     return {"source": src, "region": region, "exemplar": ex1, "exemplar2": ex2}
+
+
+@pytest.fixture
+def exemplar(tmp_path):
+    """A 224x224 photo-like JPEG in the test's folder: the exemplar the client's runs (single server and fleet) give."""
+    path = tmp_path / "exemplar.jpg"
+    from PIL import Image
+
+    Image.fromarray(make_photo(224, 224, 7)).save(path, quality=95)
+    return path
 
 
 @pytest.fixture(scope="module")

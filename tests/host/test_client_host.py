@@ -17,47 +17,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import unprivileged
+from client_runs import (
+    AS_IN_A_TERMINAL,
+    TINY,
+    Background,
+    background,
+    client,
+    ctrl_c,
+    file_stamps,
+    gated_workflow,
+    probe_config,
+    prompt_history,
+    row_names,
+    rows_csv,
+    seeds,
+    wait_for_file,
+    write_photos,
+)
 from comfy_host import REPO, free_port
 from host_util import BOX, SIZE
-from images import make_photo, png_bytes
+from images import png_bytes
 
 pytestmark = pytest.mark.host
-
-#: tiny-model settings: few steps, edit the 128-px source whole (the tiny UNet wants sides that are multiples of 64)
-TINY = ["--model", "original.ckpt", "--steps", "2", "--set", "Paint by Example.working_size=0"]
-
-
-def client(server, *args, timeout=600, port=None, **popen):
-    cmd = [sys.executable, "-m", "pbe_core.client", *args, "--server", f"127.0.0.1:{port or server.port}"]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, **popen)
-
-
-def _photos(folder: Path, n: int) -> list[tuple[Path, Path]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    y0, y1, x0, x1 = BOX
-    for k in range(n):
-        src, mask = folder / f"photo{k}.png", folder / f"photo{k}_mask.png"
-        src.write_bytes(png_bytes(make_photo(SIZE, SIZE, 100 + k)))
-        m = np.zeros((SIZE, SIZE), np.uint8)
-        m[y0:y1, x0:x1] = 255
-        mask.write_bytes(png_bytes(m))
-        out.append((src, mask))
-    return out
-
-
-@pytest.fixture
-def exemplar(tmp_path):
-    path = tmp_path / "exemplar.jpg"
-    from PIL import Image
-
-    Image.fromarray(make_photo(224, 224, 7)).save(path, quality=95)
-    return path
 
 
 def test_batch_of_five_with_one_broken_row(comfy_server, tmp_path, exemplar):
     """5 CSV rows, row 3 with an all-black mask: 4 results, and the report names row 3 with the server's reason."""
-    photos = _photos(tmp_path / "in", 5)
+    photos = write_photos(tmp_path / "in", 5)
     broken_src, broken_mask = photos[2]
     broken_mask.write_bytes(png_bytes(np.zeros((SIZE, SIZE), np.uint8)))
     rows = ["source,mask,exemplar,seed"] + [
@@ -91,7 +77,7 @@ def test_batch_of_five_with_one_broken_row(comfy_server, tmp_path, exemplar):
 
 
 def test_folder_batch_skips_rows_without_a_mask(comfy_server, tmp_path, exemplar):
-    photos = _photos(tmp_path / "in", 2)
+    photos = write_photos(tmp_path / "in", 2)
     photos[1][1].unlink()
     r = client(comfy_server, "batch", str(tmp_path / "in"), "--exemplar", str(exemplar), "-o", str(tmp_path / "out"),
                "--no-progress", *TINY)
@@ -101,7 +87,7 @@ def test_folder_batch_skips_rows_without_a_mask(comfy_server, tmp_path, exemplar
 
 
 def test_edit_with_the_modular_workflow_and_overrides(comfy_server, tmp_path, exemplar):
-    (src, mask), = _photos(tmp_path / "in", 1)
+    (src, mask), = write_photos(tmp_path / "in", 1)
     out = tmp_path / "out"
     r = client(comfy_server, "edit", str(src), str(mask), str(exemplar), "-o", str(out), "--workflow",
                "pbe_modular_graph", "--model", "original.ckpt", "--steps", "2", "--cfg", "3.5", "--sampler", "euler",
@@ -112,7 +98,7 @@ def test_edit_with_the_modular_workflow_and_overrides(comfy_server, tmp_path, ex
 
 
 def test_several_exemplars_give_one_result_each(comfy_server, tmp_path, exemplar):
-    (src, mask), = _photos(tmp_path / "in", 1)
+    (src, mask), = write_photos(tmp_path / "in", 1)
     r = client(comfy_server, "edit", str(src), str(mask), str(exemplar), str(exemplar), str(exemplar),
                "-o", str(tmp_path / "out"), "--workflow", "pbe_several_exemplars", *TINY)
     assert r.returncode == 0, r.stderr
@@ -122,7 +108,7 @@ def test_several_exemplars_give_one_result_each(comfy_server, tmp_path, exemplar
 def test_a_batch_with_several_exemplars(comfy_server, tmp_path, exemplar):
     """pbe_several_exemplars in a batch: a CSV row with exemplar, exemplar2, exemplar3 columns, and a folder with
     --exemplar given three times; each row saves one result per exemplar."""
-    (src, mask), = _photos(tmp_path / "in", 1)
+    (src, mask), = write_photos(tmp_path / "in", 1)
     (tmp_path / "rows.csv").write_text(f"source,mask,exemplar,exemplar2,exemplar3\nin/{src.name},in/{mask.name},"
                                        f"{exemplar.name},{exemplar.name},{exemplar.name}\n")  # fmt: skip
     several = ["--workflow", "pbe_several_exemplars", "--no-progress", *TINY]
@@ -136,7 +122,7 @@ def test_a_batch_with_several_exemplars(comfy_server, tmp_path, exemplar):
 
 
 def test_errors_exit_non_zero_with_the_servers_message(comfy_server, tmp_path, exemplar):
-    (src, mask), = _photos(tmp_path / "in", 1)
+    (src, mask), = write_photos(tmp_path / "in", 1)
     r = client(comfy_server, "edit", str(src), str(mask), str(exemplar), "--model", "missing.safetensors",
                "-o", str(tmp_path / "out"))
     assert r.returncode == 1
@@ -153,7 +139,7 @@ def test_errors_exit_non_zero_with_the_servers_message(comfy_server, tmp_path, e
 
 
 def test_timeout_cancels_the_prompt_and_the_server_goes_on(comfy_server, tmp_path, exemplar):
-    (src, mask), = _photos(tmp_path / "in", 1)
+    (src, mask), = write_photos(tmp_path / "in", 1)
     slow = ["--model", "original.ckpt", "--steps", "999", "--set", "Paint by Example.working_size=0"]
     r = client(comfy_server, "edit", str(src), str(mask), str(exemplar), "--timeout", "3", "--no-progress", *slow,
                "-o", str(tmp_path / "slow"))
@@ -179,7 +165,7 @@ def _private_servers() -> list[int]:
 def test_one_command_edits_a_photo_with_a_private_comfyui(tmp_path, exemplar, fixture_paths):
     """The README's edit command: no server running; --comfyui starts a private one (here without --cpu: it finds
     no GPU and starts again with --cpu, as it says), edits, stops it, and leaves only the result."""
-    (src, mask), = _photos(tmp_path / "in", 1)
+    (src, mask), = write_photos(tmp_path / "in", 1)
     out = tmp_path / "out"
     before = set(_private_servers())
     folders = set(Path(tempfile.gettempdir()).glob("pbe-comfyui-*"))
@@ -199,7 +185,7 @@ def test_one_command_edits_a_photo_with_a_private_comfyui(tmp_path, exemplar, fi
 
 
 def test_without_a_comfyui_the_client_says_what_to_give(tmp_path, exemplar):
-    (src, mask), = _photos(tmp_path / "in", 1)
+    (src, mask), = write_photos(tmp_path / "in", 1)
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
     r = subprocess.run([sys.executable, "-m", "pbe_core.client", "edit", str(src), str(mask), str(exemplar)],
                        cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
@@ -208,44 +194,6 @@ def test_without_a_comfyui_the_client_says_what_to_give(tmp_path, exemplar):
 
 
 # --- outages, reruns, full and read-only folders, shared client ids ----------------------------------------------------
-class Background:
-    """The client started in the background, its output collected line by line as it comes."""
-
-    def __init__(self, cmd: list[str], **popen):
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     **popen)  # fmt: skip
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._readers = [threading.Thread(target=self._read, args=(s, lines), daemon=True)
-                         for s, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]  # fmt: skip
-        for t in self._readers:
-            t.start()
-
-    @staticmethod
-    def _read(stream, lines):
-        for line in stream:
-            lines.append(line)
-
-    def wait_for(self, text: str, timeout: float = 120) -> None:
-        """Until a line of stderr contains ``text``."""
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in list(self.err)):
-            assert self.proc.poll() is None, f"the client ended before saying {text!r}:\n{''.join(self.err)[-3000:]}"
-            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{''.join(self.err)[-3000:]}"
-            time.sleep(0.02)
-
-    def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
-        rc = self.proc.wait(timeout)
-        for t in self._readers:
-            t.join(10)
-        return subprocess.CompletedProcess(self.proc.args, rc, "".join(self.out), "".join(self.err))
-
-
-def background(port: int, *args, **popen) -> Background:
-    """The client with ``args`` against the ComfyUI at ``port``, in the background."""
-    return Background([sys.executable, "-m", "pbe_core.client", *args, "--server", f"127.0.0.1:{port}"], **popen)
-
-
 class FlakyNetwork:
     """A TCP relay between the client and ComfyUI that can cut the network: :meth:`cut` closes every connection and
     stops listening (new connections are refused), :meth:`restore` listens again on the same port. ComfyUI itself
@@ -319,35 +267,11 @@ def server(comfy_server):
         comfy_server.restart()
 
 
-def _rows_csv(folder: Path, n: int, exemplar: Path) -> Path:
-    """A CSV of ``n`` rows; seeds new to the server, so that no prompt is answered from ComfyUI's cache (at once,
-    with no progress to wait for)."""
-    photos = _photos(folder / "in", n)
-    seed = uuid.uuid4().int % 10**9
-    rows = ["source,mask,exemplar,seed"] + [f"in/{s.name},in/{m.name},{exemplar.name},{seed + k}"
-                                            for k, (s, m) in enumerate(photos)]  # fmt: skip
-    (folder / exemplar.name).write_bytes(exemplar.read_bytes())
-    (folder / "rows.csv").write_text("\n".join(rows) + "\n")
-    return folder / "rows.csv"
-
-
-def _names(n: int) -> list[str]:
-    return [f"{k + 1:03d}_photo{k}" for k in range(n)]
-
-
-def _history(server) -> dict:
-    return server.get_json("/history")
-
-
-def _stamps(out: Path) -> dict:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.iterdir()) if p.is_file()}
-
-
 def test_a_batch_survives_a_server_restart_and_a_rerun_redoes_nothing(server, tmp_path, exemplar):
     """SIGKILL ComfyUI while row 3 of 6 runs, start it again on the same port (about 15 s later): the client waits,
     says so, queues row 3 again (the server lost it), and ends with all 6 results, each once. The same command again
     does nothing: every row is skipped and no prompt reaches the server."""
-    rows = _rows_csv(tmp_path, 6, exemplar)
+    rows = rows_csv(tmp_path, 6, exemplar)
     out = tmp_path / "out"
     args = ("batch", str(rows), "-o", str(out), *TINY)
     run = background(server.port, *args)
@@ -358,19 +282,19 @@ def test_a_batch_survives_a_server_restart_and_a_rerun_redoes_nothing(server, tm
     assert r.returncode == 0, r.stderr[-4000:]
     assert "lost the connection to ComfyUI" in r.stderr and "is back after" in r.stderr
     assert "try 1: not back" in r.stderr  # each try is shown
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(6)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in row_names(6)]
     assert not list(out.glob(".*"))  # no temporary file left
     report = json.loads((out / "report.json").read_text())
-    assert [row["name"] for row in report["rows"]] == _names(6)
+    assert [row["name"] for row in report["rows"]] == row_names(6)
     assert [row["status"] for row in report["rows"]] == ["done"] * 6
     assert (report["succeeded"], report["failed"], report["stopped"]) == (6, 0, None)
 
-    before, stamps = len(_history(server)), _stamps(out)
+    before, stamps = len(prompt_history(server)), file_stamps(out)
     r = client(server, *args)
     assert r.returncode == 0, r.stderr
     assert "6 of 6 rows succeeded (6 already done)" in r.stdout
-    assert len(_history(server)) == before  # nothing queued
-    assert {k: v for k, v in _stamps(out).items() if k != "report.json"} == \
+    assert len(prompt_history(server)) == before  # nothing queued
+    assert {k: v for k, v in file_stamps(out).items() if k != "report.json"} == \
         {k: v for k, v in stamps.items() if k != "report.json"}  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert [row["status"] for row in report["rows"]] == ["skipped"] * 6
@@ -380,7 +304,7 @@ def test_a_server_that_stays_away_leaves_a_report_and_the_rerun_does_only_the_re
     """ComfyUI killed for good while row 3 of 6 waits at its gate (tests/support/host_probe): rows 1-2 done, row 3
     failed and rows 4-6 not tried, each with the reason; exit status 2. With the server back, the same command does rows
     3-6 only (4 prompts)."""
-    rows = _rows_csv(tmp_path, 6, exemplar)
+    rows = rows_csv(tmp_path, 6, exemplar)
     seed = seeds(rows)
     _, gated = gated_workflow(tmp_path)  # row 3 waits at its gate: it cannot finish before the server is killed
     for s in seed[:2]:
@@ -399,23 +323,23 @@ def test_a_server_that_stays_away_leaves_a_report_and_the_rerun_does_only_the_re
     assert all(row["error"].startswith(f"not tried: {gone}") for row in report["rows"][3:])
     assert report["stopped"].startswith(gone) and (report["succeeded"], report["failed"]) == (2, 4)
     assert "2 of 6 rows succeeded" in r.stdout and "FAILED 006_photo5: not tried" in r.stdout
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(2)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in row_names(2)]
 
     server.restart()
     for s in seed[2:]:
         (tmp_path / "gate" / f"go-{s}").touch()
-    before, stamps = len(_history(server)), _stamps(out)
+    before, stamps = len(prompt_history(server)), file_stamps(out)
     r = client(server, *args)
     assert r.returncode == 0, r.stderr
     assert "6 of 6 rows succeeded (2 already done)" in r.stdout
-    assert len(_history(server)) == before + 4
-    assert all(_stamps(out)[name] == stamps[name] for name in ("001_photo0.png", "002_photo1.png"))
+    assert len(prompt_history(server)) == before + 4
+    assert all(file_stamps(out)[name] == stamps[name] for name in ("001_photo0.png", "002_photo1.png"))
 
 
 def test_a_network_outage_follows_the_queued_prompt_through_history(server, tmp_path, exemplar):
     """The network between client and ComfyUI is cut for 3 s while row 2 samples; the server runs on. The client
     reconnects and finds row 2's prompt through /history: every row queued exactly once."""
-    rows = _rows_csv(tmp_path, 4, exemplar)
+    rows = rows_csv(tmp_path, 4, exemplar)
     out = tmp_path / "out"
     client_id = f"pbe-outage-{uuid.uuid4().hex[:8]}"
     net = FlakyNetwork(server.port)
@@ -431,62 +355,9 @@ def test_a_network_outage_follows_the_queued_prompt_through_history(server, tmp_
     assert r.returncode == 0, r.stderr[-4000:]
     assert "lost the connection to ComfyUI" in r.stderr and "is back after" in r.stderr
     assert "queueing the row again" not in r.stderr
-    ours = [e for e in _history(server).values() if e["prompt"][3].get("client_id") == client_id]
+    ours = [e for e in prompt_history(server).values() if e["prompt"][3].get("client_id") == client_id]
     assert len(ours) == 4
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(4)]
-
-
-def gated_workflow(folder: Path) -> tuple[Path, list[str]]:
-    """The one-node edit workflow with the probe pack's ``PBETest_Gate`` (title "Gate") on the source image: each row
-    waits at its gate until the test writes ``gate/go-<seed>``; the file and the options that point the gates at the
-    folder ``gate``."""
-    prompt = json.loads((REPO / "workflows" / "api" / "pbe_one_node_edit.json").read_text())
-    prompt["6"] = {"inputs": {"image": ["2", 0], "seed": 0, "folder": ""}, "class_type": "PBETest_Gate",
-                   "_meta": {"title": "Gate"}}  # fmt: skip
-    prompt["4"]["inputs"]["image"] = ["6", 0]
-    path, gate = folder / "gated.json", folder / "gate"
-    gate.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(prompt))
-    return path, ["--workflow", str(path), "--set", f"Gate.folder={json.dumps(str(gate))}"]
-
-
-def probe_config(folder: Path) -> Path:
-    """An extra_model_paths file that adds the probe pack (tests/support/host_probe) to a private ComfyUI, for
-    --comfy-args."""
-    packs = folder / "probe_packs"
-    packs.mkdir(parents=True, exist_ok=True)
-    (packs / "pbe_test_probe").symlink_to(Path(__file__).resolve().parent.parent / "support" / "host_probe")
-    config = folder / "probe_paths.yaml"
-    config.write_text(f"pbe_probe:\n  base_path: {json.dumps(str(folder))}\n  custom_nodes: probe_packs\n")
-    return config
-
-
-def seeds(rows: Path) -> list[int]:
-    return [int(line.rsplit(",", 1)[1]) for line in rows.read_text().splitlines()[1:]]
-
-
-def wait_for_file(run: "Background", path: Path, timeout: float = 300) -> None:
-    """Until ``path`` exists (a gate says its row reached it), while the client runs."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert run.proc.poll() is None, f"the client ended before {path.name}:\n{''.join(run.err)[-3000:]}"
-        assert time.monotonic() < deadline, f"no {path.name} within {timeout} s:\n{''.join(run.err)[-3000:]}"
-        time.sleep(0.02)
-
-
-def ctrl_c(run: "Background") -> None:
-    """SIGINT to the client's whole process group, as a terminal's Ctrl-C sends it (the run has its own session:
-    started with :data:`AS_IN_A_TERMINAL`)."""
-    os.killpg(run.proc.pid, signal.SIGINT)
-
-
-def _sigint_default() -> None:  # pragma: no cover - runs in the child between fork and exec
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-#: Popen options for a client that the test interrupts as a terminal would: its own process group, and Ctrl-C's
-#: default action even where the test itself runs with SIGINT ignored (a background job of a non-interactive shell)
-AS_IN_A_TERMINAL = {"start_new_session": True, "preexec_fn": _sigint_default}
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in row_names(4)]
 
 
 @pytest.mark.parametrize("where", ["server", "private"])
@@ -496,7 +367,7 @@ def test_ctrl_c_cancels_the_prompt_and_writes_the_report(server, tmp_path, exemp
     its ComfyUI (the gate sees the host's interrupt; with --server /history says so too), keeps row 1's result,
     writes the report and exits 130. The private ComfyUI (--comfyui) runs in its own process group, so the Ctrl-C
     does not end it before the cancel. The same command then does rows 2-4 only."""
-    rows = _rows_csv(tmp_path, 4, exemplar)
+    rows = rows_csv(tmp_path, 4, exemplar)
     seed = seeds(rows)
     workflow, gated = gated_workflow(tmp_path)
     gate, out = tmp_path / "gate", tmp_path / "out"
@@ -508,7 +379,7 @@ def test_ctrl_c_cancels_the_prompt_and_writes_the_report(server, tmp_path, exemp
     else:
         cmd += ["--model", str(fixture_paths["original.ckpt"]), "--comfyui", os.environ["COMFYUI_PATH"],
                 f"--comfy-args=--cpu --extra-model-paths-config {probe_config(tmp_path)}"]  # fmt: skip
-    before = len(_history(server))
+    before = len(prompt_history(server))
     run = Background(cmd, **AS_IN_A_TERMINAL)
     wait_for_file(run, gate / f"started-{seed[1]}")
     ctrl_c(run)
@@ -524,7 +395,7 @@ def test_ctrl_c_cancels_the_prompt_and_writes_the_report(server, tmp_path, exemp
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("report")) == \
         ["001_photo0.pbe.json", "001_photo0.png"]  # fmt: skip
     if where == "server":
-        history = _history(server)
+        history = prompt_history(server)
         assert len(history) == before + 2
         (cut,) = [e for e in history.values() if e["prompt"][2].get("6", {}).get("inputs", {}).get("seed") == seed[1]]
         assert "execution_interrupted" in [m[0] for m in cut["status"]["messages"]]
@@ -535,16 +406,16 @@ def test_ctrl_c_cancels_the_prompt_and_writes_the_report(server, tmp_path, exemp
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "4 of 4 rows succeeded (1 already done)" in r.stdout
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(4)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in row_names(4)]
     if where == "server":
-        assert len(_history(server)) == before + 5
+        assert len(prompt_history(server)) == before + 5
 
 
 def test_a_second_ctrl_c_stops_at_once_and_leaves_no_half_written_file(server, tmp_path, exemplar):
     """Row 1 waits at its gate; the server is stopped (SIGSTOP: it answers nothing), so the cancel that the first
     Ctrl-C starts cannot finish. A second Ctrl-C ends the client at once (without waiting out the cancel's HTTP
     timeouts): exit 130, a whole report, no temporary file."""
-    rows = _rows_csv(tmp_path, 2, exemplar)
+    rows = rows_csv(tmp_path, 2, exemplar)
     seed = seeds(rows)
     _, gated = gated_workflow(tmp_path)
     out = tmp_path / "out"
@@ -598,7 +469,7 @@ def test_a_full_output_folder_gives_a_clear_error_and_no_partial_file(server, tm
     """A 300 KB tmpfs filled up to its last 8 KB (where this process may not mount, a 16 KB file-size limit:
     EFBIG). The server does row 1, its result does not fit: the error names the folder and the OS reason, no file
     named like a result is left (nor a temporary one), the batch stops and the report is written."""
-    rows = _rows_csv(tmp_path, 2, exemplar)
+    rows = rows_csv(tmp_path, 2, exemplar)
     with _small_disk(tmp_path / "disk") as disk:
         popen = {}
         if disk is not None:
@@ -609,13 +480,13 @@ def test_a_full_output_folder_gives_a_clear_error_and_no_partial_file(server, tm
         else:
             out, reason = tmp_path / "out", "File too large [EFBIG]"
             popen = {"preexec_fn": _file_size_limit(16 * 1024)}
-        before = len(_history(server))
+        before = len(prompt_history(server))
         r = client(server, "batch", str(rows), "-o", str(out), "--no-progress", *TINY, **popen)
         assert r.returncode == 1, r.stderr[-3000:]
         assert "Traceback" not in r.stderr
         problem = f"cannot write 001_photo0.png into {out}: {reason}"
         assert problem in r.stderr
-        assert len(_history(server)) == before + 1  # the server did row 1; row 2 was not sent
+        assert len(prompt_history(server)) == before + 1  # the server did row 1; row 2 was not sent
         assert sorted(p.name for p in out.iterdir()) == ["report.json"]
         report = json.loads((out / "report.json").read_text())
         assert report["rows"][0]["error"].startswith(problem)
@@ -626,7 +497,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(server, tmp_path, 
     """A read-only mount (where this process may not mount: a mode-555 folder, for a process without root's
     permission override, EACCES). Nothing is sent to the server; the report cannot go there and stderr says so;
     with --report elsewhere it is written."""
-    rows = _rows_csv(tmp_path, 2, exemplar)
+    rows = rows_csv(tmp_path, 2, exemplar)
     with _small_disk(tmp_path / "disk") as disk:
         popen = {}
         if disk is not None:
@@ -639,7 +510,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(server, tmp_path, 
             out.mkdir()
             out.chmod(0o555)
             popen, reason = unprivileged.popen_kwargs(), "Permission denied [EACCES]"
-        before = len(_history(server))
+        before = len(prompt_history(server))
         r = client(server, "batch", str(rows), "-o", str(out), *TINY, **popen)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         problem = f"cannot write into the output folder {out}: {reason}"
@@ -651,7 +522,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(server, tmp_path, 
         assert r.returncode == 1
         report = json.loads((tmp_path / "report.json").read_text())
         assert all(row["error"].startswith(f"not tried: {problem}") for row in report["rows"])
-        assert len(_history(server)) == before
+        assert len(prompt_history(server)) == before
         assert list(out.iterdir()) == []
 
 
@@ -660,10 +531,10 @@ def test_two_runs_with_one_client_id_both_succeed(server, tmp_path, exemplar):
     starts while the first one's prompt samples: the first run's /ws goes silent. Both finish (no waiting out
     --timeout), and the shared id is named."""
     shared = f"pbe-shared-{uuid.uuid4().hex[:8]}"
-    first = background(server.port, "batch", str(_rows_csv(tmp_path / "a", 3, exemplar)), "-o", str(tmp_path / "a_out"),
+    first = background(server.port, "batch", str(rows_csv(tmp_path / "a", 3, exemplar)), "-o", str(tmp_path / "a_out"),
                        "--client-id", shared, "--timeout", "60", *TINY)  # fmt: skip
     first.wait_for("001_photo0 Paint by Example [")
-    second = background(server.port, "batch", str(_rows_csv(tmp_path / "b", 2, exemplar)), "-o",
+    second = background(server.port, "batch", str(rows_csv(tmp_path / "b", 2, exemplar)), "-o",
                         str(tmp_path / "b_out"), "--client-id", shared, "--timeout", "60", *TINY)  # fmt: skip
     a, b = first.finish(), second.finish()
     assert a.returncode == 0, a.stderr[-3000:]
@@ -678,7 +549,7 @@ def test_two_runs_with_one_client_id_both_succeed(server, tmp_path, exemplar):
 def test_a_private_comfyui_that_dies_is_started_again(tmp_path, exemplar, fixture_paths):
     """--comfyui: the private ComfyUI is SIGKILLed while row 2 of 3 samples; the client starts it again (same port,
     same folders), queues row 2 again and finishes; afterwards no ComfyUI is left running."""
-    rows = _rows_csv(tmp_path, 3, exemplar)
+    rows = rows_csv(tmp_path, 3, exemplar)
     before = set(_private_servers())
     cmd = [sys.executable, "-m", "pbe_core.client", "batch", str(rows), "-o", str(tmp_path / "out"), "--model",
            str(fixture_paths["original.ckpt"]), "--comfyui", os.environ["COMFYUI_PATH"], "--comfy-args=--cpu",
@@ -691,5 +562,5 @@ def test_a_private_comfyui_that_dies_is_started_again(tmp_path, exemplar, fixtur
     assert r.returncode == 0, r.stderr[-4000:]
     assert "the private ComfyUI exited (status -9); starting it again (restart 1 of at most 2)" in r.stderr
     assert "ComfyUI is ready again after" in r.stderr
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{n}.png" for n in _names(3)]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{n}.png" for n in row_names(3)]
     assert set(_private_servers()) <= before

@@ -17,25 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from comfy_host import REPO, temporary_server
-from host_util import SIZE
-from images import png_bytes
-from test_client_host import (  # noqa: F401
+from client_runs import (
     AS_IN_A_TERMINAL,
     TINY,
     Background,
-    _history,
-    _names,
-    _rows_csv,
-    _stamps,
     client,
     ctrl_c,
-    exemplar,
+    file_stamps,
     gated_workflow,
     probe_config,
+    prompt_history,
+    row_names,
+    rows_csv,
     seeds,
     wait_for_file,
 )
+from comfy_host import REPO, temporary_server
+from host_util import SIZE
+from images import png_bytes
 
 pytest.importorskip("ray", reason="needs Ray, the pack's 'fleet' extra: pip install 'ray>=2.10'")
 
@@ -135,12 +134,12 @@ def _executed(log: Path) -> int:
 
 @pytest.mark.slow
 def test_two_private_workers_match_the_single_server_client_and_survive_a_killed_comfyui(
-        comfy_server, tmp_path, exemplar, fixture_paths):  # noqa: F811 - the fixture imported above
+        comfy_server, tmp_path, exemplar, fixture_paths):
     """12 rows on two private CPU workers (2 threads each, as the reference server). While rows remain, worker w1's
     ComfyUI is SIGKILLed as it starts a prompt: w1 starts it again, the row goes to the next free worker, and the
     batch ends with all 12 results, bit-identical to the single-server client's. ComfyUI's own records say each row
     was done once: 12 files in the two workers' output folders and 12 "Prompt executed" lines in their logs."""
-    rows = _rows_csv(tmp_path, 12, exemplar)
+    rows = rows_csv(tmp_path, 12, exemplar)
     ref = tmp_path / "ref"
     r = client(comfy_server, "batch", str(rows), "-o", str(ref), "--no-progress", *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -157,7 +156,7 @@ def test_two_private_workers_match_the_single_server_client_and_survive_a_killed
     assert re.search(r"w1: its ComfyUI (had )?exited \(status -9\)( before the row was sent)?; starting it again "
                      r"\(restart 1 of at most 2\)", r.stderr), r.stderr[-3000:]
     assert "lost on w1" in r.stderr and "w1 ready" in r.stderr and " again" in r.stderr
-    names = [f"{n}.png" for n in _names(12)]
+    names = [f"{n}.png" for n in row_names(12)]
     assert sorted(p.name for p in out.glob("*.png")) == names
     for name in names:
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
@@ -182,12 +181,12 @@ def test_two_private_workers_match_the_single_server_client_and_survive_a_killed
     left.check()
 
     # the same command again: nothing to do, so no Ray and no ComfyUI; the results are untouched
-    stamps = _stamps(out)
+    stamps = file_stamps(out)
     logs = [(workers / w / "comfyui.log").read_bytes() for w in ("w1", "w2")]
     r = _run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "12 of 12 rows succeeded (12 already done)" in r.stdout and "Ray is not started" in r.stderr
-    assert {k: v for k, v in _stamps(out).items() if not k.startswith("report.")} == \
+    assert {k: v for k, v in file_stamps(out).items() if not k.startswith("report.")} == \
         {k: v for k, v in stamps.items() if not k.startswith("report.")}  # fmt: skip
     assert [(workers / w / "comfyui.log").read_bytes() for w in ("w1", "w2")] == logs
     (kept,) = (out / "reports").glob("report-*.json")  # the first run's record, with its lost row and restart
@@ -195,16 +194,16 @@ def test_two_private_workers_match_the_single_server_client_and_survive_a_killed
     left.check()
 
 
-def test_bad_rows_are_reported_with_their_reasons_and_the_rest_finish(comfy_server, tmp_path, exemplar):  # noqa: F811
+def test_bad_rows_are_reported_with_their_reasons_and_the_rest_finish(comfy_server, tmp_path, exemplar):
     """Two workers attached to one running server. Row 3's source is a truncated PNG (refused before anything is
     sent), row 5's mask is black (the server's PBE_Sampler refuses it): both reported with their reasons, the 4 others
     done, 5 prompts reach the server."""
-    rows = _rows_csv(tmp_path, 6, exemplar)
+    rows = rows_csv(tmp_path, 6, exemplar)
     whole = (tmp_path / "in" / "photo2.png").read_bytes()
     (tmp_path / "in" / "photo2.png").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "in" / "photo4_mask.png").write_bytes(png_bytes(np.zeros((SIZE, SIZE), np.uint8)))
     out = tmp_path / "out"
-    left, before = Leftovers(tmp_path), len(_history(comfy_server))
+    left, before = Leftovers(tmp_path), len(prompt_history(comfy_server))
     r = _run(fleet("batch", str(rows), "-o", str(out), "--ray", "--no-progress", *TINY,
                    server_ports=[comfy_server.port] * 2))  # fmt: skip
     assert r.returncode == 1, r.stderr[-3000:]
@@ -215,8 +214,8 @@ def test_bad_rows_are_reported_with_their_reasons_and_the_rest_finish(comfy_serv
     assert status["005_photo4"][0] == "failed"
     assert "PBE_Sampler" in status["005_photo4"][1] and "Mask is empty" in status["005_photo4"][1]
     assert [s for s, _ in status.values()].count("done") == 4
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(6) if n[:3] not in ("003", "005")]
-    assert len(_history(comfy_server)) == before + 5
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in row_names(6) if n[:3] not in ("003", "005")]
+    assert len(prompt_history(comfy_server)) == before + 5
     assert "4 of 6 rows succeeded" in r.stdout and "FAILED 005_photo4" in r.stdout
     md = (out / "report.md").read_text()
     assert "## Failed rows" in md and "Mask is empty" in md
@@ -224,13 +223,13 @@ def test_bad_rows_are_reported_with_their_reasons_and_the_rest_finish(comfy_serv
 
 
 @pytest.mark.slow
-def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_rest(tmp_path, exemplar, fixture_paths):  # noqa: F811
+def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_rest(tmp_path, exemplar, fixture_paths):
     """Six rows on two private workers, each row held at a gate until the test lets it go (tests/support/host_probe):
     rows 1 and 2 are let go; once both results are written and rows 3 and 4 wait at their gates (they cannot finish
     before the signal), Ctrl-C reaches the command's process group. Each worker's ComfyUI sees its prompt interrupted
     (the gate, and "Interrupting prompt <id>" in its log), rows 1-2 are kept, 3-4 are reported as interrupted while they
     ran and 5-6 as not tried; exit 130, nothing left running. The same command then does rows 3-6 only."""
-    rows = _rows_csv(tmp_path, 6, exemplar)
+    rows = rows_csv(tmp_path, 6, exemplar)
     seed = seeds(rows)
     _, gated = gated_workflow(tmp_path)
     gate, workers, out = tmp_path / "gate", tmp_path / "workers", tmp_path / "out"
@@ -257,7 +256,7 @@ def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_r
     cancelled = [p for row in report["rows"][2:4] for t in row["tries"] for p in t["prompt_ids"]]
     logs = "".join((workers / w / "comfyui.log").read_text(errors="replace") for w in ("w1", "w2"))
     assert len(cancelled) == 2 and all(f"Interrupting prompt {p}" in logs for p in cancelled), cancelled
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(2)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in row_names(2)]
     left.check()
 
     for s in seed[2:]:
@@ -265,23 +264,23 @@ def test_ctrl_c_cancels_the_running_prompts_and_the_same_command_does_only_the_r
     r = _run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "6 of 6 rows succeeded (2 already done)" in r.stdout
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(6)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in row_names(6)]
     left.check()
 
 
 @pytest.mark.slow
-def test_a_server_that_dies_for_good_hands_its_row_to_the_other(comfy_server, tmp_path, exemplar, fixture_paths):  # noqa: F811
+def test_a_server_that_dies_for_good_hands_its_row_to_the_other(comfy_server, tmp_path, exemplar, fixture_paths):
     """Workers on two running servers; one is SIGKILLed while it runs a prompt and stays dead. After
     --reconnect-wait its worker is given up, its row goes to the other server, and every row is done once: the dead
     server's own output folder and the live server's history add up to the rows."""
-    rows = _rows_csv(tmp_path, 6, exemplar)
+    rows = rows_csv(tmp_path, 6, exemplar)
     seed = seeds(rows)
     _, gated = gated_workflow(tmp_path)  # every row waits at its gate until the doomed server is dead
     gate, out = tmp_path / "gate", tmp_path / "out"
     probe = {"pbe_test_probe": Path(__file__).resolve().parent.parent / "support" / "host_probe"}
     with temporary_server(prefix="pbe-fleet-", models={"original.ckpt": fixture_paths["original.ckpt"]},
                           extra_packs=probe) as doomed:  # fmt: skip
-        left, before = Leftovers(tmp_path), len(_history(comfy_server))
+        left, before = Leftovers(tmp_path), len(prompt_history(comfy_server))
         cmd = fleet("batch", str(rows), "-o", str(out), "--ray", "--no-progress", "--reconnect-wait", "3", *TINY,
                     *gated, server_ports=[doomed.port, comfy_server.port])  # fmt: skip
         run = Background(cmd)
@@ -305,18 +304,18 @@ def test_a_server_that_dies_for_good_hands_its_row_to_the_other(comfy_server, tm
     assert w1["state"] == "retired" and "did not come back within 3 s" in w1["reason"]
     (lost,) = [row for row in report["rows"] if len(row["tries"]) > 1]
     assert [(t["worker"], t["outcome"]) for t in lost["tries"]] == [("w1", "lost"), ("w2", "done")]
-    on_live = len(_history(comfy_server)) - before
+    on_live = len(prompt_history(comfy_server)) - before
     assert saved_on_doomed + on_live == 6
     assert (w1["rows_done"], report["workers"][1]["rows_done"]) == (saved_on_doomed, on_live)
     left.check()
 
 
 @pytest.mark.slow
-def test_a_private_comfyui_that_hangs_is_ended_and_started_again(tmp_path, exemplar, fixture_paths):  # noqa: F811
+def test_a_private_comfyui_that_hangs_is_ended_and_started_again(tmp_path, exemplar, fixture_paths):
     """One private worker whose ComfyUI is stopped (SIGSTOP: it runs, answers nothing) while it runs row 1 of 2: after
     the request timeout and --reconnect-wait the worker ends it, starts it again and does both rows; row 1 twice
     queued, once done."""
-    rows = _rows_csv(tmp_path, 2, exemplar)
+    rows = rows_csv(tmp_path, 2, exemplar)
     seed = seeds(rows)
     _, gated = gated_workflow(tmp_path)  # row 1 waits at its gate: it cannot finish before the SIGSTOP
     gate, workers, out = tmp_path / "gate", tmp_path / "workers", tmp_path / "out"
@@ -341,5 +340,5 @@ def test_a_private_comfyui_that_hangs_is_ended_and_started_again(tmp_path, exemp
     report = json.loads((out / "report.json").read_text())
     assert [row["status"] for row in report["rows"]] == ["done", "done"]
     assert [t["outcome"] for t in report["rows"][0]["tries"]] == ["lost", "done"]
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in _names(2)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in row_names(2)]
     left.check()
