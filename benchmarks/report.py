@@ -103,7 +103,7 @@ def markdown(report: dict, s: dict | None, command: str) -> str:
     if s is None:
         return "\n".join(_precision_only(report, command))
     parts = (_setup(report, command), _end_to_end(report, s), _memory(report, s), _fast_paths(s), _layout(s),
-             _cache_and_photo(report, s), analysis(report, s), _agreement(report))
+             _compiled(report), _cache_and_photo(report, s), analysis(report, s), _agreement(report))
     return "\n".join(line for part in parts for line in part)
 
 
@@ -296,6 +296,45 @@ def _layout(s: dict) -> list[str]:
             [names[k], f"{lay[k]['channels_last']:.2f}", f"{lay[k]['nchw']:.2f}", f"**{lay[k]['ratio']:.3f}**"]
             for k in names
         ]),
+        "",
+    ]
+
+
+def _compiled(report: dict) -> list[str]:
+    """ComfyUI's TorchCompileModel on the full-size UNet, from ``benchmarks/compile.py --json`` runs (``--compile``):
+    the first is a cold compile, a later one may be the same from inductor's cache."""
+    runs = report.get("compile") or []
+    if not runs:
+        return []
+    first = runs[0]
+    rows = []
+    for run in runs:
+        cache = "warm cache" if run["inductor_cache_warm_at_start"] else "empty cache"
+        pays = run["pays_off_after_steps"]
+        rows.append([
+            f"{run['size']}², {run['steps']} steps, {run['reps']} edit{'s' if run['reps'] != 1 else ''} each, {cache}", f"{run['median_eager_s']:.1f}",
+            f"{run['median_compiled_s']:.1f}", f"**{run['compiled_over_eager']:.3f}**", f"{run['compile_s']:.0f}",
+            f"{run['gain_per_step_s']:.2f}", "never" if pays is None else f"{pays:.0f}",
+            str(run["dynamo"]["stats"].get("unique_graphs", "?")), str(run["dynamo"]["graph_breaks"]),
+            f"{run['max_abs_diff_compiled_vs_eager']:.1e}",
+        ])
+    return [
+        "## torch.compile on the UNet: ComfyUI's TorchCompileModel (inductor, CPU)",
+        "",
+        f"`benchmarks/compile.py`: this pack's one-node edit in ComfyUI in-process, fp32, the loader's MODEL eager and "
+        f"the same MODEL through the host's `TorchCompileModel` (backend inductor), edits interleaved (order "
+        "alternating), medians after one eager warm-up edit and one first compiled edit, "
+        f"whose extra time over an eager edit is the compile time (dynamo, inductor's code generation, the C++ "
+        f"compiler: inductor on the CPU needs one, e.g. gcc). {first['threads']} torch threads, "
+        f"`OMP_WAIT_POLICY=PASSIVE`; {first['machine']}. Command: `{portable(first['command'])}`.",
+        "",
+        fmt_table(["", "eager edit s", "compiled edit s", "compiled / eager", "compile s", "gain s / step",
+                   "pays off after steps", "graphs", "graph breaks", "image max abs diff"], rows),
+        "",
+        "A step is one UNet call on the CFG batch; the VAE and the exemplar encoder are not compiled, so the gain per "
+        "step is the edits' difference over their steps. The compiled graph lasts as long as the MODEL and its input "
+        "sizes; a new size compiles again. The shared CFG prefix steps aside while the graph is traced "
+        "(`nodes/host/shared_cfg_prefix.py`), so the compiled UNet computes both halves in full.",
         "",
     ]
 

@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
     ap.add_argument("--flops", type=Path, default=None,
                     help="counts from benchmarks/flops.py --json: adds 'The limit' (FLOP/s reached) to the report")
+    ap.add_argument("--compile", type=Path, nargs="+", default=None,
+                    help="runs of benchmarks/compile.py --json: adds the torch.compile section (the first cold)")
     ap.add_argument("--note", action="append", default=[], help="with --render: a line for the report's setup")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                     help="what to measure (default: all); the report needs all of them, see --render")
@@ -79,6 +81,8 @@ def main() -> None:
         report["notes"] = report["notes"] + args.note
         if args.flops:
             report["flops"] = json.loads(args.flops.read_text())
+        if args.compile:
+            report["compile"] = [json.loads(p.read_text()) for p in args.compile]
         write_report(args.out, report, report["command"])
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)

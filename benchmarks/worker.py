@@ -56,8 +56,13 @@ class Timer:
 
     def __init__(self, module):
         self.seconds, self.calls, self._t0 = 0.0, 0, None
-        module.register_forward_pre_hook(self._pre)
-        module.register_forward_hook(self._post)
+        self._hooks = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+
+    def remove(self) -> None:
+        """Take the hooks off (benchmarks/compile.py: a clock read inside the module would split torch.compile's
+        graph)."""
+        for hook in self._hooks:
+            hook.remove()
 
     def _pre(self, *_):
         self._t0 = time.perf_counter()
@@ -165,10 +170,12 @@ class Ours:
         of 2)."""
         counts = {"single_token": 0, "shared_prefix": 0, "shared_prefix_halved": 0}
         sta, shared = self.sta.SingleTokenCrossAttention, self.shared.SharedHalves
+        self._uncounted = []
         for patch in self.model.object_patches.values():
             if not isinstance(patch, (sta, shared)):
                 continue
             inner, is_shared = patch.fallback, isinstance(patch, shared)
+            self._uncounted.append((patch, inner))
 
             def counted(*args, _inner=inner, _shared=is_shared, **kwargs):
                 if _shared:
@@ -182,6 +189,12 @@ class Ours:
         counts["patched"] = {"single_token": sum(isinstance(p, sta) for p in self.model.object_patches.values()),
                              "shared_prefix": sum(isinstance(p, shared) for p in self.model.object_patches.values())}
         return counts
+
+    def stop_counting(self) -> None:
+        """Give the fast paths back their own fallbacks (benchmarks/compile.py: torch.compile traces the counters and
+        guards on their values, so every call would compile the UNet again)."""
+        for patch, inner in self._uncounted:
+            patch.fallback = inner
 
     def _without(self, patch_type):
         m = self.model.clone()

@@ -58,3 +58,18 @@ def test_portable_keeps_urls_relative_paths_and_ratios():
     assert report.portable(text) == (
         "x --json /path/to/a.json --out docs/benchmarks.md https://huggingface.co/x 1.0 / 2.0 fp32/bf16"
     )
+
+
+def test_the_compile_section_from_a_saved_run(tmp_path, capsys):
+    """benchmarks/compile.py's saved run (``--compile``) adds the torch.compile section: its row carries the run's own
+    medians and their ratio, and the section names no folder of the machine."""
+    saved = _saved(*DOCS_RUNS)
+    run = json.loads((RAW / "2026-12-07-torch-compile-fp32-cold.json").read_text())
+    saved["compile"] = [run]
+    out = tmp_path / "report.md"
+    report.write_report(out, saved, saved["command"])
+    text = out.read_text()
+    section = text.split("## torch.compile on the UNet", 1)[1].split("\n## ", 1)[0]
+    ratio = run["median_compiled_s"] / run["median_eager_s"]
+    assert f"| {run['median_eager_s']:.1f} | {run['median_compiled_s']:.1f} | **{ratio:.3f}** |" in section
+    assert "/work/" not in section and "/home/" not in section
