@@ -36,11 +36,11 @@ a private one (one per GPU, or CPU workers) or one per ``--server``; the results
 batch, and rows whose worker died go to another (``fleet``, imported only with ``--ray``).
 
 Modules, by role: ``cli`` (the command line), ``fleet`` (``--ray``, imported only then: ``fleet.driver`` the loop on
-this machine, ``fleet.worker`` the Ray actor with its ComfyUI, ``fleet.cluster`` starting and stopping Ray, its
-folder and leftover processes), ``jobs`` (one edit, the rows of a batch), ``api`` (HTTP and ``/ws``: queue, follow, download, wait for a
-lost server), ``embedded`` (a private ComfyUI), ``workflow`` (reading API workflows, their slots, node titles,
-overrides), ``settings`` (a row and the run's settings), ``report`` (the batch report, one schema for one server and
-the fleet), ``progress`` (the progress lines), ``results`` (which rows are done, atomic result writes), ``png`` (the
+this machine, ``fleet.worker`` the Ray actor with its ComfyUI, ``fleet.cluster`` starting and stopping Ray, its folder
+and leftover processes), ``jobs`` (one edit, the rows of a batch), ``api`` (HTTP and ``/ws``: queue, follow, download,
+wait for a lost server), ``embedded`` (a private ComfyUI), ``workflow`` (reading API workflows, their slots, node
+titles, overrides), ``settings`` (a row and the run's settings), ``report`` (the batch report, one schema for one server
+and the fleet), ``progress`` (the progress lines), ``results`` (which rows are done, atomic result writes), ``png`` (the
 mask PNG codec and image headers), ``ws`` (WebSocket framing), ``errors``. Each imports only modules listed after it
 (``tests/test_layout.py`` checks there is no circle). Nothing here imports torch, numpy or ComfyUI, and nothing but
 ``fleet`` imports Ray.

@@ -1,7 +1,7 @@
 """A batch on many ComfyUI workers with Ray: ``python -m pbe_core.client batch ROWS -o OUT --ray [ADDRESS]``.
 
-Ray (PyPI ``ray``, the pack's ``fleet`` extra) is imported here only, and this module only when ``--ray`` is given: the
-rest of the client keeps to the standard library.
+Ray (PyPI ``ray``, the pack's ``fleet`` extra) is imported by this package only (``cluster.import_ray``), and the package
+only when ``--ray`` is given: the rest of the client keeps to the standard library.
 
 Who does what:
 
@@ -43,8 +43,8 @@ on a terminal, a line per finished row in a log; ``report.json`` (the single-ser
 and tries with their prompt ids, and the workers) and ``report.md`` beside it.
 
 Modules: ``driver`` (this process: rows, the loop, Ctrl-C, the report), ``worker`` (the Ray actor and its ComfyUI),
-``cluster`` (importing, starting and stopping Ray, the run's Ray folder and leftover processes, signals). The progress bar is the client's
-``progress.BatchProgress``; the report's schema and ``report.md`` are the client's ``report``.
+``cluster`` (importing, starting and stopping Ray, the run's Ray folder and leftover processes, signals). The progress
+bar is the client's ``progress.BatchProgress``; the report's schema and ``report.md`` are the client's ``report``.
 """
 
 from ..progress import BatchProgress
