@@ -60,7 +60,8 @@ def main() -> None:
         args.cache_dir.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.cache_dir.resolve())
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    cache_warm = bool(cache) and any(Path(cache).iterdir())
+    # None: inductor's default folder, whose state this script does not know
+    cache_warm = (Path(cache).is_dir() and any(Path(cache).iterdir())) if cache else None
     if not shutil.which("cc") and not shutil.which("g++"):
         ap.error("inductor needs a C++ compiler on the CPU: install one (e.g. gcc/g++)")
 

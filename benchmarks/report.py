@@ -309,7 +309,8 @@ def _compiled(report: dict) -> list[str]:
     first = runs[0]
     rows = []
     for run in runs:
-        cache = "warm cache" if run["inductor_cache_warm_at_start"] else "empty cache"
+        cache = {True: "warm cache", False: "empty cache", None: "inductor's default cache"}[
+            run["inductor_cache_warm_at_start"]]
         pays = run["pays_off_after_steps"]
         rows.append([
             f"{run['size']}², {run['steps']} steps, {run['reps']} edit{'s' if run['reps'] != 1 else ''} each, {cache}", f"{run['median_eager_s']:.1f}",
